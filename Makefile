@@ -1,0 +1,28 @@
+# One entry point for people and CI. `make test` builds everything from nothing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt
+
+.PHONY: demo test proto bench clean
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed  ## the main job
+	$(PY) -m specbuilder demo
+
+test: $(VENV)/.installed  ## set up from nothing and run the whole suite
+	$(PY) -m pytest -q -n 2
+
+proto: $(VENV)/.installed  ## regenerate Python code from protos/
+	$(PY) -m specbuilder.protogen
+
+bench: $(VENV)/.installed  ## print the benchmark tables (README figures)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,113 @@
+"""Errors for people: every problem with a spec names its path and says what to do.
+
+``ModelSpec`` raises pydantic's ``ValidationError`` whose messages are already rewritten here
+(``must be >= 0, got -1``); ``SpecError`` carries the same problems as plain data for the CLI,
+the server and anyone who wants ``layers[2].negative_slope: must be >= 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+Loc = tuple[int | str, ...]
+
+
+def format_path(loc: Iterable[int | str]) -> str:
+    """``('layers', 2, 'negative_slope')`` -> ``layers[2].negative_slope``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec, at one path."""
+
+    path: str
+    message: str
+    type: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """A spec is invalid; ``problems`` lists every problem found, each with its path."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+    @classmethod
+    def from_validation(cls, error: ValidationError) -> SpecError:
+        return cls([Problem(format_path(e["loc"]), e["msg"], e["type"]) for e in error.errors()])
+
+    def errors(self) -> list[dict[str, str]]:
+        """The problems as dicts: ``{"path", "message", "type"}``."""
+        return [{"path": p.path, "message": p.message, "type": p.type} for p in self.problems]
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'relu6'?"`` when something close exists, else ``""``."""
+    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "string_type": "a string", "list_type": "a list",
+    "model_type": "an object", "dict_type": "an object", "model_attributes_type": "an object",
+}
+
+
+def friendly(error: ErrorDetails, fields_at: dict[Loc, Sequence[str]]) -> tuple[str, str]:
+    """A clearer ``(type, message)`` for one pydantic error; ``fields_at`` lists known fields by parent loc."""
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+                     "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}[kind]
+        return kind, f"must be {op} {_show(ctx[bound])}, got {_show(value)}"
+    if kind in _TYPE_WORDS:
+        return kind, f"must be {_TYPE_WORDS[kind]}, got {type(value).__name__} {_show(value)}"
+    if kind == "finite_number":
+        return kind, f"must be a finite number, got {value}"
+    if kind == "missing":
+        return kind, "is required"
+    if kind == "extra_forbidden":
+        field = str(error["loc"][-1])
+        known = fields_at.get(tuple(error["loc"][:-1]), ())
+        return kind, f"unknown field '{field}'{suggest(field, known)}"
+    if kind == "literal_error":
+        return kind, f"must be one of {ctx.get('expected')}, got {_show(value)}"
+    if kind == "string_pattern_mismatch":
+        return kind, f"must match {ctx.get('pattern')}, got {_show(value)}"
+    if kind in ("too_short", "too_long"):
+        what = "at least" if kind == "too_short" else "at most"
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return kind, f"must have {what} {bound} item{'s' if bound != 1 else ''}, got {ctx.get('actual_length')}"
+    return kind, error["msg"]
+
+
+def reraise(title: str, problems: list[tuple[Loc, str, str, Any]]) -> ValidationError:
+    """A ``ValidationError`` with these ``(loc, type, message, input)`` problems, for validators to raise."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(type=PydanticCustomError(kind, "{message}", {"message": message}), loc=loc, input=value)
+            for loc, kind, message, value in problems
+        ],
+    )

@@ -1,0 +1,126 @@
+"""What every layer kind declares: one record per kind drives the spec schema, shape inference,
+the compiler (module and functional form), code generation, statistics and the docs.
+
+The records name torch objects by dotted path (``"torch.nn.LeakyReLU"``) rather than holding
+them, so validating a spec never imports torch, and the code generator writes the same names
+the compiler calls.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple[int, ...]
+"""A per-sample shape: the batch dimension is never part of it."""
+
+PASS_THROUGH = ""
+"""``LayerKind.functional`` of a layer whose functional form is the identity."""
+
+
+class LayerError(ValueError):
+    """A layer does not fit its input shape or its own parameters; ``field`` names the culprit."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """What shape inference learns about one layer."""
+
+    out_shape: Shape
+    kwargs: Mapping[str, Any]
+    """Keyword arguments for the torch module, inferred sizes filled in."""
+    num_params: int = 0
+
+
+InferFn = Callable[[Mapping[str, Any], Shape], Inferred]
+
+
+def same_shape(params: Mapping[str, Any], shape: Shape) -> Inferred:
+    """Shape inference of an element-wise layer: output shape is input shape."""
+    return Inferred(shape, dict(params))
+
+
+def check_dim(dim: int, shape: Shape, field: str = "dim") -> int:
+    """Normalize ``dim`` of a batched tensor whose per-sample shape is ``shape``."""
+    rank = len(shape) + 1
+    if not -rank <= dim < rank:
+        raise LayerError(
+            f"must be in [{-rank}, {rank - 1}] for an input of shape [N, {', '.join(map(str, shape))}], got {dim}",
+            field,
+        )
+    return dim % rank
+
+
+@dataclass(frozen=True)
+class FlatRegion:
+    """Where an activation's derivative is below 1% of its largest value.
+
+    ``where(x, y, params)`` takes the activation's input ``x`` and output ``y`` (tensors) and
+    returns a boolean tensor; ``text`` says the same thing for people.
+    """
+
+    text: str
+    where: Callable[[Any, Any, Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """One kind of layer: its parameters, shapes and torch forms."""
+
+    name: str
+    summary: str
+    params: Mapping[str, tuple[Any, Any]]
+    """Pydantic field definitions ``name -> (annotation, FieldInfo or default)``, torch's names."""
+    module: str
+    """Dotted path of the ``nn.Module`` class taking the inferred keyword arguments."""
+    functional: str | None = None
+    """Dotted path of the function the functional style calls; None calls the module,
+    ``PASS_THROUGH`` returns the input unchanged."""
+    functional_args: Mapping[str, str] = field(default_factory=dict)
+    """Renames from module keyword to function keyword, where torch spells them apart."""
+    passes_training: bool = False
+    """The function takes ``training=`` (dropout, rrelu)."""
+    infer: InferFn = same_shape
+    positional: tuple[str, ...] = ()
+    """Parameters the Python builder takes positionally, in order."""
+    aliases: tuple[str, ...] = ()
+    example: Mapping[str, Any] = field(default_factory=dict)
+    """Parameter values that differ from the defaults: used by docs, tests and round trips."""
+    sample_shape: Shape = (6,)
+    """A per-sample input shape that ``example`` fits."""
+
+    @property
+    def stateful(self) -> bool:
+        """Held as a submodule (it has parameters or buffers) in the functional style."""
+        return self.functional is None
+
+
+@dataclass(frozen=True)
+class ActivationKind(LayerKind):
+    """An activation: a layer kind with the facts statistics and docs need."""
+
+    formula: str = ""
+    output_range: tuple[float, float] = (-math.inf, math.inf)
+    range_fn: Callable[[Mapping[str, Any]], tuple[float, float]] | None = None
+    """Output range that depends on parameters (hardtanh, relu6); overrides ``output_range``."""
+    flat: FlatRegion | None = None
+    """Where gradients vanish; None where the activation has no such region."""
+    probability: bool = False
+    """Outputs are probabilities (or log-probabilities) along ``dim``: softmax-like."""
+
+    def range_for(self, params: Mapping[str, Any]) -> tuple[float, float]:
+        """The output range for these parameter values."""
+        return self.range_fn(params) if self.range_fn else self.output_range
+
+
+def resolve(path: str) -> Any:
+    """Import the object a registry names by dotted path."""
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)

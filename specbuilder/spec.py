@@ -1,0 +1,353 @@
+"""The spec: ``ModelSpec`` (pydantic v2), the one validator and source of truth.
+
+Layer models are built from the registries (``LAYERS``, ``ACTIVATIONS``), so a new registry
+entry is a new spec type with no other edit. Validation runs in two stages and reports every
+problem at once: field checks by pydantic (types, bounds, unknown fields, NaN), then shape
+inference through the stack (inferred sizes, kernels that do not fit, dims out of range,
+parameter budget). A ``ModelSpec`` that exists is valid, and knows its shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import keyword
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from specbuilder.activations import ACTIVATIONS
+from specbuilder.errors import Loc, SpecError, format_path, friendly, reraise, suggest
+from specbuilder.kinds import ActivationKind, LayerError, LayerKind, Shape
+from specbuilder.layers import LAYERS, MAX_SIZE, PositiveInt
+
+DEFAULT_MAX_PARAMS = 100_000_000
+"""Specs with more parameters are refused unless ``max_params`` says otherwise."""
+MAX_SAMPLE_ELEMENTS = 100_000_000
+"""No layer may output more elements than this per sample."""
+MAX_LAYERS = 1024
+
+KINDS: dict[str, LayerKind] = {**LAYERS, **ACTIVATIONS}
+"""Every layer type a spec may use, activations included."""
+
+RESERVED_NAMES = frozenset(
+    """T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda
+    double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter
+    get_submodule half ipu load_state_dict modules mtia named_buffers named_children
+    named_modules named_parameters parameters register_backward_hook register_buffer
+    register_forward_hook register_forward_pre_hook register_full_backward_hook
+    register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
+    set_submodule share_memory state_dict to to_empty train training type xpu zero_grad""".split()
+)
+"""``nn.Module`` attributes a layer name would shadow (a test keeps this in step with torch)."""
+
+
+def _type_names() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for name, kind in KINDS.items():
+        for alias in (name, name.replace("_", ""), kind.module.rpartition(".")[2], *kind.aliases):
+            table.setdefault(alias.lower(), name)
+    return table
+
+
+TYPE_NAMES = _type_names()
+"""Lower-cased name, alias or torch class name -> canonical layer type."""
+
+
+def lookup_type(name: str) -> str | None:
+    """The canonical type for a name, alias or torch class name, case-insensitive."""
+    return TYPE_NAMES.get(name.lower())
+
+
+def _check_layer_name(value: str) -> str:
+    if keyword.iskeyword(value) or value in RESERVED_NAMES:
+        raise PydanticCustomError("reserved_name", "'{name}' is reserved by Python or torch.nn.Module; pick another", {"name": value})
+    return value
+
+
+LayerName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64), AfterValidator(_check_layer_name)
+]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class LayerSpec(_Strict):
+    """Base of every layer model: a ``type`` and an optional module ``name``."""
+
+    type: str
+    name: LayerName | None = None
+
+    @property
+    def kind(self) -> LayerKind:
+        return KINDS[self.type]
+
+    def params(self) -> dict[str, Any]:
+        """The layer's own parameters, by torch's names."""
+        return {key: getattr(self, key) for key in self.kind.params}
+
+
+class ActivationSpec(LayerSpec):
+    """Base of every activation model."""
+
+    @property
+    def kind(self) -> ActivationKind:
+        return ACTIVATIONS[self.type]
+
+
+def _canonical_type(value: Any) -> Any:
+    if isinstance(value, Mapping) and isinstance(value.get("type"), str):
+        canonical = lookup_type(value["type"])
+        if canonical is not None and canonical != value["type"]:
+            return {**value, "type": canonical}
+    return value
+
+
+def _activation_shorthand(value: Any) -> Any:
+    return _canonical_type({"type": value} if isinstance(value, str) else value)
+
+
+def _class_name(kind: LayerKind) -> str:
+    return kind.module.rpartition(".")[2] + "Spec"
+
+
+def _model(kind: LayerKind, base: type[LayerSpec], extra: dict[str, Any]) -> type[LayerSpec]:
+    fields: dict[str, Any] = {"type": (Literal[kind.name], ...), **kind.params, **extra}
+    model = create_model(_class_name(kind), __base__=base, __doc__=kind.summary, **fields)
+    model.__module__ = __name__
+    return model
+
+
+ACTIVATION_MODELS: dict[str, type[LayerSpec]] = {k.name: _model(k, ActivationSpec, {}) for k in ACTIVATIONS.values()}
+AnyActivation = Annotated[Union[tuple(ACTIVATION_MODELS.values())], Field(discriminator="type")]  # noqa: UP007
+ActivationField = Annotated[AnyActivation | None, BeforeValidator(_activation_shorthand)]
+LAYER_MODELS: dict[str, type[LayerSpec]] = {
+    **{
+        k.name: _model(k, LayerSpec, {"activation": (ActivationField, Field(None, description="shorthand for an activation layer after this one"))})
+        for k in LAYERS.values()
+    },
+    **ACTIVATION_MODELS,
+}
+"""Canonical type -> pydantic model, for every layer type."""
+AnyLayer = Annotated[
+    Annotated[Union[tuple(LAYER_MODELS.values())], Field(discriminator="type")],  # noqa: UP007
+    BeforeValidator(_canonical_type),
+]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One module of the compiled model: a spec layer, or the activation a layer's shorthand adds."""
+
+    index: int
+    loc: Loc
+    name: str
+    layer: LayerSpec
+    in_shape: Shape
+    out_shape: Shape
+    kwargs: Mapping[str, Any]
+    """Keyword arguments of the torch module, inferred sizes filled in."""
+    num_params: int
+
+    @property
+    def kind(self) -> LayerKind:
+        return self.layer.kind
+
+    @property
+    def path(self) -> str:
+        return format_path(self.loc)
+
+    @property
+    def is_activation(self) -> bool:
+        return isinstance(self.layer, ActivationSpec)
+
+
+class ModelSpec(_Strict):
+    """A network as data: an input shape and a stack of layers."""
+
+    name: ModelName = "model"
+    input_shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=4, description="per-sample shape, no batch dimension")]
+    layers: Annotated[list[AnyLayer], Field(min_length=1, max_length=MAX_LAYERS)]
+
+    _nodes: tuple[Node, ...] = PrivateAttr(default=())
+    FIELDS: ClassVar[tuple[str, ...]] = ("name", "input_shape", "layers")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_all(cls, data: Any, handler: Any, info: ValidationInfo) -> ModelSpec:
+        try:
+            spec = handler(data)
+        except ValidationError as error:
+            raise _rewrite(error) from None
+        max_params = (info.context or {}).get("max_params", DEFAULT_MAX_PARAMS)
+        nodes, problems = _analyze(spec, max_params)
+        if problems:
+            raise reraise(cls.__name__, problems)
+        spec._nodes = tuple(nodes)
+        return spec
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The modules the spec compiles to, in order, with their shapes."""
+        return self._nodes
+
+    @property
+    def output_shape(self) -> Shape:
+        return self._nodes[-1].out_shape
+
+    @property
+    def num_params(self) -> int:
+        return sum(node.num_params for node in self._nodes)
+
+    def canonical_json(self) -> str:
+        """Every field spelled out, keys sorted: equal for specs that compile to the same model."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        """SHA-256 of ``canonical_json()``: the key compiled modules are cached under."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The spec as its author would write it: defaults left out."""
+        return self.model_dump_json(indent=indent, exclude_defaults=True)
+
+    def summary(self) -> str:
+        """A layer table: index, module name, type, output shape, parameter count."""
+        rows = [("#", "name", "type", "output shape", "params")]
+        rows += [(str(n.index), n.name, n.layer.type, _shape_text(n.out_shape), f"{n.num_params:,}") for n in self._nodes]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = ["  ".join(c.rjust(w) if i in (0, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(f"input {_shape_text(tuple(self.input_shape))} -> output {_shape_text(self.output_shape)}, {self.num_params:,} parameters")
+        return "\n".join(lines)
+
+
+def _shape_text(shape: Shape) -> str:
+    return "[N, " + ", ".join(map(str, shape)) + "]"
+
+
+def _expand(layers: list[LayerSpec]) -> Iterator[tuple[Loc, LayerSpec]]:
+    for i, layer in enumerate(layers):
+        yield ("layers", i), layer
+        activation = getattr(layer, "activation", None)
+        if activation is not None:
+            yield ("layers", i, "activation"), activation
+
+
+def _analyze(spec: ModelSpec, max_params: int | None) -> tuple[list[Node], list[tuple[Loc, str, str, Any]]]:
+    """Shapes, names and budgets through the whole stack; every problem found."""
+    problems: list[tuple[Loc, str, str, Any]] = []
+    expanded = list(_expand(spec.layers))
+    owners: dict[str, Loc] = {}
+    names = []
+    for index, (loc, layer) in enumerate(expanded):
+        name = layer.name or f"{layer.type}_{index}"
+        if name in owners:
+            what = "name" if layer.name else "automatic name"
+            problems.append((loc + ("name",), "duplicate_name", f"{what} '{name}' is already used by {format_path(owners[name])}; names must be unique", layer.name))
+        owners.setdefault(name, loc)
+        names.append(name)
+
+    nodes: list[Node] = []
+    shape: Shape = tuple(spec.input_shape)
+    if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+        problems.append((("input_shape",), "too_large", f"has {math.prod(shape):,} elements per sample, over the limit of {MAX_SAMPLE_ELEMENTS:,}", spec.input_shape))
+        return nodes, problems
+    for index, (loc, layer) in enumerate(expanded):
+        try:
+            inferred = layer.kind.infer(layer.params(), shape)
+        except LayerError as error:
+            field = (error.field,) if error.field else ()
+            problems.append((loc + field, "shape", str(error), getattr(layer, error.field) if error.field else layer.type))
+            return nodes, problems
+        size = math.prod(inferred.out_shape)
+        if size > MAX_SAMPLE_ELEMENTS:
+            problems.append((loc, "too_large", f"outputs {size:,} elements per sample, over the limit of {MAX_SAMPLE_ELEMENTS:,}", layer.type))
+            return nodes, problems
+        nodes.append(Node(index, loc, names[index], layer, shape, inferred.out_shape, inferred.kwargs, inferred.num_params))
+        shape = inferred.out_shape
+    total = sum(node.num_params for node in nodes)
+    if max_params is not None and total > max_params:
+        problems.append((("layers",), "too_many_parameters", f"the model has {total:,} parameters, over the limit of {max_params:,} (max_params)", total))
+    return nodes, problems
+
+
+def _fields_of(tag: str | None) -> tuple[str, ...]:
+    if tag is None:
+        return ModelSpec.FIELDS
+    return tuple(LAYER_MODELS[tag].model_fields)
+
+
+def _rewrite(error: ValidationError) -> ValidationError:
+    """Pydantic's errors with discriminator tags dropped from paths and clearer messages."""
+    problems = []
+    for detail in error.errors():
+        loc: list[int | str] = []
+        tag = None
+        for part in detail["loc"]:
+            if isinstance(part, str) and part in KINDS and loc and (isinstance(loc[-1], int) or loc[-1] == "activation"):
+                tag = part
+                continue
+            loc.append(part)
+        detail = {**detail, "loc": tuple(loc)}
+        kind = detail["type"]
+        if kind == "union_tag_invalid":
+            got = detail["ctx"]["tag"]
+            what = "activation" if loc and loc[-1] == "activation" else "layer type"
+            choices = ACTIVATIONS if what == "activation" else TYPE_NAMES
+            message = f"unknown {what} '{got}'{suggest(got, choices)}"
+            problems.append((tuple(loc) + ("type",), "unknown_type", message, got))
+            continue
+        if kind == "union_tag_not_found":
+            problems.append((tuple(loc) + ("type",), "missing", "is required: a layer type such as 'linear' or 'relu'", None))
+            continue
+        fields_at = {tuple(loc[:-1]): _fields_of(tag)}
+        kind, message = friendly(detail, fields_at)
+        problems.append((tuple(loc), kind, message, detail.get("input")))
+    return reraise("ModelSpec", problems)
+
+
+def parse_spec(source: ModelSpec | Mapping[str, Any] | str | bytes | Path, *, max_params: int | None = DEFAULT_MAX_PARAMS) -> ModelSpec:
+    """A validated ``ModelSpec`` from a spec, a dict, JSON text or a JSON file path.
+
+    Raises ``SpecError`` listing every problem, each with its path.
+    """
+    context = {"max_params": max_params}
+    try:
+        if isinstance(source, ModelSpec):
+            return ModelSpec.model_validate(source.model_dump(), context=context)
+        if isinstance(source, Path):
+            source = source.read_bytes()
+        if isinstance(source, (str, bytes)):
+            return ModelSpec.model_validate_json(source, context=context)
+        return ModelSpec.model_validate(source, context=context)
+    except ValidationError as error:
+        raise SpecError.from_validation(error) from None
+
+
+__all__ = [
+    "ACTIVATION_MODELS", "DEFAULT_MAX_PARAMS", "KINDS", "LAYER_MODELS", "ActivationSpec", "LayerSpec",
+    "ModelSpec", "Node", "lookup_type", "parse_spec", "MAX_SIZE",
+]
