@@ -1,8 +1,37 @@
-"""specbuilder: neural networks as data, compiled to real torch modules, measured."""
+"""specbuilder: neural networks as data, compiled to real torch modules, trained and measured.
+
+Validation (``ModelSpec``, ``parse_spec``, ``SpecBuilder``) never imports torch, so light
+consumers such as the gRPC client stay light; the torch-backed names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.errors import Problem, SpecError
 from specbuilder.layers import LAYERS
 from specbuilder.spec import ModelSpec, parse_spec
 
-__all__ = ["ACTIVATIONS", "LAYERS", "ModelSpec", "Problem", "SpecError", "parse_spec"]
+_LAZY = {
+    "SpecBuilder": "specbuilder.builder",
+    "compile_spec": "specbuilder.compiler",
+    "CompileCache": "specbuilder.compiler",
+    "FunctionalModel": "specbuilder.compiler",
+    "generate_code": "specbuilder.codegen",
+    "ActivationMonitor": "specbuilder.stats",
+    "LayerStats": "specbuilder.stats",
+    "train": "specbuilder.training",
+    "TrainConfig": "specbuilder.training",
+    "TrainResult": "specbuilder.training",
+    "ModelStore": "specbuilder.store",
+}
+
+__all__ = ["ACTIVATIONS", "LAYERS", "ModelSpec", "Problem", "SpecError", "parse_spec", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'specbuilder' has no attribute {name!r}")

@@ -108,18 +108,21 @@ def compile_spec(
     dtype: str | torch.dtype | None = None,
     seed: int | None = None,
     max_params: int | None = DEFAULT_MAX_PARAMS,
+    init: bool = True,
 ) -> nn.Module:
     """A ``torch.nn.Module`` for ``spec`` (a ``ModelSpec``, dict, JSON text or path).
 
     ``seed`` makes initialization reproducible (the global RNG is left untouched); the same
-    seed gives the same weights in both styles. Raises ``SpecError`` for an invalid spec.
+    seed gives the same weights in both styles. ``init=False`` skips weight initialization
+    (the memory is allocated but not written) for weights about to be loaded.
+    Raises ``SpecError`` for an invalid spec.
     """
     if not isinstance(spec, ModelSpec) or max_params != DEFAULT_MAX_PARAMS:
         spec = parse_spec(spec, max_params=max_params)
     if style not in STYLES:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     target, float_type = resolve_device(device), resolve_dtype(dtype)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta" if not init else "cpu"):
         if seed is not None:
             torch.manual_seed(seed)
         if style == "sequential":
@@ -128,6 +131,8 @@ def compile_spec(
         else:
             stateful = {node.name: build_module(node) for node in spec.nodes if node.kind.stateful}
             model = FunctionalModel(spec, stateful)
+    if not init:
+        return model.to_empty(device=target).to(dtype=float_type)
     return model.to(device=target, dtype=float_type)
 
 
