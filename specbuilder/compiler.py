@@ -9,12 +9,13 @@ Every compiled module keeps its spec in ``module.spec``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +23,8 @@ from torch.utils.hooks import RemovableHandle
 
 from specbuilder.devices import resolve_device, resolve_dtype
 from specbuilder.kinds import PASS_THROUGH, resolve
-from specbuilder.spec import DEFAULT_MAX_PARAMS, ModelSpec, Node, parse_spec
+from specbuilder.spec import DEFAULT_MAX_PARAMS, STYLES, ModelSpec, Node, Style, parse_spec
 
-Style = Literal["sequential", "functional"]
-STYLES: tuple[Style, ...] = ("sequential", "functional")
 Tap = Callable[[int, torch.Tensor, torch.Tensor], None]
 """Called after each op of a functional model with ``(node index, input, output)``."""
 
@@ -112,8 +111,9 @@ def compile_spec(
 ) -> nn.Module:
     """A ``torch.nn.Module`` for ``spec`` (a ``ModelSpec``, dict, JSON text or path).
 
-    ``seed`` makes initialization reproducible (the global RNG is left untouched); the same
-    seed gives the same weights in both styles. ``init=False`` skips weight initialization
+    ``seed`` makes initialization reproducible and leaves the global RNG untouched (without
+    it, initialization draws from the global RNG as plain PyTorch does); the same seed gives
+    the same weights in both styles. ``init=False`` skips weight initialization
     (the memory is allocated but not written) for weights about to be loaded.
     Raises ``SpecError`` for an invalid spec.
     """
@@ -122,18 +122,26 @@ def compile_spec(
     if style not in STYLES:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     target, float_type = resolve_device(device), resolve_dtype(dtype)
-    with torch.random.fork_rng(devices=[]), torch.device("meta" if not init else "cpu"):
+    with contextlib.ExitStack() as scope:
         if seed is not None:
+            scope.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)
-        if style == "sequential":
-            model: nn.Module = nn.Sequential(OrderedDict((node.name, build_module(node)) for node in spec.nodes))
-            model.spec = spec
-        else:
-            stateful = {node.name: build_module(node) for node in spec.nodes if node.kind.stateful}
-            model = FunctionalModel(spec, stateful)
+        if not init:
+            scope.enter_context(torch.device("meta"))
+        model = _build(spec, style)
     if not init:
         return model.to_empty(device=target).to(dtype=float_type)
-    return model.to(device=target, dtype=float_type)
+    if target.type != "cpu" or float_type != torch.get_default_dtype():
+        model = model.to(device=target, dtype=float_type)
+    return model
+
+
+def _build(spec: ModelSpec, style: Style) -> nn.Module:
+    if style == "sequential":
+        model = nn.Sequential(OrderedDict((node.name, build_module(node)) for node in spec.nodes))
+        model.spec = spec
+        return model
+    return FunctionalModel(spec, {node.name: build_module(node) for node in spec.nodes if node.kind.stateful})
 
 
 class CompileCache:

@@ -8,6 +8,7 @@ the compiler calls.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable, Mapping
@@ -59,15 +60,54 @@ def check_dim(dim: int, shape: Shape, field: str = "dim") -> int:
 
 
 @dataclass(frozen=True)
+class FlatBounds:
+    """A flat region stated as an interval of the input ``x``, for fused statistics kernels.
+
+    ``inside``: flat where ``lo < x < hi``; otherwise flat where ``x < lo or x > hi``. A closed
+    end turns its ``<`` into ``<=`` (the bound itself is flat). NaN is never flat. Bounds are
+    compared in the tensor's dtype, as torch compares a tensor with a Python number.
+    """
+
+    lo: float
+    hi: float
+    inside: bool = True
+    lo_closed: bool = False
+    hi_closed: bool = False
+
+    @classmethod
+    def below(cls, limit: float, closed: bool = False) -> FlatBounds:
+        """``x < limit`` (``x <= limit`` when closed)."""
+        return cls(-math.inf, limit, lo_closed=True, hi_closed=closed)
+
+    @classmethod
+    def above(cls, limit: float, closed: bool = False) -> FlatBounds:
+        """``x > limit`` (``x >= limit`` when closed)."""
+        return cls(limit, math.inf, lo_closed=closed, hi_closed=True)
+
+    @classmethod
+    def outside(cls, lo: float, hi: float, closed: bool = False) -> FlatBounds:
+        """``x < lo or x > hi`` (``<=``, ``>=`` when closed)."""
+        return cls(lo, hi, inside=False, lo_closed=closed, hi_closed=closed)
+
+
+NO_FLAT = FlatBounds(0.0, 0.0)
+"""The empty region (``0 < x < 0``): for parameter values with no flat region."""
+
+
+@dataclass(frozen=True)
 class FlatRegion:
     """Where an activation's derivative is below 1% of its largest value.
 
     ``where(x, y, params)`` takes the activation's input ``x`` and output ``y`` (tensors) and
-    returns a boolean tensor; ``text`` says the same thing for people.
+    returns a boolean tensor; ``text`` says the same thing for people. ``bounds(params)``, where
+    given, states the same region as a ``FlatBounds`` interval of ``x`` (exactly equal to
+    ``where``, a test checks it) so a fused kernel can test it without calling ``where``; it is
+    None where the region is no interval of ``x`` (it reads ``y``, or a product of ``x``).
     """
 
     text: str
     where: Callable[[Any, Any, Mapping[str, Any]], Any]
+    bounds: Callable[[Mapping[str, Any]], FlatBounds] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +160,7 @@ class ActivationKind(LayerKind):
         return self.range_fn(params) if self.range_fn else self.output_range
 
 
+@functools.cache
 def resolve(path: str) -> Any:
     """Import the object a registry names by dotted path."""
     module, _, attr = path.rpartition(".")

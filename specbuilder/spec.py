@@ -44,21 +44,26 @@ MAX_SAMPLE_ELEMENTS = 100_000_000
 """No layer may output more elements than this per sample."""
 MAX_LAYERS = 1024
 
+Style = Literal["sequential", "functional"]
+"""How a spec compiles: an ``nn.Sequential``, or a module whose ``forward`` calls torch functions."""
+STYLES: tuple[Style, ...] = ("sequential", "functional")
+
 KINDS: dict[str, LayerKind] = {**LAYERS, **ACTIVATIONS}
 """Every layer type a spec may use, activations included."""
 
 RESERVED_NAMES = frozenset(
-    """T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda
-    double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter
-    get_submodule half ipu load_state_dict modules mtia named_buffers named_children
-    named_modules named_parameters parameters register_backward_hook register_buffer
+    """T_destination add_module append apply bfloat16 buffers call_super_init children compile cpu cuda
+    double dump_patches eval extend extra_repr float forward get_buffer get_extra_state get_parameter
+    get_submodule half insert ipu load_state_dict modules mtia named_buffers named_children
+    named_modules named_parameters parameters pop register_backward_hook register_buffer
     register_forward_hook register_forward_pre_hook register_full_backward_hook
     register_full_backward_pre_hook register_load_state_dict_post_hook
     register_load_state_dict_pre_hook register_module register_parameter
-    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
-    set_submodule share_memory state_dict to to_empty train training type xpu zero_grad""".split()
+    register_state_dict_post_hook register_state_dict_pre_hook register_tap requires_grad_ set_extra_state
+    set_submodule share_memory spec state_dict to to_empty train training type xpu zero_grad""".split()
 )
-"""``nn.Module`` attributes a layer name would shadow (a test keeps this in step with torch)."""
+"""Attributes a layer name would shadow: ``nn.Module``'s, ``nn.Sequential``'s, ``FunctionalModel``'s and
+``spec``, which every compiled module carries (a test keeps this in step with torch)."""
 
 
 def _type_names() -> dict[str, str]:
@@ -306,22 +311,31 @@ def _rewrite(error: ValidationError) -> ValidationError:
     for detail in error.errors():
         loc: list[int | str] = []
         tag = None
+        previous: int | str | None = None
         for part in detail["loc"]:
-            if isinstance(part, str) and part in KINDS and loc and (isinstance(loc[-1], int) or loc[-1] == "activation"):
-                tag = part
+            # A union tag follows a list index or "activation"; a field may share a tag's name (threshold).
+            if isinstance(part, str) and part in KINDS and (isinstance(previous, int) or previous == "activation"):
+                tag = previous = part
                 continue
             loc.append(part)
+            previous = part
         detail = {**detail, "loc": tuple(loc)}
         kind = detail["type"]
+        activation = bool(loc) and loc[-1] == "activation"
+        what, examples = ("activation", "'relu' or 'tanh'") if activation else ("layer type", "'linear' or 'relu'")
+        if kind == "union_tag_invalid" and isinstance(detail["input"], Mapping) and not isinstance(detail["input"]["type"], str):
+            got = detail["input"]["type"]
+            message = f"must be a string: {'an' if activation else 'a'} {what} such as {examples}, got {type(got).__name__} {got!r}"
+            problems.append((tuple(loc) + ("type",), "string_type", message, got))
+            continue
         if kind == "union_tag_invalid":
             got = detail["ctx"]["tag"]
-            what = "activation" if loc and loc[-1] == "activation" else "layer type"
-            choices = ACTIVATIONS if what == "activation" else TYPE_NAMES
-            message = f"unknown {what} '{got}'{suggest(got, choices)}"
+            message = f"unknown {what} '{got}'{suggest(got, ACTIVATIONS if activation else TYPE_NAMES)}"
             problems.append((tuple(loc) + ("type",), "unknown_type", message, got))
             continue
         if kind == "union_tag_not_found":
-            problems.append((tuple(loc) + ("type",), "missing", "is required: a layer type such as 'linear' or 'relu'", None))
+            message = f"is required: {'an' if activation else 'a'} {what} such as {examples}"
+            problems.append((tuple(loc) + ("type",), "missing", message, None))
             continue
         fields_at = {tuple(loc[:-1]): _fields_of(tag)}
         kind, message = friendly(detail, fields_at)
