@@ -443,7 +443,8 @@ service Demo {
 
 def test_files_that_import_each_other_and_declare_services(tmp_path: Path) -> None:
     protos = tmp_path / "protos"
-    shutil.copytree(protogen.PROTOS / "specbuilder", protos / "specbuilder")
+    (protos / "specbuilder/v1").mkdir(parents=True)
+    shutil.copy(protogen.PROTOS / "specbuilder/v1/spec.proto", protos / "specbuilder/v1/spec.proto")
     (protos / "demo/v1").mkdir(parents=True)
     (protos / "demo/v1/tensor.proto").write_text(TENSOR_PROTO)
     (protos / "demo/v1/service.proto").write_text(SERVICE_PROTO)
