@@ -73,7 +73,7 @@ class FunctionalModel(nn.Module):
         for name, module in modules.items():
             self.add_module(name, module)
         self._ops = tuple(FunctionalOp.of(node) for node in spec.nodes)
-        self._taps: dict[int, Tap] = {}
+        self._taps: OrderedDict[int, Tap] = OrderedDict()  # RemovableHandle holds it by weak reference
         self.spec = spec
 
     def register_tap(self, tap: Tap) -> RemovableHandle:
@@ -124,6 +124,7 @@ def compile_spec(
     target, float_type = resolve_device(device), resolve_dtype(dtype)
     with contextlib.ExitStack() as scope:
         if seed is not None:
+            scope.enter_context(_SEEDED)
             scope.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)
         if not init:
@@ -134,6 +135,10 @@ def compile_spec(
     if target.type != "cpu" or float_type != torch.get_default_dtype():
         model = model.to(device=target, dtype=float_type)
     return model
+
+
+_SEEDED = threading.Lock()
+"""Seeded builds borrow torch's global generator: one at a time, so threads get their own seed."""
 
 
 def _build(spec: ModelSpec, style: Style) -> nn.Module:
