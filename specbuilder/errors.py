@@ -95,6 +95,9 @@ def friendly(error: ErrorDetails, fields_at: dict[Loc, Sequence[str]]) -> tuple[
         return kind, f"must be one of {ctx.get('expected')}, got {_show(value)}"
     if kind == "string_pattern_mismatch":
         return kind, f"must match {ctx.get('pattern')}, got {_show(value)}"
+    if kind in ("string_too_short", "string_too_long"):
+        what, bound = ("at least", ctx.get("min_length")) if kind == "string_too_short" else ("at most", ctx.get("max_length"))
+        return kind, f"must have {what} {bound} character{'s' if bound != 1 else ''}, got {len(value)}"
     if kind in ("too_short", "too_long"):
         what = "at least" if kind == "too_short" else "at most"
         bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")

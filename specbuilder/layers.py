@@ -294,7 +294,7 @@ def _kinds() -> list[LayerKind]:
         LayerKind(
             name="layer_norm", sample_shape=(3, 6), summary="Normalization over the trailing dimensions of each sample.",
             params={
-                "normalized_shape": (list[PositiveInt] | None, None),
+                "normalized_shape": (Annotated[list[PositiveInt], Field(min_length=1)] | None, None),
                 "eps": (float, Field(1e-5, gt=0)),
                 "elementwise_affine": (bool, True),
                 "bias": (bool, True),
