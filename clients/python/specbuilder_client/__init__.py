@@ -1,0 +1,46 @@
+"""Python client for the specbuilder gRPC service: numpy in and out, pydantic results, no torch.
+
+>>> from specbuilder_client import Client
+>>> with Client("127.0.0.1:50051") as client:
+...     result = client.evaluate(spec, x, statistics=True)
+
+Every failure raises a ``SpecbuilderError`` subclass carrying the status code, the server's
+message and, for ``InvalidArgument``, each problem's path.
+"""
+
+from specbuilder_client.client import Client
+from specbuilder_client.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SpecbuilderError,
+    Unauthenticated,
+    Unavailable,
+    Violation,
+)
+from specbuilder_client.results import (
+    ActivationInfo,
+    Compiled,
+    EpochMetrics,
+    EvalResult,
+    Histogram,
+    LayerStats,
+    LayerSummary,
+    ModelRecord,
+    ParameterInfo,
+    StreamSummary,
+    Validation,
+)
+from specbuilder_client.streaming import StreamResult
+from specbuilder_client.training import EpochEvent, StatsEvent, TrainEvent, TrainFinished, TrainResult, TrainRun, TrainStarted
+
+__all__ = [
+    "ActivationInfo", "Cancelled", "Client", "Compiled", "DeadlineExceeded", "EpochEvent", "EpochMetrics",
+    "EvalResult", "FailedPrecondition", "Histogram", "InvalidArgument", "LayerStats", "LayerSummary",
+    "ModelRecord", "NotFound", "ParameterInfo", "ResourceExhausted", "SpecbuilderError", "StatsEvent",
+    "StreamResult", "StreamSummary", "TrainEvent", "TrainFinished", "TrainResult", "TrainRun", "TrainStarted",
+    "Unauthenticated", "Unavailable", "Validation", "Violation",
+]

@@ -1,0 +1,208 @@
+"""``Client``: the service's verbs as Python calls, numpy in and out, no torch.
+
+Every call carries the bearer token (when given) and the client's default deadline (unary
+calls only: a stream or a training run has no deadline unless its call gives one). Every
+failure is a ``SpecbuilderError`` subclass, raised ``from None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from specbuilder.proto import encode_value, spec_from_proto
+from specbuilder.spec import ModelSpec
+from specbuilder.v1 import service_pb2, service_pb2_grpc
+from specbuilder.wire import to_numpy, to_proto
+from specbuilder_client.errors import from_rpc
+from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, Validation, layer_stats, status_value
+from specbuilder_client.shm import SharedInputs
+from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
+from specbuilder_client.streaming import StreamRequests, StreamResult
+from specbuilder_client.training import TrainRun
+
+Response = TypeVar("Response")
+
+
+def evaluate_options(
+    statistics: bool, layers: Sequence[str] | None, all_layers: bool, bins: int | None, skip_output: bool
+) -> service_pb2.EvaluateOptions:
+    """The options of Evaluate and StreamEvaluate."""
+    return service_pb2.EvaluateOptions(
+        skip_output=skip_output, statistics=statistics, layers=list(layers or ()), all_layers=all_layers, bins=bins or 0
+    )
+
+
+def _read_pem(source: bytes | str | PathLike[str]) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
+
+
+class Client:
+    """A connection to a specbuilder server.
+
+    ``target`` is ``host:port``. ``token`` is sent as ``authorization: Bearer <token>`` on every
+    call. ``root_certificates`` (PEM bytes, or a path to them) turns on TLS. ``timeout`` is the
+    default deadline of unary calls, in seconds. ``max_message_mb`` bounds messages both ways
+    (the server has its own limit). ``shared_memory=True`` makes ``evaluate`` pass inputs
+    through POSIX shared memory — for a server on this host started with ``--shared-memory``.
+    Use it as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        root_certificates: bytes | str | PathLike[str] | None = None,
+        timeout: float | None = None,
+        max_message_mb: int = 64,
+        shared_memory: bool = False,
+    ) -> None:
+        limit = max_message_mb * 1024 * 1024
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(root_certificates))
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = service_pb2_grpc.ModelServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.shared_memory = shared_memory
+        self._shared = SharedInputs()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and unlink the shared-memory region."""
+        self._shared.close()
+        self._channel.close()
+
+    def _call(self, method: Callable[..., Response], request: Any, timeout: float | None) -> Response:
+        try:
+            return method(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc(error) from None
+
+    def validate(self, spec: SpecLike, *, timeout: float | None = None) -> Validation:
+        """Check a spec. An invalid spec is an answer (``valid`` False, ``problems`` at their paths), not an error."""
+        return Validation.from_proto(self._call(self._stub.ValidateSpec, service_pb2.ValidateSpecRequest(spec=spec_source(spec)), timeout))
+
+    def compile(self, spec: SpecLike, style: str = "sequential", code: bool = False, *, timeout: float | None = None) -> Compiled:
+        """Compile a spec on the server: its layer table, shapes, parameter counts, and PyTorch source with ``code=True``."""
+        request = service_pb2.CompileSpecRequest(spec=spec_source(spec), style=style, include_code=code)
+        return Compiled.from_proto(self._call(self._stub.CompileSpec, request, timeout), code=code)
+
+    def evaluate(
+        self,
+        model: ModelRef,
+        x: np.ndarray,
+        *,
+        statistics: bool = False,
+        layers: Sequence[str] | None = None,
+        all_layers: bool = False,
+        bins: int | None = None,
+        skip_output: bool = False,
+        shared_memory: bool | None = None,
+        timeout: float | None = None,
+    ) -> EvalResult:
+        """Run one batch ``x`` ([N, *input_shape]) through a spec or a stored model's id.
+
+        ``statistics`` adds per-layer activation statistics (every activation layer, or the
+        modules named in ``layers``, or every module with ``all_layers``). ``shared_memory``
+        overrides the client's choice for this call.
+        """
+        options = evaluate_options(statistics, layers, all_layers, bins, skip_output)
+        if self.shared_memory if shared_memory is None else shared_memory:
+            with self._shared.place(x) as tensor:
+                response = self._call(self._stub.Evaluate, service_pb2.EvaluateRequest(input=tensor, options=options, **model_fields(model)), timeout)
+        else:
+            response = self._call(self._stub.Evaluate, service_pb2.EvaluateRequest(input=to_proto(x), options=options, **model_fields(model)), timeout)
+        outputs = to_numpy(response.output, "output") if response.HasField("output") else None
+        return EvalResult(outputs=outputs, stats=layer_stats(response.stats), compute_seconds=response.compute_seconds)
+
+    def evaluate_stream(
+        self,
+        model: ModelRef,
+        batches: Iterable[np.ndarray],
+        *,
+        statistics: bool = False,
+        layers: Sequence[str] | None = None,
+        all_layers: bool = False,
+        bins: int | None = None,
+        skip_output: bool = False,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        """Run many batches through one model in one call; memory stays flat on both sides.
+
+        ``batches`` is read lazily (a generator is fine). Iterate the result for the outputs, in
+        order, then read ``.summary`` (statistics aggregate over the whole stream). Batches travel
+        inline even on a shared-memory client.
+        """
+        start = service_pb2.StreamEvaluateStart(options=evaluate_options(statistics, layers, all_layers, bins, skip_output), **model_fields(model))
+        requests = StreamRequests(start, batches)
+        call = self._stub.StreamEvaluate(iter(requests), timeout=timeout, metadata=self._metadata)
+        return StreamResult(call, requests)
+
+    def train(
+        self,
+        spec: SpecLike,
+        data: str | tuple[np.ndarray, np.ndarray] = "spirals",
+        *,
+        name: str | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+        **config: Any,
+    ) -> TrainRun:
+        """Start training ``spec`` on a built-in dataset (by name) or on arrays ``(x, y)``.
+
+        ``config`` takes TrainConfig's fields (epochs, batch_size, lr, optimizer, loss, seed, ...);
+        the server checks them. Iterate the returned run for events, or call ``.result()``;
+        ``progress=True`` shows a progress bar. ``timeout`` bounds the whole run.
+        """
+        request = service_pb2.TrainRequest(
+            spec=spec_source(spec), name=name or "",
+            config={key: encode_value(value, f"config.{key}") for key, value in config.items()},
+        )
+        if isinstance(data, str):
+            request.dataset = data
+        else:
+            x, y = data
+            request.arrays.x.CopyFrom(to_proto(x))
+            request.arrays.y.CopyFrom(to_proto(y))
+        return TrainRun(self._stub.Train(request, timeout=timeout, metadata=self._metadata), progress=progress)
+
+    def list_models(self, status: str | None = None, *, timeout: float | None = None) -> list[ModelRecord]:
+        """Stored models and runs, newest first (without history and statistics); ``status`` filters."""
+        request = service_pb2.ListModelsRequest(status=status_value(status) if status else 0)
+        return [ModelRecord.from_proto(m) for m in self._call(self._stub.ListModels, request, timeout).models]
+
+    def get_model(self, model_id: str, *, timeout: float | None = None) -> ModelRecord:
+        """One stored model or run, with its history and statistics."""
+        return ModelRecord.from_proto(self._call(self._stub.GetModel, service_pb2.GetModelRequest(model_id=model_id), timeout))
+
+    def delete_model(self, model_id: str, *, timeout: float | None = None) -> None:
+        """Delete a stored model or finished run."""
+        self._call(self._stub.DeleteModel, service_pb2.DeleteModelRequest(model_id=model_id), timeout)
+
+    def export_model(self, model_id: str, *, timeout: float | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
+        """A stored model's spec and its state_dict as writable numpy arrays (for ``torch.from_numpy``)."""
+        response = self._call(self._stub.ExportModel, service_pb2.ExportModelRequest(model_id=model_id), timeout)
+        weights = {name: np.array(to_numpy(tensor, f"weights[{name!r}]")) for name, tensor in sorted(response.weights.items())}
+        return spec_from_proto(response.spec, max_params=None), weights
+
+    def activations(self, *, timeout: float | None = None) -> list[ActivationInfo]:
+        """The server's activation registry: names, parameters, ranges, formulas, flat regions."""
+        response = self._call(self._stub.ListActivations, service_pb2.ListActivationsRequest(), timeout)
+        return [ActivationInfo.from_proto(a) for a in response.activations]
+
+
+__all__ = ["Client"]

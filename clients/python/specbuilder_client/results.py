@@ -1,0 +1,265 @@
+"""What the client's calls return: plain pydantic objects with numpy arrays, built from the messages.
+
+Conversions live here, each next to its type, so the ``Client`` only sends and receives.
+Timestamps become timezone-aware datetimes, ``Value`` maps become Python values, specs become
+``ModelSpec``. ``LayerStats`` is the client's own (same fields as the wire message):
+``specbuilder.stats`` needs torch, and the client must work without it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from specbuilder.proto import decode_value, spec_from_proto
+from specbuilder.spec import ModelSpec
+from specbuilder.v1 import service_pb2
+from specbuilder_client.errors import Violation
+
+
+class Result(BaseModel):
+    """Base of every result: immutable, numpy arrays allowed."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+
+def status_name(value: int) -> str:
+    """``RUN_STATUS_COMPLETED`` -> ``"completed"``."""
+    return service_pb2.RunStatus.Name(value).removeprefix("RUN_STATUS_").lower()
+
+
+def status_value(name: str) -> int:
+    """``"completed"`` -> ``RUN_STATUS_COMPLETED``; a ValueError naming the choices otherwise."""
+    names = [status_name(v) for v in service_pb2.RunStatus.values() if v]
+    if name not in names:
+        raise ValueError(f"unknown run status {name!r}; use one of {', '.join(names)}")
+    return service_pb2.RunStatus.Value(f"RUN_STATUS_{name.upper()}")
+
+
+def _spec(message: Any) -> ModelSpec:
+    """A spec the server sent; the server already validated it, so no parameter limit applies here."""
+    return spec_from_proto(message, max_params=None)
+
+
+class Histogram(Result):
+    """A histogram with fixed edges: ``len(edges) == len(counts) + 1``."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+class LayerStats(Result):
+    """What one monitored module's outputs did over a pass or a window of training steps."""
+
+    index: int = Field(description="position in the compiled model")
+    name: str = Field(description="module name")
+    kind: str = Field(description="layer type")
+    count: int = Field(description="elements seen")
+    mean: float
+    std: float
+    min: float
+    max: float
+    nan_count: int
+    inf_count: int
+    zero_fraction: float = Field(description="fraction of elements exactly zero")
+    saturated_fraction: float = Field(description="fraction of elements in the activation's flat region")
+    dead_fraction: float = Field(description="fraction of units in the flat region for every sample seen")
+    histogram: Histogram | None
+    grad_norm: float | None = Field(description="gradient norm reaching the output, during training")
+    entropy: float | None = Field(description="mean row entropy, for softmax-like outputs")
+    max_probability: float | None = Field(description="mean largest row probability, for softmax-like outputs")
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.LayerStats) -> LayerStats:
+        optional = {name: getattr(message, name) if message.HasField(name) else None for name in ("grad_norm", "entropy", "max_probability")}
+        histogram = Histogram(edges=list(message.histogram.edges), counts=list(message.histogram.counts)) if message.HasField("histogram") else None
+        return cls(
+            index=message.index, name=message.name, kind=message.kind, count=message.count,
+            mean=message.mean, std=message.std, min=message.min, max=message.max,
+            nan_count=message.nan_count, inf_count=message.inf_count, zero_fraction=message.zero_fraction,
+            saturated_fraction=message.saturated_fraction, dead_fraction=message.dead_fraction,
+            histogram=histogram, **optional,
+        )
+
+
+def layer_stats(messages: Any) -> list[LayerStats]:
+    """A repeated ``LayerStats`` field as a list."""
+    return [LayerStats.from_proto(m) for m in messages]
+
+
+class Validation(Result):
+    """ValidateSpec's answer: an invalid spec is an answer, with every problem at its path."""
+
+    valid: bool
+    problems: list[Violation]
+    spec: ModelSpec | None = Field(description="the spec with every parameter spelled out, when valid")
+    spec_hash: str
+    num_params: int
+    output_shape: tuple[int, ...]
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.ValidateSpecResponse) -> Validation:
+        return cls(
+            valid=message.valid,
+            problems=[Violation(v.path, v.message, v.type) for v in message.violations],
+            spec=_spec(message.spec) if message.valid else None,
+            spec_hash=message.spec_hash,
+            num_params=message.num_params,
+            output_shape=tuple(message.output_shape),
+        )
+
+
+class LayerSummary(Result):
+    """One module of a compiled model."""
+
+    index: int
+    name: str = Field(description="module name, the state_dict prefix")
+    type: str
+    path: str = Field(description="where it comes from in the spec: layers[2] or layers[2].activation")
+    output_shape: tuple[int, ...]
+    num_params: int
+
+
+class Compiled(Result):
+    """CompileSpec's answer: the layer table, shapes, parameter counts and optionally source."""
+
+    spec_hash: str
+    layers: list[LayerSummary]
+    output_shape: tuple[int, ...]
+    num_params: int
+    code: str | None = Field(description="standalone PyTorch source, when asked for")
+    summary: str = Field(description="the layer table as text")
+
+    def __str__(self) -> str:
+        return self.summary
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.CompileSpecResponse, *, code: bool) -> Compiled:
+        layers = [
+            LayerSummary(index=m.index, name=m.name, type=m.type, path=m.path, output_shape=tuple(m.output_shape), num_params=m.num_params)
+            for m in message.layers
+        ]
+        return cls(
+            spec_hash=message.spec_hash, layers=layers, output_shape=tuple(message.output_shape),
+            num_params=message.num_params, code=message.code if code else None, summary=message.summary,
+        )
+
+
+class EvalResult(Result):
+    """Evaluate's answer. ``outputs`` is a read-only view on the received bytes (None with skip_output)."""
+
+    outputs: np.ndarray | None
+    stats: list[LayerStats]
+    compute_seconds: float = Field(description="seconds the server spent on the forward pass and statistics")
+
+
+class StreamSummary(Result):
+    """The end of a stream: counts and statistics over every batch."""
+
+    batches: int
+    rows: int
+    stats: list[LayerStats]
+    compute_seconds: float
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.StreamSummary) -> StreamSummary:
+        return cls(batches=message.batches, rows=message.rows, stats=layer_stats(message.stats), compute_seconds=message.compute_seconds)
+
+
+class EpochMetrics(Result):
+    """Metrics of one epoch of training."""
+
+    epoch: int = Field(description="epoch number, from 1")
+    loss: float
+    val_loss: float | None
+    accuracy: float | None
+    lr: float
+    seconds: float
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.EpochMetrics) -> EpochMetrics:
+        return cls(
+            epoch=message.epoch, loss=message.loss,
+            val_loss=message.val_loss if message.HasField("val_loss") else None,
+            accuracy=message.accuracy if message.HasField("accuracy") else None,
+            lr=message.lr, seconds=message.seconds,
+        )
+
+
+def _datetime(timestamp: Any) -> datetime | None:
+    return timestamp.ToDatetime(tzinfo=timezone.utc) if timestamp.seconds or timestamp.nanos else None
+
+
+class ModelRecord(Result):
+    """A stored model or training run. ``list_models`` leaves history and stats empty."""
+
+    id: str
+    name: str
+    status: str = Field(description="running, completed, diverged, cancelled, failed or interrupted")
+    spec: ModelSpec
+    num_params: int
+    spec_hash: str
+    created: datetime | None
+    updated: datetime | None
+    config: dict[str, Any] = Field(description="the training configuration, by TrainConfig's field names")
+    history: list[EpochMetrics]
+    stats: list[LayerStats]
+    dataset: str = Field(description="built-in dataset name; empty for arrays")
+    reason: str = Field(description="why the run ended as it did, for anything but completed")
+    has_weights: bool
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.ModelRecord) -> ModelRecord:
+        return cls(
+            id=message.id, name=message.name, status=status_name(message.status), spec=_spec(message.spec),
+            num_params=message.num_params, spec_hash=message.spec_hash,
+            created=_datetime(message.created), updated=_datetime(message.updated),
+            config={key: decode_value(value) for key, value in sorted(message.config.items())},
+            history=[EpochMetrics.from_proto(m) for m in message.history], stats=layer_stats(message.stats),
+            dataset=message.dataset, reason=message.reason, has_weights=message.has_weights,
+        )
+
+
+class ParameterInfo(Result):
+    """One parameter of an activation."""
+
+    name: str
+    type: str
+    default: Any = Field(description="its default (None when it has none)")
+    constraint: str
+
+
+class ActivationInfo(Result):
+    """One activation of the server's registry."""
+
+    name: str
+    aliases: list[str]
+    summary: str
+    formula: str
+    parameters: list[ParameterInfo]
+    range_min: float
+    range_max: float
+    flat_region: str
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.ActivationInfo) -> ActivationInfo:
+        parameters = [
+            ParameterInfo(name=p.name, type=p.type, default=decode_value(p.default) if p.HasField("default") else None, constraint=p.constraint)
+            for p in message.parameters
+        ]
+        return cls(
+            name=message.name, aliases=list(message.aliases), summary=message.summary, formula=message.formula,
+            parameters=parameters, range_min=message.range_min, range_max=message.range_max, flat_region=message.flat_region,
+        )
+
+
+__all__ = [
+    "ActivationInfo", "Compiled", "EpochMetrics", "EvalResult", "Histogram", "LayerStats", "LayerSummary",
+    "ModelRecord", "ParameterInfo", "StreamSummary", "Validation", "status_name", "status_value",
+]

@@ -1,0 +1,160 @@
+"""``TrainRun``: a Train call as events to iterate, a final ``TrainResult``, a progress bar and ``cancel()``.
+
+Events come as the server sends them: ``TrainStarted``, then ``EpochEvent`` and ``StatsEvent``
+as they happen, ``TrainFinished`` last. ``result()`` reads whatever is left and returns the
+run's outcome; the stored record, with its config and timestamps, is ``client.get_model(model_id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal, Union
+
+import grpc
+from pydantic import Field
+
+from specbuilder.v1 import service_pb2
+from specbuilder_client.errors import Cancelled, from_rpc
+from specbuilder_client.results import EpochMetrics, LayerStats, Result, layer_stats, status_name
+
+
+class TrainStarted(Result):
+    """Training began."""
+
+    type: Literal["started"] = "started"
+    run_id: str
+    epochs: int
+    steps_per_epoch: int
+    train_samples: int
+    val_samples: int
+
+
+class EpochEvent(EpochMetrics):
+    """An epoch finished."""
+
+    type: Literal["epoch"] = "epoch"
+    run_id: str
+
+
+class StatsEvent(Result):
+    """Activation statistics over the training steps up to ``step``."""
+
+    type: Literal["stats"] = "stats"
+    run_id: str
+    step: int
+    stats: list[LayerStats]
+
+
+class TrainFinished(Result):
+    """Training ended."""
+
+    type: Literal["finished"] = "finished"
+    run_id: str
+    status: str = Field(description="completed, diverged, cancelled or failed")
+    reason: str
+    steps: int
+    stats: list[LayerStats]
+
+
+TrainEvent = Union[TrainStarted, EpochEvent, StatsEvent, TrainFinished]
+
+
+def event_from_proto(message: service_pb2.TrainEvent) -> TrainEvent:
+    """One Train stream message as its event."""
+    run_id, kind = message.run_id, message.WhichOneof("event")
+    if kind == "started":
+        s = message.started
+        return TrainStarted(run_id=run_id, epochs=s.epochs, steps_per_epoch=s.steps_per_epoch, train_samples=s.train_samples, val_samples=s.val_samples)
+    if kind == "epoch":
+        return EpochEvent(run_id=run_id, **EpochMetrics.from_proto(message.epoch).model_dump())
+    if kind == "stats":
+        return StatsEvent(run_id=run_id, step=message.stats.step, stats=layer_stats(message.stats.stats))
+    f = message.finished
+    return TrainFinished(run_id=run_id, status=status_name(f.status), reason=f.reason, steps=f.steps, stats=layer_stats(f.stats))
+
+
+class TrainResult(Result):
+    """How a run ended. ``model_id`` names the stored model (and the run's record)."""
+
+    model_id: str
+    status: str = Field(description="completed, diverged, cancelled or failed")
+    reason: str = Field(description="why, for anything but completed")
+    steps: int | None = Field(description="optimizer steps taken; None when the client cancelled before the server's last word")
+    history: list[EpochMetrics]
+    stats: list[LayerStats] = Field(description="the final statistics (the last window's, after a client cancel)")
+
+
+class TrainRun:
+    """A training run in progress: iterate it for events, ``result()`` for the outcome, ``cancel()`` to stop it.
+
+    As a context manager it cancels a run that is still going when the block ends.
+    """
+
+    def __init__(self, call: Any, *, progress: bool = False) -> None:
+        """``call`` is the gRPC call: an iterator of ``TrainEvent`` messages with ``cancel()``."""
+        self._call = call
+        self._progress = progress
+        self._cancelled = False
+        self.run_id: str | None = None
+        """The run's id (also the stored model's), from the first event on."""
+        self.history: list[EpochMetrics] = []
+        """Epoch metrics received so far."""
+        self._stats: list[LayerStats] = []
+        self._finished: TrainFinished | None = None
+        self._events = self._read()
+
+    def __iter__(self) -> Iterator[TrainEvent]:
+        return self._events
+
+    def __enter__(self) -> TrainRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._finished is None:
+            self.cancel()
+
+    def _read(self) -> Iterator[TrainEvent]:
+        bar = None
+        try:
+            for message in self._call:
+                event = event_from_proto(message)
+                self.run_id = event.run_id
+                if isinstance(event, TrainStarted) and self._progress:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=event.epochs, unit="epoch", desc=f"train {event.run_id[:8]}")
+                elif isinstance(event, EpochEvent):
+                    self.history.append(EpochMetrics(**event.model_dump(exclude={"type", "run_id"})))
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in (("loss", event.loss), ("val_loss", event.val_loss), ("accuracy", event.accuracy)) if v is not None})
+                        bar.update(1)
+                elif isinstance(event, StatsEvent):
+                    self._stats = event.stats
+                elif isinstance(event, TrainFinished):
+                    self._finished = event
+                yield event
+        except grpc.RpcError as error:
+            if not (self._cancelled and error.code() == grpc.StatusCode.CANCELLED):
+                raise from_rpc(error) from None
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def result(self) -> TrainResult:
+        """Wait for the run to end (reading the events left) and return its outcome."""
+        for _ in self._events:
+            pass
+        if self._finished is not None:
+            f = self._finished
+            return TrainResult(model_id=f.run_id, status=f.status, reason=f.reason, steps=f.steps, history=list(self.history), stats=f.stats)
+        if self.run_id is None:
+            raise Cancelled(grpc.StatusCode.CANCELLED, "the run was cancelled before it started; nothing was stored")
+        return TrainResult(model_id=self.run_id, status="cancelled", reason="cancelled by the client", steps=None, history=list(self.history), stats=self._stats)
+
+    def cancel(self) -> None:
+        """Stop the run: the server stops within one step and stores it as cancelled."""
+        self._cancelled = True
+        self._call.cancel()
+
+
+__all__ = ["EpochEvent", "StatsEvent", "TrainEvent", "TrainFinished", "TrainResult", "TrainRun", "TrainStarted"]

@@ -1,0 +1,67 @@
+"""``ServerConfig``: everything ``specbuilder serve`` can be told, checked before the server starts.
+
+The command line fills it from flags; tests and the demo build it directly. Every limit a
+client can run into lives here, so what the server refuses is decided in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from specbuilder.spec import DEFAULT_MAX_PARAMS
+
+DEFAULT_PORT = 50051
+MAX_MESSAGE_MB = 2047
+"""gRPC's message length is a signed 32-bit number of bytes."""
+
+
+def default_store() -> Path:
+    """``$SPECBUILDER_STORE``, else ``$XDG_DATA_HOME/specbuilder/models`` (``~/.local/share/...``)."""
+    if os.environ.get("SPECBUILDER_STORE"):
+        return Path(os.environ["SPECBUILDER_STORE"])
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "specbuilder" / "models"
+
+
+class ServerConfig(BaseModel):
+    """How the server listens, whom it lets in, and how much it will do for one client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 or [::] listens on every interface")
+    port: Annotated[int, Field(ge=0, le=65535, description="port to bind; 0 picks a free one")] = DEFAULT_PORT
+    store: Path = Field(default_factory=default_store, description="model store directory (created if missing)")
+    token: Annotated[str | None, Field(min_length=1, description="bearer token every RPC but health must carry")] = None
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, the server speaks TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    max_message_mb: Annotated[int, Field(ge=1, le=MAX_MESSAGE_MB, description="largest message, either direction")] = 64
+    max_params: Annotated[int, Field(ge=1, description="specs with more parameters are refused")] = DEFAULT_MAX_PARAMS
+    max_batch_elements: Annotated[int, Field(ge=1, description="batch size times the largest per-sample layer output")] = 50_000_000
+    max_concurrent_trains: Annotated[int, Field(ge=1, description="training runs at once; more are refused")] = 2
+    max_train_seconds: Annotated[float | None, Field(gt=0, description="a training run is cancelled after this long")] = None
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N': where models run")
+    shared_memory: bool = Field(False, description="accept tensors in POSIX shared memory from same-host clients")
+    cache_size: Annotated[int, Field(ge=1, description="compiled and loaded models kept ready")] = 32
+    workers: Annotated[int, Field(ge=2, description="threads serving calls; each open stream holds one")] = 16
+    grace_seconds: Annotated[float, Field(ge=0, description="how long in-flight calls may finish when stopping")] = 10.0
+    tune_malloc: bool = Field(True, description="raise glibc's mmap/trim thresholds so multi-MB messages reuse memory")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
+        return self
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as gRPC binds it (IPv6 hosts bracketed)."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"

@@ -1,0 +1,142 @@
+"""What the server answers when a call cannot be served: a gRPC status, never a traceback.
+
+Every servicer method is wrapped by ``handled``: the core's own exceptions become the status
+codes DESIGN.md promises (``SpecError`` -> INVALID_ARGUMENT with each problem's path, an
+unknown model id -> NOT_FOUND, ...), field problems also travel as a ``google.rpc.BadRequest``
+in the status details, and anything unexpected is logged here and answered INTERNAL with a
+short message. A bad input never reaches the client as UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from specbuilder.datasets import DataError
+from specbuilder.errors import Problem, SpecError
+from specbuilder.store import ModelNotFound, NoWeights
+from specbuilder.wire import TensorError
+
+log = logging.getLogger("specbuilder_server")
+
+MAX_LISTED = 10
+"""Problems spelled out in a status message; all of them are in the BadRequest details."""
+
+
+class RequestError(Exception):
+    """A call that cannot be served, as the status the client gets; ``problems`` name fields."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problems = list(problems)
+
+
+def invalid(path: str, message: str, kind: str = "invalid") -> RequestError:
+    """INVALID_ARGUMENT for one field: ``path: message``."""
+    problem = Problem(path, message, kind)
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(problem), [problem])
+
+
+def exhausted(message: str) -> RequestError:
+    """RESOURCE_EXHAUSTED: a server limit was reached; the message says which and what to do."""
+    return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def spec_problems(error: SpecError, prefix: str = "") -> RequestError:
+    """A ``SpecError`` (or ``ConfigError``) as INVALID_ARGUMENT, paths under ``prefix``.
+
+    A spec refused only for its size is a limit, so it is RESOURCE_EXHAUSTED.
+    """
+    problems = [Problem(_join(prefix, p.path), p.message, p.type) for p in error.problems]
+    text = "; ".join(map(str, problems[:MAX_LISTED]))
+    if len(problems) > MAX_LISTED:
+        text += f"; and {len(problems) - MAX_LISTED} more (see the BadRequest details)"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    if problems and all(p.type == "too_many_parameters" for p in problems):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    return RequestError(code, text, problems)
+
+
+def _join(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    if not path:
+        return prefix
+    return prefix + ("" if path.startswith("[") else ".") + path
+
+
+def as_request_error(error: Exception) -> RequestError:
+    """The status an exception from the core stands for; unexpected ones are logged, INTERNAL."""
+    if isinstance(error, RequestError):
+        return error
+    if isinstance(error, SpecError):
+        return spec_problems(error)
+    if isinstance(error, TensorError):
+        return invalid(error.path, error.message, "tensor")
+    if isinstance(error, DataError):
+        return invalid("data", str(error), "data")
+    if isinstance(error, ModelNotFound):
+        return RequestError(grpc.StatusCode.NOT_FOUND, str(error))
+    if isinstance(error, NoWeights):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    log.error("internal error serving a call", exc_info=error)
+    return RequestError(grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); the server's log has the details")
+
+
+def rich_status(error: RequestError) -> grpc.Status:
+    """The status with a ``google.rpc.BadRequest`` detail listing each field problem."""
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
+    if error.problems:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=p.path, description=p.message, reason=p.type)
+            for p in error.problems
+        ]))
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+def abort(context: grpc.ServicerContext, error: Exception) -> None:
+    """End the call with the status ``error`` stands for (raises, as ``context.abort`` does)."""
+    context.abort_with_status(rich_status(as_request_error(error)))
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def handled(method: Method) -> Method:
+    """Wrap a servicer method (unary, or a generator for a response stream) so every failure
+    becomes a proper status."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a status
+                failure = error
+            else:
+                return
+            abort(context, failure)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status
+            failure = error
+        abort(context, failure)
+
+    return unary  # type: ignore[return-value]

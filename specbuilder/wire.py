@@ -1,0 +1,150 @@
+"""Tensors on the wire (``specbuilder.v1.Tensor``) to and from numpy, without torch.
+
+Shared by the server and the client: raw little-endian row-major bytes, checked against the
+dtype and shape before anything reads them, with errors that name the field. The opt-in
+shared-memory path reads the same layout from a named POSIX region on the same host.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from typing import Iterator
+
+import numpy as np
+
+from specbuilder.v1 import tensor_pb2
+
+DType = tensor_pb2.DType
+
+
+@dataclass(frozen=True)
+class WireType:
+    """One dtype on the wire: its name, its numpy dtype (None where numpy has none) and size."""
+
+    name: str
+    numpy: np.dtype | None
+    itemsize: int
+
+
+WIRE_TYPES: dict[int, WireType] = {
+    DType.DTYPE_FLOAT32: WireType("float32", np.dtype("<f4"), 4),
+    DType.DTYPE_FLOAT64: WireType("float64", np.dtype("<f8"), 8),
+    DType.DTYPE_FLOAT16: WireType("float16", np.dtype("<f2"), 2),
+    DType.DTYPE_BFLOAT16: WireType("bfloat16", None, 2),
+    DType.DTYPE_INT64: WireType("int64", np.dtype("<i8"), 8),
+    DType.DTYPE_INT32: WireType("int32", np.dtype("<i4"), 4),
+    DType.DTYPE_BOOL: WireType("bool", np.dtype("?"), 1),
+}
+"""Every dtype the wire carries, by enum value."""
+_BY_KIND = {(wire.numpy.kind, wire.itemsize): code for code, wire in WIRE_TYPES.items() if wire.numpy is not None}
+
+SHARED_MEMORY_NAME = re.compile(r"^specbuilder_[A-Za-z0-9_-]{1,64}$")
+"""Shared-memory regions a client may name: only ones made for specbuilder."""
+MAX_DIMS = 8
+
+
+class TensorError(ValueError):
+    """A tensor on the wire is malformed; ``path`` names the field (``input.shape``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
+    """A numpy array as a wire tensor (one copy, into the message's bytes)."""
+    array = np.asarray(array)
+    code = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        names = ", ".join(w.name for w in WIRE_TYPES.values() if w.numpy is not None)
+        raise TypeError(f"arrays of dtype {array.dtype} cannot travel; use one of {names}")
+    data = np.ascontiguousarray(array, dtype=WIRE_TYPES[code].numpy).tobytes()
+    return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=data)
+
+
+def wire_type(tensor: tensor_pb2.Tensor, path: str) -> WireType:
+    """The tensor's dtype, checked."""
+    wire = WIRE_TYPES.get(tensor.dtype)
+    if wire is None:
+        raise TensorError(f"{path}.dtype", f"unknown or unset dtype ({tensor.dtype}); use one of {', '.join(w.name for w in WIRE_TYPES.values())}")
+    return wire
+
+
+def check_shape(tensor: tensor_pb2.Tensor, path: str) -> tuple[int, ...]:
+    """The tensor's shape, checked: at most 8 dims, none negative."""
+    shape = tuple(tensor.shape)
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{path}.shape", f"has {len(shape)} dimensions, at most {MAX_DIMS} allowed")
+    if any(size < 0 for size in shape):
+        raise TensorError(f"{path}.shape", f"sizes must be >= 0, got {list(shape)}")
+    return shape
+
+
+def payload(tensor: tensor_pb2.Tensor, path: str) -> tuple[WireType, tuple[int, ...], memoryview]:
+    """The checked dtype, shape and a read-only view of the inline elements (no copy).
+
+    Shared-memory tensors are read through ``attached``, which bounds the view's lifetime.
+    """
+    wire, shape = wire_type(tensor, path), check_shape(tensor, path)
+    kind = tensor.WhichOneof("payload")
+    if kind == "shared_memory":
+        raise TensorError(f"{path}.shared_memory", "shared-memory tensors need the attached() context")
+    data = memoryview(tensor.data)
+    _check_length(len(data), wire, shape, path)
+    return wire, shape, data
+
+
+def _check_length(length: int, wire: WireType, shape: tuple[int, ...], path: str) -> None:
+    expected = math.prod(shape) * wire.itemsize
+    if length != expected:
+        raise TensorError(
+            f"{path}.data",
+            f"has {length} bytes, but shape {list(shape)} of {wire.name} needs {expected}",
+        )
+
+
+@contextmanager
+def attached(tensor: tensor_pb2.Tensor, path: str, *, allow_shared_memory: bool) -> Iterator[tuple[WireType, tuple[int, ...], memoryview]]:
+    """Like ``payload``, also for shared-memory tensors: the view lives until the block ends."""
+    if tensor.WhichOneof("payload") != "shared_memory":
+        yield payload(tensor, path)
+        return
+    wire, shape = wire_type(tensor, path), check_shape(tensor, path)
+    ref = tensor.shared_memory
+    if not allow_shared_memory:
+        raise TensorError(f"{path}.shared_memory", "this server does not accept shared-memory tensors (start it with --shared-memory)")
+    if not SHARED_MEMORY_NAME.match(ref.name):
+        raise TensorError(f"{path}.shared_memory.name", f"must match {SHARED_MEMORY_NAME.pattern}, got {ref.name!r}")
+    try:
+        region = shared_memory.SharedMemory(name=ref.name)
+    except FileNotFoundError:
+        raise TensorError(f"{path}.shared_memory.name", f"no shared-memory region named {ref.name!r} on this host") from None
+    resource_tracker.unregister(region._name, "shared_memory")  # attaching must not unlink the client's region
+    try:
+        nbytes = math.prod(shape) * wire.itemsize
+        if ref.offset + nbytes > region.size:
+            raise TensorError(
+                f"{path}.shared_memory",
+                f"offset {ref.offset} + {nbytes} bytes runs past the region's {region.size} bytes",
+            )
+        view = region.buf[ref.offset : ref.offset + nbytes]
+        try:
+            yield wire, shape, view.toreadonly()
+        finally:
+            view.release()
+    finally:
+        region.close()
+
+
+def to_numpy(tensor: tensor_pb2.Tensor, path: str = "tensor") -> np.ndarray:
+    """A wire tensor as a numpy array (a read-only view on the message's bytes; bfloat16 widens to float32)."""
+    wire, shape, data = payload(tensor, path)
+    if wire.numpy is None:
+        halves = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+        return halves.view(np.float32).reshape(shape)
+    return np.frombuffer(data, dtype=wire.numpy).reshape(shape)
