@@ -23,8 +23,12 @@ _LAZY = {
     "ActivationMonitor": "specbuilder.stats",
     "LayerStats": "specbuilder.stats",
     "train": "specbuilder.training",
+    "train_events": "specbuilder.training",
     "TrainConfig": "specbuilder.training",
     "TrainResult": "specbuilder.training",
+    "CancelToken": "specbuilder.training",
+    "DATASETS": "specbuilder.datasets",
+    "load_dataset": "specbuilder.datasets",
     "ModelStore": "specbuilder.store",
 }
 

@@ -18,9 +18,8 @@ from specbuilder.codegen import _literal, class_name, generate_code
 from specbuilder.compiler import compile_spec
 from specbuilder.errors import SpecError
 from specbuilder.kinds import LayerKind
-from specbuilder.spec import KINDS, ModelSpec, parse_spec
+from specbuilder.spec import KINDS, STYLES, ModelSpec, parse_spec
 
-STYLES = ("sequential", "functional")
 TUTORIAL = {
     "name": "simple-nn",
     "input_shape": [10],

@@ -1,0 +1,39 @@
+"""Training: ``train(spec, data, config)`` and its streaming form ``train_events``.
+
+``config`` (``TrainConfig``) and the registries of losses, optimizers and schedules never
+import torch, so clients can validate a config without it; the loop, its events and
+``TrainResult`` load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from specbuilder.training.config import ConfigError, TrainConfig, parse_config
+from specbuilder.training.losses import LOSSES
+from specbuilder.training.optimizers import OPTIMIZERS
+from specbuilder.training.schedules import SCHEDULES
+
+_LAZY = {
+    "train": "specbuilder.training.loop",
+    "train_events": "specbuilder.training.loop",
+    "TrainResult": "specbuilder.training.loop",
+    "CancelToken": "specbuilder.training.events",
+    "EVENTS": "specbuilder.training.events",
+    "Event": "specbuilder.training.events",
+    "StartedEvent": "specbuilder.training.events",
+    "EpochEvent": "specbuilder.training.events",
+    "StatsEvent": "specbuilder.training.events",
+    "FinishedEvent": "specbuilder.training.events",
+    "EpochMetrics": "specbuilder.training.events",
+    "EvalMetrics": "specbuilder.training.events",
+}
+
+__all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULES", "ConfigError", "TrainConfig", "parse_config", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'specbuilder.training' has no attribute {name!r}")

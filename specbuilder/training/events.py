@@ -1,0 +1,132 @@
+"""What a training run reports while it runs, and how a caller stops it.
+
+Events are pydantic models discriminated by ``type`` and serializable to JSON (non-finite
+losses of a diverged run become ``"NaN"`` / ``"Infinity"``), so the server streams them as
+they are: ``started``, then ``epoch`` and ``stats`` as they happen, and ``finished`` last,
+which also carries the ``TrainResult`` (not serialized: it holds the module).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
+
+from specbuilder.stats import LayerStats
+from specbuilder.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from specbuilder.training.loop import TrainResult
+
+Status = Literal["completed", "diverged", "cancelled"]
+
+
+class CancelToken:
+    """A thread-safe request to stop a run: the loop checks it before every step.
+
+    The first ``cancel()`` wins; its reason becomes the run's ``reason``.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._reason = ""
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """Ask the run to stop before its next step."""
+        with self._lock:
+            if not self._event.is_set():
+                self._reason = reason
+                self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+
+class Report(BaseModel):
+    """Base of events and metrics: immutable; NaN and infinity serialize as strings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+
+class EpochMetrics(Report):
+    """One finished epoch."""
+
+    epoch: int = Field(description="epochs finished, from 1")
+    step: int = Field(description="optimizer steps taken so far")
+    loss: float = Field(description="mean training loss over the epoch's steps")
+    val_loss: float | None = Field(description="loss on the validation set; None without one")
+    accuracy: float | None = Field(description="validation accuracy, for classification with a validation set")
+    lr: float = Field(description="the learning rate during the epoch")
+    seconds: float = Field(description="wall time of the epoch, its validation included")
+
+
+class EvalMetrics(Report):
+    """Loss and accuracy of the final model on one split."""
+
+    split: Literal["validation", "training"]
+    samples: int
+    loss: float
+    accuracy: float | None = Field(description="None for regression")
+
+
+class StartedEvent(Report):
+    """Training begins: what is trained, on what, where."""
+
+    type: Literal["started"] = "started"
+    model: str
+    parameters: int
+    dataset: str
+    train_samples: int
+    val_samples: int
+    steps_per_epoch: int
+    loss: str = Field(description="the loss in use (chosen from the data when the config names none)")
+    device: str
+    config: TrainConfig
+
+
+class EpochEvent(Report):
+    """An epoch finished."""
+
+    type: Literal["epoch"] = "epoch"
+    metrics: EpochMetrics
+
+
+class StatsEvent(Report):
+    """Activation statistics of one monitored training step (every ``stats_every`` steps)."""
+
+    type: Literal["stats"] = "stats"
+    step: int = Field(description="the monitored step, counted from 1")
+    epoch: int = Field(description="the epoch it belongs to, from 1")
+    layers: list[LayerStats]
+
+
+class FinishedEvent(Report):
+    """The run is over: always the last event, whatever happened."""
+
+    type: Literal["finished"] = "finished"
+    status: Status
+    reason: str
+    steps: int
+    epochs: int = Field(description="epochs finished")
+    seconds: float
+    final: EvalMetrics
+    _result: TrainResult | None = PrivateAttr(default=None)
+
+    @property
+    def result(self) -> TrainResult:
+        """The run's ``TrainResult``, module included (never serialized)."""
+        if self._result is None:
+            raise ValueError("this event was parsed from JSON; only the training process holds the result")
+        return self._result
+
+
+Event = Annotated[Union[StartedEvent, EpochEvent, StatsEvent, FinishedEvent], Field(discriminator="type")]  # noqa: UP007
+EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+"""``EVENTS.validate_json(text)`` parses any event back."""
