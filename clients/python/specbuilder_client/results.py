@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from specbuilder.proto import decode_value, spec_from_proto
 from specbuilder.spec import ModelSpec
 from specbuilder.v1 import service_pb2
+from specbuilder_client.config import config_dict
 from specbuilder_client.errors import Violation
 
 
@@ -207,7 +208,7 @@ class ModelRecord(Result):
     spec_hash: str
     created: datetime | None
     updated: datetime | None
-    config: dict[str, Any] = Field(description="the training configuration, by TrainConfig's field names")
+    config: dict[str, Any] = Field(description="the training configuration by TrainConfig's field names; train(**config) repeats it")
     history: list[EpochMetrics]
     stats: list[LayerStats]
     dataset: str = Field(description="built-in dataset name; empty for arrays")
@@ -220,7 +221,7 @@ class ModelRecord(Result):
             id=message.id, name=message.name, status=status_name(message.status), spec=_spec(message.spec),
             num_params=message.num_params, spec_hash=message.spec_hash,
             created=_datetime(message.created), updated=_datetime(message.updated),
-            config={key: decode_value(value) for key, value in sorted(message.config.items())},
+            config=config_dict(message.config),
             history=[EpochMetrics.from_proto(m) for m in message.history], stats=layer_stats(message.stats),
             dataset=message.dataset, reason=message.reason, has_weights=message.has_weights,
         )

@@ -33,7 +33,9 @@ class StreamRequests:
         yield service_pb2.StreamEvaluateRequest(start=self._start)
         try:
             for batch in self._batches:
-                yield service_pb2.StreamEvaluateRequest(batch=to_proto(batch))
+                request = service_pb2.StreamEvaluateRequest()
+                request.batch.CopyFrom(to_proto(batch))  # cheaper than the constructor for MBs
+                yield request
         except Exception as error:  # gRPC would only log it: keep it for the caller, end the stream
             self.error = error
 

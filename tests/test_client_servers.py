@@ -1,0 +1,155 @@
+"""The client against servers set up otherwise: a token, TLS, small limits, shared memory, and a
+client process in which torch cannot be imported at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from server_helpers import QUICK, ROOT, SPIRALS, server, server_process, serving  # noqa: F401 - fixture
+from specbuilder_client import Client, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
+from specbuilder_server import RunningServer
+
+TOKEN = "client-test-token"
+X = np.random.default_rng(3).normal(size=(5, 2)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with serving(tmp_path_factory.mktemp("store"), token=TOKEN, max_message_mb=1) as running:
+        yield running
+
+
+def test_the_token_goes_with_every_call_and_a_wrong_one_is_unauthenticated(guarded: RunningServer) -> None:
+    with Client(guarded.address, token=TOKEN) as client:
+        assert client.evaluate(SPIRALS, X).outputs.shape == (5, 2)
+        assert client.evaluate_stream(SPIRALS, [X, X]).summary.rows == 10
+        assert client.train(SPIRALS, "spirals", epochs=1).result().status == "completed"
+    for token in (None, "not-it"):
+        with Client(guarded.address, token=token) as client, pytest.raises(Unauthenticated) as caught:
+            client.activations()
+        assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED and "token" in caught.value.message
+
+
+def test_a_message_over_the_server_limit_is_resource_exhausted(guarded: RunningServer) -> None:
+    big = np.zeros((150_000, 2), np.float32)  # 1.2 MB, over the server's 1 MB
+    with Client(guarded.address, token=TOKEN) as client, pytest.raises(ResourceExhausted) as caught:
+        client.evaluate(SPIRALS, big)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_with_root_certificates_as_a_path_or_bytes(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with serving(tmp_path / "store", tls_cert=cert, tls_key=key, token=TOKEN) as running:
+        for roots in (cert, cert.read_bytes()):
+            with Client(running.address, token=TOKEN, root_certificates=roots) as client:
+                assert client.validate(SPIRALS).valid
+        with Client(running.address, token=TOKEN, timeout=10) as plaintext, pytest.raises(Unavailable):
+            plaintext.validate(SPIRALS)
+
+
+@pytest.fixture(scope="module")
+def shm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``specbuilder serve --shared-memory`` in its own process, as users run it; its address."""
+    with server_process(tmp_path_factory.mktemp("store"), "--shared-memory") as running:
+        yield running.address
+
+
+def test_shared_memory_evaluate_equals_inline_and_the_region_goes_on_close(shm_server: str) -> None:
+    with Client(shm_server) as client:
+        model_id = client.train(SPIRALS, "spirals", **QUICK).result().model_id
+        inline = client.evaluate(model_id, X, statistics=True)
+        for x in (X, np.random.default_rng(4).normal(size=(200_000, 2)).astype(np.float32)):  # the second outgrows the region
+            shared = client.evaluate(model_id, x, statistics=True, shared_memory=True)
+            if x is X:
+                np.testing.assert_array_equal(shared.outputs, inline.outputs)
+                assert shared.stats == inline.stats
+            else:
+                np.testing.assert_array_equal(shared.outputs, client.evaluate(model_id, x).outputs)
+        region = client._shared.name
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=region)
+
+
+def test_a_shared_memory_client_is_the_default_and_a_server_without_it_refuses(shm_server: str, server: RunningServer) -> None:  # noqa: F811
+    with Client(shm_server, shared_memory=True) as client:
+        assert client.evaluate(SPIRALS, X).outputs.shape == (5, 2)
+    with Client(server.address, shared_memory=True) as client, pytest.raises(InvalidArgument) as caught:
+        client.evaluate(SPIRALS, X)
+    assert [v.path for v in caught.value.violations] == ["input.shared_memory"]
+    assert "--shared-memory" in caught.value.message
+
+
+NO_TORCH = textwrap.dedent(
+    """
+    import json, sys
+    import importlib.abc
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this process")
+
+    sys.meta_path.insert(0, NoTorch())
+    import numpy as np
+    from specbuilder_client import Client, InvalidArgument
+
+    spec = json.loads(sys.argv[2])
+    x = np.ones((3, 2), np.float32)
+    with Client(sys.argv[1], timeout=60) as client:
+        facts = {"valid": client.validate(spec).valid, "compiled": len(client.compile(spec, code=True).layers)}
+        facts["evaluate"] = list(client.evaluate(spec, x, statistics=True).outputs.shape)
+        facts["stream"] = client.evaluate_stream(spec, [x, x]).summary.rows
+        run = client.train(spec, "spirals", epochs=1)
+        facts["events"] = [event.type for event in run]
+        model_id = run.result().model_id
+        facts["record"] = client.get_model(model_id).status
+        facts["weights"] = sorted(client.export_model(model_id)[1])
+        facts["activations"] = len(client.activations()) > 0
+        try:
+            client.evaluate({"input_shape": [2], "layers": [{"type": "relu6x"}]}, x)
+        except InvalidArgument as error:
+            facts["error"] = [v.path for v in error.violations]
+    facts["torch"] = sorted(name for name in sys.modules if name == "torch" or name.startswith("torch."))
+    print(json.dumps(facts))
+    """
+)
+
+
+def test_the_client_works_where_torch_cannot_be_imported(server: RunningServer) -> None:  # noqa: F811
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, server.address, json.dumps(SPIRALS)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = json.loads(done.stdout)
+    assert facts == {
+        "valid": True, "compiled": 3, "evaluate": [3, 2], "stream": 6,
+        "events": ["started", "epoch", "finished"], "record": "completed",
+        "weights": ["fc1.bias", "fc1.weight", "out.bias", "out.weight"], "activations": True,
+        "error": ["layers[0].type"], "torch": [],
+    }
