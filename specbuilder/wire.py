@@ -133,9 +133,11 @@ def attached(tensor: tensor_pb2.Tensor, path: str, *, allow_shared_memory: bool)
                 f"offset {ref.offset} + {nbytes} bytes runs past the region's {region.size} bytes",
             )
         view = region.buf[ref.offset : ref.offset + nbytes]
+        readonly = view.toreadonly()
         try:
-            yield wire, shape, view.toreadonly()
+            yield wire, shape, readonly
         finally:
+            readonly.release()  # region.close() fails while any view of the region is alive
             view.release()
     finally:
         region.close()

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 from specbuilder.datasets import DataError
 from specbuilder.errors import Problem, SpecError
 from specbuilder.store import ModelNotFound, NoWeights
+from specbuilder.training.config import ConfigError
 from specbuilder.wire import TensorError
 
 log = logging.getLogger("specbuilder_server")
@@ -79,6 +80,8 @@ def as_request_error(error: Exception) -> RequestError:
     """The status an exception from the core stands for; unexpected ones are logged, INTERNAL."""
     if isinstance(error, RequestError):
         return error
+    if isinstance(error, ConfigError):
+        return spec_problems(error, "config")
     if isinstance(error, SpecError):
         return spec_problems(error)
     if isinstance(error, TensorError):
@@ -127,7 +130,8 @@ def handled(method: Method) -> Method:
                 failure = error
             else:
                 return
-            abort(context, failure)
+            if context.is_active():  # else the client cancelled or its deadline passed: nobody to answer,
+                abort(context, failure)  # and what failed (reading its requests, most often) is no server error
 
         return streaming  # type: ignore[return-value]
 

@@ -19,7 +19,12 @@ from collections.abc import Sequence
 
 from specbuilder.cli.common import CommandError
 
-COMMAND_MODULES: tuple[str, ...] = ("specbuilder.cli.spec_commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "specbuilder.cli.spec_commands",
+    "specbuilder.cli.train_commands",
+    "specbuilder.cli.plot_commands",
+    "specbuilder.cli.serve_commands",
+)
 """Modules whose ``register(commands)`` adds subcommands, in help order."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import specbuilder
 from specbuilder.activations import ACTIVATIONS
+from specbuilder.cli import remote
 from specbuilder.cli.common import CommandError, add_max_params, load_spec, table
 from specbuilder.spec import ACTIVATION_MODELS, STYLES, ModelSpec
 
@@ -34,6 +35,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     compile_.add_argument("--style", choices=STYLES, default="sequential", help="nn.Sequential or a functional forward (default sequential)")
     compile_.add_argument("--code", action="store_true", help="print standalone PyTorch source instead of the table")
     add_max_params(compile_)
+    remote.add_server_options(compile_)
     compile_.set_defaults(run=run_compile)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of a spec")
@@ -75,6 +77,8 @@ def run_compile(args: argparse.Namespace) -> int:
     from specbuilder.compiler import compile_spec
 
     spec = load_spec(args.spec, args.max_params)
+    if args.server:
+        return remote.run_compile(args, spec)
     if args.code:
         print(generate_code(spec, args.style), end="")
         return 0

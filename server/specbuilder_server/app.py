@@ -1,0 +1,144 @@
+"""Starting and stopping a server: ``start_server(config)`` returns a ``RunningServer``.
+
+Wires the parts together: the model store, the model cache, the training pool, the servicer,
+the standard health service (SERVING overall and per service) and server reflection, the
+token interceptor when a token is set, TLS when a certificate is given, and the message size
+limits. ``RunningServer.stop(grace)`` is the graceful stop (SIGTERM in ``specbuilder serve``):
+health turns NOT_SERVING, running trainings are cancelled and recorded, in-flight calls get
+``grace`` seconds to finish, then the store is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from specbuilder.devices import resolve_device
+from specbuilder.store import ModelStore, StoreError
+from specbuilder.v1 import service_pb2, service_pb2_grpc
+from specbuilder_server.auth import TokenAuth
+from specbuilder_server.config import ServerConfig
+from specbuilder_server.jobs import TrainingJobs
+from specbuilder_server.models import Models
+from specbuilder_server.servicer import ModelServicer
+from specbuilder_server.tensors import UNWRITABLE
+from specbuilder_server.tuning import tune_malloc
+
+log = logging.getLogger("specbuilder_server")
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+"""``specbuilder.v1.ModelService``: the name health checks and reflection know it by."""
+RECORD_SECONDS = 10.0
+"""After the grace period, how long a stop waits for cancelled trainings to be recorded."""
+
+
+class ServerStartError(Exception):
+    """The server could not start (a port in use, unreadable TLS files, a device that is not there)."""
+
+
+class RunningServer:
+    """A started server: where it listens, and how to stop it."""
+
+    def __init__(self, config: ServerConfig, server: grpc.Server, executor: ThreadPoolExecutor, port: int,
+                 health_servicer: health.HealthServicer, jobs: TrainingJobs, store: ModelStore) -> None:
+        self.config = config
+        self.port = port
+        """The bound port (the free one picked when the config says 0)."""
+        self._server = server
+        self._executor = executor
+        self._health = health_servicer
+        self._jobs = jobs
+        self._store = store
+        self._stopped = threading.Event()
+        self._stopping = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to connect to."""
+        return self.config.model_copy(update={"port": self.port}).address
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully: NOT_SERVING, trainings cancelled and recorded, calls given ``grace`` seconds; idempotent."""
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            grace = self.config.grace_seconds if grace is None else grace
+            self._health.enter_graceful_shutdown()
+            self._jobs.cancel_all("the server is shutting down")
+            self._server.stop(grace).wait()
+            self._executor.shutdown(wait=False)
+            if not self._jobs.wait(RECORD_SECONDS):
+                log.warning("some training runs did not end in time; the store marks them interrupted")
+            self._jobs.close()
+            self._store.close()
+            self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (or ``timeout`` passed); True if it has."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+    except OSError as error:
+        raise ServerStartError(f"cannot read the TLS files: {error}") from None
+    return grpc.ssl_server_credentials([pair])
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    """Start serving ``config``; raises ``ServerStartError`` with a message for people if it cannot."""
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:
+        raise ServerStartError(f"device: {error}") from None
+    credentials = _credentials(config)
+    if config.tune_malloc:
+        tune_malloc()
+    warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
+    try:
+        store = ModelStore(config.store)
+    except (StoreError, OSError) as error:
+        raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
+    jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds)
+    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="specbuilder-rpc")
+    server = grpc.server(
+        executor,
+        interceptors=[TokenAuth(config.token)] if config.token else [],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+        ],
+    )
+    servicer = ModelServicer(config, store, Models(store, device, config.cache_size, config.max_params), jobs)
+    service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=executor)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_secure_port(config.address, credentials) if credentials else server.add_insecure_port(config.address)
+    except RuntimeError as error:
+        executor.shutdown(wait=False)
+        store.close()
+        raise ServerStartError(f"cannot listen on {config.address}: {error}") from None
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening on %s:%d (device %s, store %s)", config.host, port, device, config.store)
+    return RunningServer(config, server, executor, port, health_servicer, jobs, store)

@@ -1,0 +1,157 @@
+"""Core objects to protobuf messages: statistics, epochs, training events, store records, registry entries.
+
+Statistics and epoch metrics arrive either as the core's pydantic models (live, from a
+monitor or a training run) or as the plain dicts the store kept of them; both are read as
+mappings with the same keys, so one function serves each message. Fields the core leaves
+None stay unset (the proto marks them optional).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from specbuilder.activations import ACTIVATIONS
+from specbuilder.kinds import ActivationKind
+from specbuilder.proto import encode_value, spec_to_proto
+from specbuilder.spec import ACTIVATION_MODELS, Node
+from specbuilder.store import ModelRecord
+from specbuilder.training import Event
+from specbuilder.v1 import service_pb2, spec_pb2
+
+_STATS_SCALARS = (
+    "index", "name", "kind", "count", "nan_count", "inf_count", "zero_fraction", "saturated_fraction",
+    "dead_fraction", "grad_norm", "entropy", "max_probability",
+)
+_FINITE_MOMENTS = ("mean", "std", "min", "max")
+"""None when a layer saw no finite value; NaN on the wire, where these fields are not optional."""
+_EPOCH_SCALARS = ("epoch", "loss", "val_loss", "accuracy", "lr", "seconds")
+Data = Mapping[str, Any] | BaseModel
+
+
+def _plain(item: Data) -> Mapping[str, Any]:
+    return item.model_dump() if isinstance(item, BaseModel) else item
+
+
+def _set(data: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {key: data[key] for key in fields if data.get(key) is not None}
+
+
+def layer_stats(item: Data) -> service_pb2.LayerStats:
+    """One monitored module's statistics."""
+    data = _plain(item)
+    message = service_pb2.LayerStats(**_set(data, _STATS_SCALARS), **{
+        key: math.nan if data.get(key) is None else data[key] for key in _FINITE_MOMENTS
+    })
+    histogram = data.get("histogram")
+    if histogram:
+        message.histogram.edges.extend(histogram["edges"])
+        message.histogram.counts.extend(histogram["counts"])
+    return message
+
+
+def stats_list(items: Iterable[Data]) -> list[service_pb2.LayerStats]:
+    return [layer_stats(item) for item in items]
+
+
+def epoch_metrics(item: Data) -> service_pb2.EpochMetrics:
+    """One epoch's metrics (a live ``EpochMetrics`` or a stored history entry)."""
+    return service_pb2.EpochMetrics(**_set(_plain(item), _EPOCH_SCALARS))
+
+
+def run_status(status: str) -> int:
+    """The ``RunStatus`` of a store or training status name (``"cancelled"`` -> RUN_STATUS_CANCELLED)."""
+    return service_pb2.RunStatus.Value(f"RUN_STATUS_{status.upper()}")
+
+
+def config_map(config: Mapping[str, Any]) -> dict[str, spec_pb2.Value]:
+    """A config as a flat map: nested choices become dotted keys (``optimizer.type``, ``optimizer.betas``)."""
+    flat: dict[str, spec_pb2.Value] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            for inner, item in value.items():
+                flat[f"{key}.{inner}"] = encode_value(item, f"config.{key}.{inner}")
+        else:
+            flat[key] = encode_value(value, f"config.{key}")
+    return flat
+
+
+def model_record(record: ModelRecord, *, full: bool = True) -> service_pb2.ModelRecord:
+    """A store record; without ``full``, history and statistics are left out (ListModels)."""
+    message = service_pb2.ModelRecord(
+        id=record.id, name=record.name, status=run_status(record.status), spec=spec_to_proto(record.spec),
+        num_params=record.num_params, spec_hash=record.spec_hash, config=config_map(record.config),
+        dataset=record.dataset if isinstance(record.dataset, str) else "", reason=record.reason or "",
+        has_weights=record.has_weights,
+    )
+    message.created.FromDatetime(record.created)
+    message.updated.FromDatetime(record.updated)
+    if full:
+        message.history.extend(epoch_metrics(entry) for entry in record.history)
+        message.stats.extend(stats_list(record.stats))
+    return message
+
+
+def train_event(run_id: str, event: Event) -> service_pb2.TrainEvent:
+    """One training event, tagged with its run's id."""
+    message = service_pb2.TrainEvent(run_id=run_id)
+    if event.type == "started":
+        message.started.CopyFrom(service_pb2.TrainStarted(
+            epochs=event.config.epochs, steps_per_epoch=event.steps_per_epoch,
+            train_samples=event.train_samples, val_samples=event.val_samples,
+        ))
+    elif event.type == "epoch":
+        message.epoch.CopyFrom(epoch_metrics(event.metrics))
+    elif event.type == "stats":
+        message.stats.CopyFrom(service_pb2.StatsWindow(step=event.step, stats=stats_list(event.layers)))
+    else:
+        message.finished.CopyFrom(service_pb2.TrainFinished(
+            status=run_status(event.status), reason=event.reason, steps=event.steps, stats=stats_list(event.result.stats),
+        ))
+    return message
+
+
+def layer_summary(node: Node) -> service_pb2.LayerSummary:
+    """One row of a compiled model's layer table."""
+    return service_pb2.LayerSummary(
+        index=node.index, name=node.name, type=node.layer.type, path=node.path,
+        output_shape=node.out_shape, num_params=node.num_params,
+    )
+
+
+def _constraint(schema: Mapping[str, Any]) -> str:
+    bounds = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+    parts = [f"{word} {schema[key]:g}" for key, word in bounds if key in schema]
+    if "enum" in schema:
+        parts.append("one of " + ", ".join(repr(choice) for choice in schema["enum"]))
+    return ", ".join(parts)
+
+
+def activation_info(kind: ActivationKind) -> service_pb2.ActivationInfo:
+    """One registry entry: names, parameters with their defaults and bounds, range at the defaults, flat region."""
+    model = ACTIVATION_MODELS[kind.name]
+    properties = model.model_json_schema()["properties"]
+    defaults = {name: field.default for name, field in model.model_fields.items() if name in kind.params and not field.is_required()}
+    parameters = []
+    for name in kind.params:
+        schema = properties[name]
+        info = service_pb2.ParameterInfo(name=name, type=schema.get("type", ""), constraint=_constraint(schema))
+        if name in defaults:
+            info.default.CopyFrom(encode_value(defaults[name], name))
+        parameters.append(info)
+    low, high = kind.range_for(defaults)
+    return service_pb2.ActivationInfo(
+        name=kind.name, aliases=kind.aliases, summary=kind.summary, formula=kind.formula, parameters=parameters,
+        range_min=low, range_max=high,
+        flat_region=kind.flat.text if kind.flat else "",
+    )
+
+
+@functools.cache
+def activations() -> service_pb2.ListActivationsResponse:
+    """The whole registry, built once: it never changes while the server runs."""
+    return service_pb2.ListActivationsResponse(activations=[activation_info(kind) for kind in ACTIVATIONS.values()])

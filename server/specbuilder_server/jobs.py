@@ -1,0 +1,160 @@
+"""Training runs as jobs: a bounded pool, a store record per run, events handed to the Train call.
+
+A job runs ``train_events`` on a pool thread. Its record is created in the store as soon as
+the run has started (the spec, config and data were accepted), so ``GetModel`` shows it
+``running``; progress is written as epochs end, and the outcome, weights included, before the
+``finished`` event is handed on, so a client that sees ``finished`` finds the record final.
+Validation errors raised before the start leave nothing in the store and reach the caller.
+
+A job stops within one step when its ``CancelToken`` is cancelled: by the Train call ending
+early (the client cancelled, its deadline passed), by the server's time limit, or by the
+server shutting down. A stopped run is stored ``cancelled`` with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from specbuilder.datasets import Dataset
+from specbuilder.spec import ModelSpec
+from specbuilder.store import ModelStore
+from specbuilder.training import CancelToken, Event, TrainConfig, train_events
+from specbuilder_server.errors import exhausted
+
+log = logging.getLogger("specbuilder_server")
+
+PROGRESS_INTERVAL = 0.5
+"""Seconds between progress writes (history, latest statistics) to the store; the first and the outcome are always written."""
+WEIGHTLESS = frozenset({"diverged"})
+"""Outcomes stored without weights: a diverged model's are NaN. Cancelled runs keep what they learned."""
+_END = object()
+
+
+@dataclass(eq=False)
+class Job:
+    """One training run: what to train, how to stop it, and the events it has produced so far."""
+
+    spec: ModelSpec
+    data: str | Dataset
+    config: TrainConfig
+    name: str
+    cancel_token: CancelToken = field(default_factory=CancelToken)
+    run_id: str = ""
+    """The store record's id, set when the run has started."""
+    done: threading.Event = field(default_factory=threading.Event)
+    outbox: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
+    """Events, then an exception if one stopped the run, then the end mark: written by the job, read by ``events``."""
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run before its next step; the first reason given is the one recorded."""
+        self.cancel_token.cancel(reason)
+
+    def events(self) -> Iterator[Event]:
+        """The run's events as they come; raises what stopped it before it started (a bad config, bad data)."""
+        while (item := self.outbox.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+
+
+class TrainingJobs:
+    """At most ``capacity`` runs at once; one more is refused (RESOURCE_EXHAUSTED), never queued."""
+
+    def __init__(self, store: ModelStore, capacity: int, max_seconds: float | None) -> None:
+        self._store = store
+        self._capacity = capacity
+        self._max_seconds = max_seconds
+        self._pool = ThreadPoolExecutor(capacity, thread_name_prefix="specbuilder-train")
+        self._active: set[Job] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self, spec: ModelSpec, data: str | Dataset, config: TrainConfig, name: str) -> Job:
+        """Start a run now, or refuse: the pool is full, or the server is stopping."""
+        job = Job(spec, data, config, name)
+        with self._lock:
+            if self._closed:
+                raise exhausted("the server is shutting down and starts no more training runs")
+            if len(self._active) >= self._capacity:
+                raise exhausted(
+                    f"{len(self._active)} training runs are already going, this server's limit (max_concurrent_trains); "
+                    "try again when one has finished"
+                )
+            self._active.add(job)
+        self._pool.submit(self._run, job)
+        return job
+
+    def _run(self, job: Job) -> None:
+        timer = None
+        if self._max_seconds is not None:
+            reason = f"the server's time limit of {self._max_seconds:g} s per run (max_train_seconds) was reached"
+            timer = threading.Timer(self._max_seconds, job.cancel, (reason,))
+            timer.daemon = True
+            timer.start()
+        try:
+            self._train(job)
+        except BaseException as error:  # noqa: BLE001 - handed to the Train call, which answers with a status
+            job.outbox.put(error)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            job.outbox.put(_END)
+            with self._lock:
+                self._active.discard(job)
+            job.done.set()
+
+    def _train(self, job: Job) -> None:
+        events = train_events(job.spec, job.data, job.config, cancel=job.cancel_token)
+        started = next(events)  # validation happens before the first event: nothing is stored if it fails
+        record = self._store.start_run(job.spec, config=started.config, name=job.name, dataset=started.dataset)
+        job.run_id = record.id
+        job.outbox.put(started)
+        history, stats, written, finished = [], None, 0.0, False
+        try:
+            for event in events:
+                if event.type in ("epoch", "stats"):
+                    if event.type == "epoch":
+                        history.append(event.metrics)
+                    else:
+                        stats = event.layers
+                    if time.monotonic() - written >= PROGRESS_INTERVAL:
+                        self._store.update_run(record.id, history=history, stats=stats)
+                        written = time.monotonic()
+                elif event.type == "finished":
+                    result = event.result
+                    self._store.finish_run(
+                        record.id, result.status, None if result.status in WEIGHTLESS else result.module,
+                        history=result.history, stats=result.stats, reason=result.reason or None,
+                    )
+                    finished = True
+                job.outbox.put(event)
+        except BaseException as error:
+            if not finished:
+                self._store.finish_run(record.id, "failed", history=history, reason=f"{type(error).__name__}: {error}")
+            log.error("training run %s failed", record.id, exc_info=error)
+            raise
+
+    def cancel_all(self, reason: str) -> None:
+        """Refuse new runs and ask every running one to stop."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._active)
+        for job in jobs:
+            job.cancel(reason)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every run to end and be recorded; True if they all did."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            jobs = list(self._active)
+        return all(job.done.wait(max(deadline - time.monotonic(), 0)) for job in jobs)
+
+    def close(self) -> None:
+        """Release the pool's threads (after ``cancel_all`` and ``wait``)."""
+        self._pool.shutdown(wait=False)

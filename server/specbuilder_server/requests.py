@@ -1,0 +1,163 @@
+"""Request fields to core objects, each checked with an error that names the field.
+
+Specs go through ``specbuilder.proto`` / ``parse_spec`` (the core's one validator), training
+configurations through ``parse_config``; this module only picks the oneof a client set, and
+says which field is missing or wrong.
+
+``TrainRequest.config`` and ``ModelRecord.config`` are flat maps: a nested setting is a dotted
+key (``optimizer.momentum``), and a choice's name may be given as ``optimizer`` or
+``optimizer.type``. ``convert.config_map`` writes records the same way, so a stored run's
+config can be sent back as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from specbuilder.datasets import DATASETS, DataError, Dataset, from_arrays
+from specbuilder.errors import Problem, SpecError, suggest
+from specbuilder.proto import decode_value, spec_from_proto
+from specbuilder.spec import ModelSpec, parse_spec
+from specbuilder.store.records import check_id, check_name
+from specbuilder.training import ConfigError, TrainConfig, parse_config
+from specbuilder.v1 import service_pb2, spec_pb2
+from specbuilder_server.errors import invalid, spec_problems
+from specbuilder_server.tensors import to_array
+
+DEFAULT_BINS = 64
+MIN_BINS, MAX_BINS = 2, 4096
+"""Histogram bins a client may ask for (the monitor's own minimum; a cap on the answer's size)."""
+STATUS_NAMES = {value: name.removeprefix("RUN_STATUS_").lower() for name, value in service_pb2.RunStatus.items()}
+"""RunStatus enum value -> the store's status name (0 -> "unspecified")."""
+
+
+def parse_source(source: service_pb2.SpecSource, path: str, max_params: int) -> ModelSpec:
+    """The validated spec a ``SpecSource`` holds; ``SpecError`` (the core's) if it is invalid."""
+    kind = source.WhichOneof("source")
+    if kind is None:
+        raise invalid(path, "is required: set spec (a ModelSpec message) or json (the spec as JSON text)", "missing")
+    if kind == "spec":
+        return spec_from_proto(source.spec, max_params=max_params)
+    return parse_spec(source.json, max_params=max_params)
+
+
+def spec_of(source: service_pb2.SpecSource, path: str, max_params: int) -> ModelSpec:
+    """``parse_source``, an invalid spec answered INVALID_ARGUMENT with the spec's own paths (``layers[2].type``)."""
+    try:
+        return parse_source(source, path, max_params)
+    except SpecError as error:
+        raise spec_problems(error) from None
+
+
+def model_id(value: str, path: str = "model_id") -> str:
+    """A well-formed model id (32 hex digits), checked before the store is asked."""
+    if not value:
+        raise invalid(path, "is required: the id of a stored model (ListModels shows them)", "missing")
+    try:
+        return check_id(value)
+    except ValueError as error:
+        raise invalid(path, str(error), "model_id") from None
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to evaluate: which modules to monitor (None: statistics off), bins, and whether outputs go back."""
+
+    skip_output: bool
+    layers: str | list[str] | None
+    """``"activations"``, ``"all"`` or module names; None when statistics are off."""
+    bins: int
+
+
+def options_of(options: service_pb2.EvaluateOptions, spec: ModelSpec, path: str = "options") -> Options:
+    """``EvaluateOptions`` checked against the spec: layer names must exist, bins be in range."""
+    if options.bins and not MIN_BINS <= options.bins <= MAX_BINS:
+        raise invalid(f"{path}.bins", f"must be between {MIN_BINS} and {MAX_BINS}, or 0 for the default ({DEFAULT_BINS}); got {options.bins}", "range")
+    names = [node.name for node in spec.nodes]
+    for index, name in enumerate(options.layers):
+        if name not in names:
+            raise invalid(f"{path}.layers[{index}]", f"no module named '{name}'{suggest(name, names)}; the model's modules are {', '.join(names)}", "unknown_layer")
+    layers: str | list[str] | None = None
+    if options.statistics:
+        layers = list(options.layers) if options.layers else ("all" if options.all_layers else "activations")
+    return Options(skip_output=options.skip_output, layers=layers, bins=options.bins or DEFAULT_BINS)
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested dicts; ``optimizer: "sgd"`` beside ``optimizer.momentum`` becomes its ``type``."""
+    nested: dict[str, Any] = {}
+    for key in sorted(flat, key=lambda k: k.count(".")):
+        head, dot, rest = key.partition(".")
+        if not dot:
+            nested[key] = flat[key]
+            continue
+        if not rest or "." in rest:
+            raise invalid(f"config.{key}", "must be a setting (lr) or one parameter of a choice (optimizer.momentum)", "config_key")
+        parent = nested.get(head)
+        if isinstance(parent, str):
+            parent = nested[head] = {"type": parent}
+        elif parent is None:
+            parent = nested[head] = {}
+        elif not isinstance(parent, dict):
+            raise invalid(f"config.{head}", f"is a single value, so config.{key} cannot be set too; give the choice's name as {head} or {head}.type", "config_key")
+        parent[rest] = flat[key]
+    return nested
+
+
+def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, Any]) -> TrainConfig:
+    """The validated ``TrainConfig`` of a request; keys it leaves out take ``defaults``, then the config's own."""
+    values: dict[str, Any] = {}
+    for key in config:
+        try:
+            values[key] = decode_value(config[key])
+        except SpecError as error:  # paths are "value", "value[2]": put the key there
+            raise spec_problems(SpecError([Problem(f"config.{key}" + p.path.removeprefix("value"), p.message, p.type) for p in error.problems])) from None
+    values = _unflatten(values)
+    try:
+        return parse_config({**defaults, **values})
+    except ConfigError as error:
+        raise spec_problems(error, "config") from None
+
+
+def train_data(request: service_pb2.TrainRequest, *, allow_shared_memory: bool) -> tuple[str | Dataset, str]:
+    """A built-in dataset's name, or a ``Dataset`` of the arrays sent; and the field it came from.
+
+    Only built-in names are accepted: a client never names a file on the server.
+    """
+    kind = request.WhichOneof("data")
+    if kind is None:
+        raise invalid("data", f"is required: set dataset (one of {', '.join(DATASETS)}) or arrays (x and y tensors)", "missing")
+    if kind == "dataset":
+        if request.dataset not in DATASETS:
+            hint = suggest(request.dataset, DATASETS) or f"; use one of {', '.join(DATASETS)}, or send arrays"
+            raise invalid("dataset", f"unknown dataset '{request.dataset}'{hint}", "unknown_dataset")
+        return request.dataset, "dataset"
+    arrays = request.arrays
+    for part in ("x", "y"):
+        if not arrays.HasField(part):
+            raise invalid(f"arrays.{part}", "is required", "missing")
+    x = to_array(arrays.x, "arrays.x", allow_shared_memory=allow_shared_memory)
+    y = to_array(arrays.y, "arrays.y", allow_shared_memory=allow_shared_memory)
+    try:
+        return from_arrays(x, y), "arrays"
+    except DataError as error:
+        raise invalid("arrays", str(error), "data") from None
+
+
+def run_name(name: str, spec: ModelSpec) -> str:
+    """The stored model's name: the one asked for, else the spec's."""
+    if not name:
+        return spec.name
+    try:
+        return check_name(name)
+    except ValueError as error:
+        raise invalid("name", str(error), "name") from None
+
+
+def status_filter(status: int) -> str | None:
+    """The store's status name for a ``RunStatus`` filter; None for unspecified (all)."""
+    if status not in STATUS_NAMES:
+        raise invalid("status", f"unknown RunStatus value {status}; use one of {', '.join(service_pb2.RunStatus.keys())}", "enum")
+    return None if status == service_pb2.RUN_STATUS_UNSPECIFIED else STATUS_NAMES[status]

@@ -1,0 +1,182 @@
+"""``ModelService``: each RPC reads its request into core objects, calls the core, answers in protobuf.
+
+No model logic lives here: validation is ``parse_spec``, compiling ``CompileCache``, training
+``train_events`` (through ``jobs``), storage ``ModelStore``. Every method is wrapped by
+``errors.handled``, so whatever goes wrong becomes a proper gRPC status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import torch
+
+from specbuilder.codegen import generate_code
+from specbuilder.datasets import DataError
+from specbuilder.errors import SpecError
+from specbuilder.proto import spec_to_proto
+from specbuilder.spec import STYLES, ModelSpec
+from specbuilder.store import ModelStore
+from specbuilder.v1 import service_pb2, service_pb2_grpc
+from specbuilder.wire import to_proto
+from specbuilder_server import convert, requests
+from specbuilder_server.config import ServerConfig
+from specbuilder_server.errors import handled, invalid
+from specbuilder_server.evaluation import Pass
+from specbuilder_server.jobs import TrainingJobs
+from specbuilder_server.models import Models, Ready
+from specbuilder_server.tensors import with_batch, write_tensor
+
+
+DEADLINE_SLACK = 0.25
+"""A call that ends this close to its deadline ended by it: the client's own timer usually cancels it
+a moment before the server's deadline (which is later by the transit time) passes."""
+
+
+class ModelServicer(service_pb2_grpc.ModelServiceServicer):
+    """The service over one store, one model cache and one pool of training jobs."""
+
+    def __init__(self, config: ServerConfig, store: ModelStore, models: Models, jobs: TrainingJobs) -> None:
+        self._config = config
+        self._store = store
+        self._models = models
+        self._jobs = jobs
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _spec(self, source: service_pb2.SpecSource, path: str = "spec") -> ModelSpec:
+        return requests.spec_of(source, path, self._config.max_params)
+
+    def _ready(self, request: Any) -> Ready:
+        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``)."""
+        kind = request.WhichOneof("model")
+        if kind == "spec":
+            return self._models.for_source(request.spec, "spec")
+        if kind == "model_id":
+            return self._models.stored(requests.model_id(request.model_id))
+        raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
+
+    def _evaluate(self, run: Pass, tensor: Any, path: str, output: Any) -> None:
+        """One batch through the pass; its output written into ``output`` unless outputs are skipped."""
+
+        def compute(batch: torch.Tensor) -> None:
+            result = run.run(batch)
+            if not run.options.skip_output:
+                write_tensor(result, output)
+
+        ready = run.ready
+        with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
+                   max_elements=self._config.max_batch_elements, allow_shared_memory=self._config.shared_memory)
+
+    # -- specs -----------------------------------------------------------------------------
+
+    @handled
+    def ValidateSpec(self, request: service_pb2.ValidateSpecRequest, context: grpc.ServicerContext) -> service_pb2.ValidateSpecResponse:
+        try:
+            spec = requests.parse_source(request.spec, "spec", self._config.max_params)
+        except SpecError as error:  # an invalid spec is an answer, not an error
+            return service_pb2.ValidateSpecResponse(valid=False, violations=[
+                service_pb2.FieldViolation(path=p.path, message=p.message, type=p.type) for p in error.problems
+            ])
+        return service_pb2.ValidateSpecResponse(
+            valid=True, spec=spec_to_proto(spec), spec_hash=spec.spec_hash(), num_params=spec.num_params, output_shape=spec.output_shape,
+        )
+
+    @handled
+    def CompileSpec(self, request: service_pb2.CompileSpecRequest, context: grpc.ServicerContext) -> service_pb2.CompileSpecResponse:
+        style = request.style or "sequential"
+        if style not in STYLES:
+            raise invalid("style", f"must be one of {', '.join(STYLES)} (empty means sequential), got '{style}'", "literal_error")
+        spec = self._spec(request.spec)
+        self._models.compiled(spec, style)
+        return service_pb2.CompileSpecResponse(
+            spec_hash=spec.spec_hash(), layers=[convert.layer_summary(node) for node in spec.nodes],
+            output_shape=spec.output_shape, num_params=spec.num_params,
+            code=generate_code(spec, style) if request.include_code else "", summary=spec.summary(),
+        )
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    @handled
+    def Evaluate(self, request: service_pb2.EvaluateRequest, context: grpc.ServicerContext) -> service_pb2.EvaluateResponse:
+        ready = self._ready(request)
+        options = requests.options_of(request.options, ready.spec)
+        if not request.HasField("input"):
+            raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
+        response = service_pb2.EvaluateResponse()
+        with Pass(ready, options) as run:
+            self._evaluate(run, request.input, "input", response.output)
+            response.stats.extend(convert.stats_list(run.stats()))
+        response.compute_seconds = run.seconds
+        return response
+
+    @handled
+    def StreamEvaluate(self, request_iterator: Iterator[service_pb2.StreamEvaluateRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.StreamEvaluateResponse]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "start":
+            got = "nothing" if first is None else "a batch"
+            raise invalid("start", f"the first message must be start (the model and options), got {got}", "missing")
+        ready = self._ready(first.start)
+        options = requests.options_of(first.start.options, ready.spec, "start.options")
+        with Pass(ready, options) as run:
+            for index, message in enumerate(request_iterator):
+                if message.WhichOneof("item") != "batch":
+                    raise invalid(f"batch[{index}]", "every message after the first must be a batch; start comes once", "unexpected_start")
+                response = service_pb2.StreamEvaluateResponse()
+                response.output.batch_index = index
+                self._evaluate(run, message.batch, f"batch[{index}]", response.output.output)
+                yield response
+            stats = convert.stats_list(run.stats())
+        yield service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
+            batches=run.batches, rows=run.rows, stats=stats, compute_seconds=run.seconds,
+        ))
+
+    # -- training --------------------------------------------------------------------------
+
+    @handled
+    def Train(self, request: service_pb2.TrainRequest, context: grpc.ServicerContext) -> Iterator[service_pb2.TrainEvent]:
+        spec = self._spec(request.spec)
+        config = requests.train_config(request.config, {"device": self._config.device})
+        data, data_field = requests.train_data(request, allow_shared_memory=self._config.shared_memory)
+        job = self._jobs.start(spec, data, config, requests.run_name(request.name, spec))
+
+        def stop() -> None:  # runs when the call ends, however it ends; a finished job ignores it
+            deadline = context.time_remaining() <= DEADLINE_SLACK
+            job.cancel("the call's deadline passed" if deadline else "the client cancelled the call")
+
+        if not context.add_callback(stop):  # the call ended already
+            stop()
+        try:
+            for event in job.events():
+                yield convert.train_event(job.run_id, event)
+        except DataError as error:
+            raise invalid(data_field, str(error), "data") from None
+
+    # -- the store -------------------------------------------------------------------------
+
+    @handled
+    def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.ServicerContext) -> service_pb2.ListModelsResponse:
+        records = self._store.list(requests.status_filter(request.status))
+        return service_pb2.ListModelsResponse(models=[convert.model_record(r, full=False) for r in reversed(records)])
+
+    @handled
+    def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.ServicerContext) -> service_pb2.ModelRecord:
+        return convert.model_record(self._store.get(requests.model_id(request.model_id)))
+
+    @handled
+    def DeleteModel(self, request: service_pb2.DeleteModelRequest, context: grpc.ServicerContext) -> service_pb2.DeleteModelResponse:
+        model_id = requests.model_id(request.model_id)
+        self._store.delete(model_id)
+        self._models.forget(model_id)
+        return service_pb2.DeleteModelResponse()
+
+    @handled
+    def ExportModel(self, request: service_pb2.ExportModelRequest, context: grpc.ServicerContext) -> service_pb2.ExportModelResponse:
+        spec, weights = self._store.export(requests.model_id(request.model_id))
+        return service_pb2.ExportModelResponse(spec=spec_to_proto(spec), weights={key: to_proto(array) for key, array in weights.items()})
+
+    @handled
+    def ListActivations(self, request: service_pb2.ListActivationsRequest, context: grpc.ServicerContext) -> service_pb2.ListActivationsResponse:
+        return convert.activations()

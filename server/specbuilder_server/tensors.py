@@ -1,0 +1,114 @@
+"""Wire tensors to torch tensors and back, checked against the model before any element is read.
+
+An inline batch becomes a torch tensor over the request's own bytes (``torch.frombuffer`` on
+``specbuilder.wire``'s memoryview: no copy); a shared-memory batch is read in place while its
+region is attached. Only a dtype or device the model does not use costs a conversion.
+The shape is checked against the spec first, with a message that says what to change, and
+the batch against the server's size limit before anything is computed.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from specbuilder.spec import ModelSpec
+from specbuilder.v1 import tensor_pb2
+from specbuilder.wire import WIRE_TYPES, WireType, attached
+from specbuilder_server.errors import exhausted, invalid
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
+}
+"""Wire dtype name -> torch dtype."""
+WIRE_CODES: dict[torch.dtype, int] = {TORCH_DTYPES[wire.name]: code for code, wire in WIRE_TYPES.items()}
+"""torch dtype -> wire enum value."""
+T = TypeVar("T")
+
+UNWRITABLE = "The given buffer is not writable"
+"""torch's warning for ``frombuffer`` on read-only memory: the server only ever reads inputs."""
+
+
+def _shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def check_batch_shape(shape: tuple[int, ...], spec: ModelSpec, path: str) -> None:
+    """``shape`` must be ``[N, *input_shape]`` with ``N >= 1``; the message says how to get there."""
+    want = tuple(spec.input_shape)
+    expected = f"expected [N, {', '.join(map(str, want))}] (a batch of the spec's input_shape {_shape(want)})"
+    if shape[1:] == want and len(shape) == len(want) + 1:
+        if shape[0] == 0:
+            raise invalid(f"{path}.shape", f"the batch is empty ({_shape(shape)}); send at least one sample", "shape")
+        return
+    if shape == want:
+        hint = f"add the batch dimension: shape {_shape((1, *want))} for one sample"
+    elif len(shape) >= 1 and math.prod(shape[1:]) == math.prod(want):
+        hint = f"reshape it to {_shape((shape[0], *want))}, or set the spec's input_shape to {_shape(shape[1:])}"
+    elif len(shape) >= 1:
+        hint = (f"each sample has {math.prod(shape[1:])} elements but the spec's input_shape needs {math.prod(want)}; "
+                "send the data the model was built for, or change its input_shape")
+    else:
+        hint = f"send a batch: shape [N, {', '.join(map(str, want))}]"
+    raise invalid(f"{path}.shape", f"{expected}, got {_shape(shape)}: {hint}", "shape")
+
+
+def check_batch_size(rows: int, spec: ModelSpec, limit: int, path: str) -> None:
+    """RESOURCE_EXHAUSTED when ``rows`` samples would make some layer's output exceed ``limit`` elements."""
+    sizes = [(math.prod(spec.input_shape), "the input")] + [(math.prod(n.out_shape), f"layer '{n.name}'") for n in spec.nodes]
+    per_sample, where = max(sizes, key=lambda item: item[0])
+    if rows * per_sample > limit:
+        raise exhausted(
+            f"{path}: a batch of {rows:,} samples makes {where} hold {rows * per_sample:,} elements, over this server's "
+            f"limit of {limit:,} (max_batch_elements); send at most {max(limit // per_sample, 1):,} samples per batch"
+        )
+
+
+def from_buffer(view: memoryview, wire: WireType, shape: tuple[int, ...]) -> torch.Tensor:
+    """A torch tensor over ``view`` itself (no copy); it is valid only while ``view`` is."""
+    if not len(view):
+        return torch.empty(shape, dtype=TORCH_DTYPES[wire.name])
+    return torch.frombuffer(view, dtype=TORCH_DTYPES[wire.name]).view(shape)
+
+
+def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Callable[[torch.Tensor], T], *, device: torch.device,
+               dtype: torch.dtype, max_elements: int, allow_shared_memory: bool) -> T:
+    """``use(batch)`` for the batch as a checked ``[N, *input_shape]`` tensor on ``device`` in ``dtype``.
+
+    On the CPU in the model's dtype the batch is the request's memory itself (or the client's
+    shared memory), so it is handed to ``use`` rather than returned: nothing derived from it
+    (outputs of identity layers are views of it) may outlive the call, and afterwards the
+    memory is let go at once (a shared-memory region can only be closed when nothing views it).
+    """
+    with attached(tensor, path, allow_shared_memory=allow_shared_memory) as (wire, shape, view):
+        check_batch_shape(shape, spec, path)
+        check_batch_size(shape[0], spec, max_elements, path)
+        try:
+            return use(from_buffer(view, wire, shape).to(device=device, dtype=dtype))
+        except BaseException as error:
+            traceback.clear_frames(error.__traceback__)  # the failed frames must not keep the batch alive
+            raise
+
+
+def to_array(tensor: tensor_pb2.Tensor, path: str, *, allow_shared_memory: bool) -> np.ndarray:
+    """A copy of the tensor as a numpy array (bfloat16 widened to float32), for data kept past the call."""
+    with attached(tensor, path, allow_shared_memory=allow_shared_memory) as (wire, shape, view):
+        if wire.numpy is None:
+            return from_buffer(view, wire, shape).float().numpy()
+        return np.frombuffer(view, dtype=wire.numpy).reshape(shape).copy()
+
+
+def write_tensor(tensor: torch.Tensor, into: tensor_pb2.Tensor) -> None:
+    """Fill the wire tensor ``into`` (a field of the response being built: setting it in place
+    saves protobuf a copy of the whole payload) from a torch tensor on any device."""
+    host = tensor.detach().to("cpu").contiguous()
+    raw = host.view(torch.int16) if host.dtype == torch.bfloat16 else host  # numpy has no bfloat16: same bits
+    into.dtype = WIRE_CODES[host.dtype]  # models compute in floating types, all of which travel
+    into.shape.extend(host.shape)
+    into.data = raw.numpy().tobytes()

@@ -1,0 +1,114 @@
+"""``specbuilder serve``: run the gRPC service until SIGTERM or Ctrl-C, then stop gracefully.
+
+The server package (``specbuilder_server``) is imported only when the command runs, so the
+rest of the command line never loads grpc. With ``--port 0`` a free port is picked; the line
+``listening on HOST:PORT`` on stdout says which (scripts and tests read it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from pydantic import ValidationError
+
+from specbuilder.cli.common import CommandError, add_max_params, count
+
+TOKEN_ENV = "SPECBUILDER_TOKEN"
+
+
+def _positive(text: str) -> int:
+    value = count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to argparse's ``commands``."""
+    from specbuilder_server.config import ServerConfig, default_store
+
+    default = {name: field.default for name, field in ServerConfig.model_fields.items()}
+    serve = commands.add_parser("serve", help="run the gRPC service (ModelService, health, reflection)", description=(
+        "Serve ModelService over gRPC until SIGTERM or Ctrl-C, then stop gracefully: health turns NOT_SERVING, "
+        "running trainings are stored as cancelled, calls in flight get --grace seconds to finish."))
+    serve.add_argument("--host", default=default["host"], help=f"address to bind (default {default['host']}; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=count, default=default["port"], help=f"port (default {default['port']}; 0 picks a free one and prints it)")
+    serve.add_argument("--store", type=Path, default=None, metavar="DIR", help=f"model store directory (default {default_store()})")
+    serve.add_argument("--token", default=None, help=f"bearer token every call but health must carry (default ${TOKEN_ENV}; prefer the variable: arguments show in ps)")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate chain; with --tls-key the server speaks TLS")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    serve.add_argument("--max-message-mb", type=_positive, default=default["max_message_mb"], metavar="MB",
+                       help=f"largest message either way (default {default['max_message_mb']})")
+    add_max_params(serve)
+    serve.add_argument("--max-batch-elements", type=_positive, default=default["max_batch_elements"], metavar="N",
+                       help=f"refuse batches whose largest layer output has more elements (default {default['max_batch_elements']:,})")
+    serve.add_argument("--max-concurrent-trains", type=_positive, default=default["max_concurrent_trains"], metavar="N",
+                       help=f"training runs at once; more are refused (default {default['max_concurrent_trains']})")
+    serve.add_argument("--max-train-seconds", type=_seconds, default=None, metavar="S", help="cancel a training run after S seconds (default: no limit)")
+    serve.add_argument("--device", default=default["device"], help="'auto' (default: CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    serve.add_argument("--shared-memory", action="store_true", help="accept tensors in POSIX shared memory from clients on this host")
+    serve.add_argument("--cache-size", type=_positive, default=default["cache_size"], metavar="N",
+                       help=f"compiled and loaded models kept ready (default {default['cache_size']})")
+    serve.add_argument("--workers", type=_positive, default=default["workers"], metavar="N",
+                       help=f"threads serving calls; each open stream holds one (default {default['workers']})")
+    serve.add_argument("--grace", type=float, default=default["grace_seconds"], metavar="S",
+                       help=f"seconds calls in flight get to finish on stop (default {default['grace_seconds']:g})")
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Start, print where, wait for SIGTERM/SIGINT, stop gracefully."""
+    from specbuilder_server import ServerConfig, ServerStartError, start_server
+
+    settings = {
+        "host": args.host, "port": args.port, "token": args.token or os.environ.get(TOKEN_ENV) or None,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
+        "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
+        "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
+        "device": args.device, "shared_memory": args.shared_memory, "cache_size": args.cache_size,
+        "workers": args.workers, "grace_seconds": args.grace,
+    }
+    if args.store is not None:
+        settings["store"] = args.store
+    try:
+        config = ServerConfig(**settings)
+    except ValidationError as error:
+        raise CommandError(*(f"serve: {'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())) from None
+    try:
+        server = start_server(config)
+    except ServerStartError as error:
+        raise CommandError(f"serve: {error}") from None
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        scheme = "TLS" if config.tls_cert else "plaintext"
+        print(f"listening on {config.host}:{server.port} ({scheme}{', token required' if config.token else ''}; store {config.store})", flush=True)
+        while not stop.wait(1.0):  # a timeout, so the main thread runs signal handlers promptly
+            pass
+        print(f"stopping: calls in flight get {config.grace_seconds:g} s to finish", file=sys.stderr, flush=True)
+    finally:
+        server.stop()  # a second signal meanwhile only sets the event again
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", file=sys.stderr, flush=True)
+    return 0

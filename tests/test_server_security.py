@@ -1,0 +1,114 @@
+"""Who gets in: the bearer token on every RPC but health, and TLS with a certificate made here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from server_helpers import SPIRALS, batch, connect, open_channel, rpc_error, serving, spec_source, train_request
+from specbuilder.v1 import service_pb2 as pb
+from specbuilder_server import RunningServer
+
+pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # the server reads inputs in place
+
+TOKEN = "s3cret-token"
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with serving(tmp_path_factory.mktemp("store"), token=TOKEN) as running:
+        yield running
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def stream_requests() -> Iterator[pb.StreamEvaluateRequest]:
+    yield pb.StreamEvaluateRequest(start=pb.StreamEvaluateStart(spec=spec_source(SPIRALS)))
+    yield pb.StreamEvaluateRequest(batch=batch(np.zeros((2, 2), np.float32)))
+
+
+@pytest.mark.parametrize(("metadata", "phrase"), [
+    ((), "needs a token"),
+    (bearer("wrong"), "not this server's token"),
+    ((("authorization", TOKEN),), "not this server's token"),  # the scheme is part of it
+], ids=["missing", "wrong", "without Bearer"])
+def test_every_kind_of_call_without_the_right_token_is_unauthenticated(guarded: RunningServer, metadata: tuple[tuple[str, str], ...], phrase: str) -> None:
+    with connect(guarded.address) as stub:
+        calls = {
+            "unary": lambda: stub.ListActivations(pb.ListActivationsRequest(), metadata=metadata),
+            "server stream": lambda: stub.Train(train_request(), metadata=metadata),
+            "bidirectional stream": lambda: stub.StreamEvaluate(stream_requests(), metadata=metadata),
+        }
+        for kind, call in calls.items():
+            failure = rpc_error(call)
+            assert (failure.code, phrase in failure.message) == (UNAUTHENTICATED, True), kind
+    assert not any(m.name == "spirals-mlp" for m in _models(guarded))  # the Train call never ran
+
+
+def _models(server: RunningServer) -> list[pb.ModelRecord]:
+    with connect(server.address) as stub:
+        return list(stub.ListModels(pb.ListModelsRequest(), metadata=bearer(TOKEN)).models)
+
+
+def test_the_right_token_gets_in_and_health_needs_none(guarded: RunningServer) -> None:
+    with connect(guarded.address) as stub:
+        assert stub.ListActivations(pb.ListActivationsRequest(), metadata=bearer(TOKEN)).activations
+        answers = list(stub.StreamEvaluate(stream_requests(), metadata=bearer(TOKEN)))
+        assert answers[-1].summary.rows == 2
+    with open_channel(guarded.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="specbuilder.v1.ModelService"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        failure = rpc_error(lambda: reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        assert failure.code == UNAUTHENTICATED  # only health is open
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_serves_clients_that_trust_the_certificate_and_no_plaintext(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with serving(tmp_path / "store", tls_cert=cert, tls_key=key, token=TOKEN) as running:
+        trusted = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with connect(running.address, trusted) as stub:
+            answer = stub.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=batch(np.ones((3, 2), np.float32))), metadata=bearer(TOKEN))
+            assert list(answer.output.shape) == [3, 2]
+        with connect(running.address) as plaintext:
+            failure = rpc_error(lambda: plaintext.ListActivations(pb.ListActivationsRequest(), metadata=bearer(TOKEN), timeout=10))
+            assert failure.code == grpc.StatusCode.UNAVAILABLE
+        with connect(running.address, grpc.ssl_channel_credentials()) as untrusting:  # the system's roots do not know it
+            failure = rpc_error(lambda: untrusting.ListActivations(pb.ListActivationsRequest(), metadata=bearer(TOKEN), timeout=10))
+            assert failure.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_needs_both_files(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    from pydantic import ValidationError
+
+    from specbuilder_server import ServerConfig
+
+    with pytest.raises(ValidationError, match="tls_cert and tls_key go together"):
+        ServerConfig(store=tmp_path, tls_cert=certificate[0])
