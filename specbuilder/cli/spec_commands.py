@@ -1,7 +1,6 @@
-"""Commands about specs themselves: validate, compile, schema, activations, demo.
+"""Commands about specs themselves: validate, compile, schema, activations.
 
-``validate``, ``schema`` and ``activations`` never import torch; ``compile`` and ``demo`` do,
-on first use.
+``validate``, ``schema`` and ``activations`` never import torch; ``compile`` does, on first use.
 """
 
 from __future__ import annotations
@@ -9,11 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
-import specbuilder
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.cli import remote
 from specbuilder.cli.common import CommandError, add_max_params, load_spec, table
@@ -43,12 +39,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     activations = commands.add_parser("activations", help="list the activations: parameters, range, formula")
     activations.set_defaults(run=run_activations)
-
-    demo = commands.add_parser("demo", help="validate, compile and run every example spec", description=(
-        "For every spec in examples/: validate, print its layer table, compile it (functional style), "
-        "run one batch through it and print the generated code."))
-    demo.add_argument("--examples", type=Path, metavar="DIR", help="directory of *.json specs (default: the repository's examples/)")
-    demo.set_defaults(run=run_demo)
 
 
 def _one_line(spec: ModelSpec) -> str:
@@ -115,57 +105,4 @@ def run_activations(args: argparse.Namespace) -> int:
         low, high = kind.range_for(defaults)
         rows.append((kind.name, params or "-", f"[{_number(low)}, {_number(high)}]", kind.formula))
     print(table(rows))
-    return 0
-
-
-def find_examples(given: Path | None) -> Path:
-    """``given``, or ``examples/`` in the working directory, or next to the package (a checkout)."""
-    if given is not None:
-        if not given.is_dir():
-            raise CommandError(f"demo: {given} is not a directory")
-        return given
-    candidates = [Path.cwd() / "examples", Path(specbuilder.__file__).resolve().parent.parent / "examples"]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise CommandError(
-        f"demo: no examples/ directory found (looked in {' and '.join(str(c.parent) for c in dict.fromkeys(candidates))}); "
-        "run from the repository root or pass --examples DIR"
-    )
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """The interim main job: every example validated, compiled, run once and written as code."""
-    import torch
-
-    from specbuilder.codegen import generate_code
-    from specbuilder.compiler import compile_spec
-    from specbuilder.devices import resolve_device
-
-    folder = find_examples(args.examples)
-    paths = sorted(folder.glob("*.json"))
-    if not paths:
-        raise CommandError(f"demo: no *.json specs in {folder}")
-    device = resolve_device("auto")
-    failed: list[str] = []
-    for path in paths:
-        print(f"=== {path.name} ===")
-        try:
-            spec = load_spec(path)
-        except CommandError as error:
-            sys.stdout.flush()
-            print("\n".join(error.lines), file=sys.stderr)
-            failed.append(path.name)
-            continue
-        print(spec.summary())
-        model = compile_spec(spec, "functional", device=device, seed=0).eval()
-        batch = torch.randn(4, *spec.input_shape, generator=torch.Generator().manual_seed(0)).to(device)
-        with torch.inference_mode():
-            output = model(batch)
-        print(f"ran a batch on {device}: input {list(batch.shape)} -> output {list(output.shape)}")
-        print()
-        print(generate_code(spec, "functional"))
-    print(f"{len(paths) - len(failed)} of {len(paths)} examples in {folder} validated, compiled and ran")
-    if failed:
-        raise CommandError(f"demo: invalid examples: {', '.join(failed)}")
     return 0
