@@ -97,12 +97,12 @@ def _kinds() -> list[ActivationKind]:
         ActivationKind(
             name="relu", summary="Rectified linear unit.", params={}, module=NN + "ReLU", functional=F + "relu",
             formula="max(0, x)", output_range=(0.0, INF),
-            flat=FlatRegion("x <= 0", lambda x, y, p: x <= 0, lambda p: FlatBounds.below(0.0, closed=True)),
+            flat=FlatRegion("x <= 0", lambda x, y, p: x <= 0, lambda p: FlatBounds.below(0.0, closed=True, of_output=True)),
         ),
         ActivationKind(
             name="relu6", summary="ReLU capped at 6.", params={}, module=NN + "ReLU6", functional=F + "relu6",
             formula="min(max(0, x), 6)", output_range=(0.0, 6.0),
-            flat=FlatRegion("x <= 0 or x >= 6", lambda x, y, p: (x <= 0) | (x >= 6), lambda p: FlatBounds.outside(0.0, 6.0, closed=True)),
+            flat=FlatRegion("x <= 0 or x >= 6", lambda x, y, p: (x <= 0) | (x >= 6), lambda p: FlatBounds.outside(0.0, 6.0, closed=True, of_output=True)),
         ),
         ActivationKind(
             name="leaky_relu", summary="ReLU with a small slope for negative inputs, so units cannot die.",
@@ -211,7 +211,7 @@ def _kinds() -> list[ActivationKind]:
             example={"min_val": -2.0, "max_val": 2.0},
             flat=FlatRegion(
                 "x <= min_val or x >= max_val", lambda x, y, p: (x <= p["min_val"]) | (x >= p["max_val"]),
-                lambda p: FlatBounds.outside(p["min_val"], p["max_val"], closed=True),
+                lambda p: FlatBounds.outside(p["min_val"], p["max_val"], closed=True, of_output=True),
             ),
         ),
         ActivationKind(

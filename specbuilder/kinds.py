@@ -66,6 +66,9 @@ class FlatBounds:
     ``inside``: flat where ``lo < x < hi``; otherwise flat where ``x < lo or x > hi``. A closed
     end turns its ``<`` into ``<=`` (the bound itself is flat). NaN is never flat. Bounds are
     compared in the tensor's dtype, as torch compares a tensor with a Python number.
+    ``of_output``: the same interval of the output ``y`` gives exactly the same elements (the
+    activation is the identity off its flat region and maps the region onto the bounds, as
+    ReLU does), so a kernel can test ``y`` and never read ``x``.
     """
 
     lo: float
@@ -73,11 +76,12 @@ class FlatBounds:
     inside: bool = True
     lo_closed: bool = False
     hi_closed: bool = False
+    of_output: bool = False
 
     @classmethod
-    def below(cls, limit: float, closed: bool = False) -> FlatBounds:
+    def below(cls, limit: float, closed: bool = False, of_output: bool = False) -> FlatBounds:
         """``x < limit`` (``x <= limit`` when closed)."""
-        return cls(-math.inf, limit, lo_closed=True, hi_closed=closed)
+        return cls(-math.inf, limit, lo_closed=True, hi_closed=closed, of_output=of_output)
 
     @classmethod
     def above(cls, limit: float, closed: bool = False) -> FlatBounds:
@@ -85,9 +89,9 @@ class FlatBounds:
         return cls(limit, math.inf, lo_closed=closed, hi_closed=True)
 
     @classmethod
-    def outside(cls, lo: float, hi: float, closed: bool = False) -> FlatBounds:
+    def outside(cls, lo: float, hi: float, closed: bool = False, of_output: bool = False) -> FlatBounds:
         """``x < lo or x > hi`` (``<=``, ``>=`` when closed)."""
-        return cls(lo, hi, inside=False, lo_closed=closed, hi_closed=closed)
+        return cls(lo, hi, inside=False, lo_closed=closed, hi_closed=closed, of_output=of_output)
 
 
 NO_FLAT = FlatBounds(0.0, 0.0)
