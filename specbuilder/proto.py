@@ -16,6 +16,7 @@ Importing this module never imports torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -214,3 +215,19 @@ def spec_to_bytes(spec: ModelSpec) -> bytes:
 
 
 __all__ = ["EMPTY_VALUE", "RESERVED_KEY", "decode_value", "encode_value", "proto_to_dict", "spec_from_bytes", "spec_from_proto", "spec_to_bytes", "spec_to_proto"]
+
+
+def config_to_proto(config: Mapping[str, Any]) -> dict[str, spec_pb2.Value]:
+    """A training config as the wire's flat ``map<string, Value>``.
+
+    The wire has no nested maps, so a choice with parameters travels as dotted keys:
+    ``optimizer={"type": "sgd", "momentum": 0.9}`` becomes ``optimizer.type`` and ``optimizer.momentum``.
+    """
+    flat: dict[str, spec_pb2.Value] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            for inner, item in value.items():
+                flat[f"{key}.{inner}"] = encode_value(item, f"config.{key}.{inner}")
+        else:
+            flat[key] = encode_value(value, f"config.{key}")
+    return flat

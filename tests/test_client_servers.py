@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server_helpers import QUICK, ROOT, SPIRALS, server, server_process, serving  # noqa: F401 - fixture
+from server_helpers import QUICK, ROOT, SPIRALS, certificate, server, server_process, serving  # noqa: F401 - fixtures
 from specbuilder_client import Client, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from specbuilder_server import RunningServer
 
@@ -47,22 +47,6 @@ def test_a_message_over_the_server_limit_is_resource_exhausted(guarded: RunningS
     with Client(guarded.address, token=TOKEN) as client, pytest.raises(ResourceExhausted) as caught:
         client.evaluate(SPIRALS, big)
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 def test_tls_with_root_certificates_as_a_path_or_bytes(tmp_path: Path, certificate: tuple[Path, Path]) -> None:

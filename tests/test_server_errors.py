@@ -23,7 +23,6 @@ from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder_server import RunningServer
 from specbuilder_server.errors import as_request_error
 
-pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # the server reads inputs in place
 
 INVALID, NOT_FOUND, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED
 MISSING_ID = "0" * 32

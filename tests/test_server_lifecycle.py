@@ -21,7 +21,6 @@ from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
 
-pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # the server reads inputs in place
 
 X = np.random.default_rng(1).normal(size=(5, 2)).astype(np.float32)
 

@@ -13,11 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server_helpers import SPIRALS, batch, connect, open_channel, rpc_error, serving, spec_source, train_request
+from server_helpers import SPIRALS, batch, certificate, connect, open_channel, rpc_error, serving, spec_source, train_request  # noqa: F401 - fixture
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
 
-pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # the server reads inputs in place
 
 TOKEN = "s3cret-token"
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -72,22 +71,6 @@ def test_the_right_token_gets_in_and_health_needs_none(guarded: RunningServer) -
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         failure = rpc_error(lambda: reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         assert failure.code == UNAUTHENTICATED  # only health is open
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 def test_tls_serves_clients_that_trust_the_certificate_and_no_plaintext(tmp_path: Path, certificate: tuple[Path, Path]) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.kinds import ActivationKind
-from specbuilder.proto import encode_value, spec_to_proto
+from specbuilder.proto import config_to_proto, encode_value, spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, Node
 from specbuilder.store import ModelRecord
 from specbuilder.training import Event
@@ -68,23 +68,11 @@ def run_status(status: str) -> int:
     return service_pb2.RunStatus.Value(f"RUN_STATUS_{status.upper()}")
 
 
-def config_map(config: Mapping[str, Any]) -> dict[str, spec_pb2.Value]:
-    """A config as a flat map: nested choices become dotted keys (``optimizer.type``, ``optimizer.betas``)."""
-    flat: dict[str, spec_pb2.Value] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            for inner, item in value.items():
-                flat[f"{key}.{inner}"] = encode_value(item, f"config.{key}.{inner}")
-        else:
-            flat[key] = encode_value(value, f"config.{key}")
-    return flat
-
-
 def model_record(record: ModelRecord, *, full: bool = True) -> service_pb2.ModelRecord:
     """A store record; without ``full``, history and statistics are left out (ListModels)."""
     message = service_pb2.ModelRecord(
         id=record.id, name=record.name, status=run_status(record.status), spec=spec_to_proto(record.spec),
-        num_params=record.num_params, spec_hash=record.spec_hash, config=config_map(record.config),
+        num_params=record.num_params, spec_hash=record.spec_hash, config=config_to_proto(record.config),
         dataset=record.dataset if isinstance(record.dataset, str) else "", reason=record.reason or "",
         has_weights=record.has_weights,
     )

@@ -6,7 +6,7 @@ says which field is missing or wrong.
 
 ``TrainRequest.config`` and ``ModelRecord.config`` are flat maps: a nested setting is a dotted
 key (``optimizer.momentum``), and a choice's name may be given as ``optimizer`` or
-``optimizer.type``. ``convert.config_map`` writes records the same way, so a stored run's
+``optimizer.type``. ``specbuilder.proto.config_to_proto`` writes records the same way, so a stored run's
 config can be sent back as it is.
 """
 

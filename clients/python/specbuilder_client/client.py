@@ -15,11 +15,10 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from specbuilder.proto import spec_from_proto
+from specbuilder.proto import config_to_proto, spec_from_proto
 from specbuilder.spec import ModelSpec
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder.wire import to_numpy, to_proto
-from specbuilder_client.config import config_map
 from specbuilder_client.errors import from_rpc
 from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, Validation, layer_stats, status_value
 from specbuilder_client.shm import SharedInputs
@@ -174,7 +173,7 @@ class Client:
         """
         request = service_pb2.TrainRequest(
             spec=spec_source(spec), name=name or "",
-            config=config_map(config),
+            config=config_to_proto(config),
         )
         if isinstance(data, str):
             request.dataset = data

@@ -1,4 +1,4 @@
-"""Training configurations as the wire's flat ``map<string, Value>`` and back.
+"""Training configurations from the wire's flat ``map<string, Value>`` (``specbuilder.proto.config_to_proto`` writes them).
 
 The wire has no nested maps, so a choice with parameters travels as dotted keys:
 ``optimizer={"type": "sgd", "momentum": 0.9}`` becomes ``optimizer.type`` and
@@ -11,20 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from specbuilder.proto import decode_value, encode_value
+from specbuilder.proto import decode_value
 from specbuilder.v1 import spec_pb2
-
-
-def config_map(config: Mapping[str, Any]) -> dict[str, spec_pb2.Value]:
-    """TrainConfig settings as ``TrainRequest.config``; a dict value becomes one dotted key per parameter."""
-    flat: dict[str, spec_pb2.Value] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            for inner, item in value.items():
-                flat[f"{key}.{inner}"] = encode_value(item, f"config.{key}.{inner}")
-        else:
-            flat[key] = encode_value(value, f"config.{key}")
-    return flat
 
 
 def config_dict(config: Mapping[str, spec_pb2.Value]) -> dict[str, Any]:
@@ -40,4 +28,4 @@ def config_dict(config: Mapping[str, spec_pb2.Value]) -> dict[str, Any]:
     return nested
 
 
-__all__ = ["config_dict", "config_map"]
+__all__ = ["config_dict"]
