@@ -13,7 +13,7 @@ import hashlib
 import json
 import keyword
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -238,6 +238,22 @@ class ModelSpec(_Strict):
         """The spec as its author would write it: defaults left out."""
         return self.model_dump_json(indent=indent, exclude_defaults=True)
 
+    def batch_problem(self, shape: Sequence[int]) -> str | None:
+        """Why ``shape`` is not a batch ``[N, *input_shape]`` with N >= 1, and what to do; None when it is one."""
+        shape, want = tuple(shape), tuple(self.input_shape)
+        if len(shape) == len(want) + 1 and shape[1:] == want:
+            return f"the batch is empty ({_dims(shape)}); send at least one sample" if shape[0] == 0 else None
+        if shape == want:
+            hint = f"add the batch dimension: shape {_dims((1, *want))} for one sample"
+        elif len(shape) >= 2 and math.prod(shape[1:]) == math.prod(want):
+            hint = f"reshape it to {_dims((shape[0], *want))}, or set the spec's input_shape to {_dims(shape[1:])}"
+        elif len(shape) >= 2:
+            hint = (f"each sample has {math.prod(shape[1:])} elements but the spec's input_shape needs {math.prod(want)}; "
+                    "send the data the model was built for, or change its input_shape")
+        else:
+            hint = f"send a batch: shape [N, {', '.join(map(str, want))}]"
+        return f"expected [N, {', '.join(map(str, want))}] (a batch of the spec's input_shape {_dims(want)}), got {_dims(shape)}: {hint}"
+
     def summary(self) -> str:
         """A layer table: index, module name, type, output shape, parameter count."""
         rows = [("#", "name", "type", "output shape", "params")]
@@ -247,6 +263,10 @@ class ModelSpec(_Strict):
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(f"input {_shape_text(tuple(self.input_shape))} -> output {_shape_text(self.output_shape)}, {self.num_params:,} parameters")
         return "\n".join(lines)
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _shape_text(shape: Shape) -> str:

@@ -254,13 +254,14 @@ def test_eval_of_a_spec_uses_the_seed(folder: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("array", "error"), [
-    (np.zeros((5, 3), np.float32), "expected shape [N, 2] (a batch of spirals-mlp's input_shape [2]), got [5, 3]: "
-                                   "each sample has 3 elements but the spec's input_shape needs 2"),
-    (np.zeros(2, np.float32), "expected shape [N, 2] (a batch of spirals-mlp's input_shape [2]), got [2]: "
+    (np.zeros((5, 3), np.float32), "expected [N, 2] (a batch of the spec's input_shape [2]), got [5, 3]: "
+                                   "each sample has 3 elements but the spec's input_shape needs 2; "
+                                   "send the data the model was built for, or change its input_shape"),
+    (np.zeros(2, np.float32), "expected [N, 2] (a batch of the spec's input_shape [2]), got [2]: "
                               "add the batch dimension: shape [1, 2] for one sample"),
-    (np.zeros((4, 1, 2), np.float32), "expected shape [N, 2] (a batch of spirals-mlp's input_shape [2]), got [4, 1, 2]: "
+    (np.zeros((4, 1, 2), np.float32), "expected [N, 2] (a batch of the spec's input_shape [2]), got [4, 1, 2]: "
                                       "reshape it to [4, 2], or set the spec's input_shape to [1, 2]"),
-    (np.zeros((0, 2), np.float32), "the batch is empty ([0, 2]); give at least one sample"),
+    (np.zeros((0, 2), np.float32), "the batch is empty ([0, 2]); send at least one sample"),
     (np.array(["a", "b"]), "must hold numbers, got dtype <U1"),
 ])
 def test_eval_input_errors_say_what_to_do(folder: Path, tmp_path: Path, array: np.ndarray, error: str) -> None:
@@ -401,7 +402,7 @@ def test_remote_compile_and_errors(folder: Path, remote: RunningServer, tmp_path
     np.save(bad, np.zeros((3, 5), np.float32))
     assert run("eval", "--model", MISSING_ID, "--input", bad, "--server", remote.address).err == [
         f"server {remote.address}: no model or run with id {MISSING_ID} in the store"]
-    assert run("eval", folder / "spec.json", "--input", bad, "--server", remote.address).err[0].startswith(f"{bad}: expected shape [N, 2]")
+    assert run("eval", folder / "spec.json", "--input", bad, "--server", remote.address).err[0].startswith(f"{bad}: expected [N, 2]")
     assert run("train", folder / "spec.json", "--data", "spirals", "--epochs", "0", "--server", remote.address).err == [
         "epochs: must be >= 1, got 0"]
     assert run("train", folder / "spec.json", "--data", "spirals", "--server", remote.address, "--store", tmp_path).err == [

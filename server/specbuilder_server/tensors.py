@@ -35,28 +35,11 @@ UNWRITABLE = "The given buffer is not writable"
 """torch's warning for ``frombuffer`` on read-only memory: the server only ever reads inputs."""
 
 
-def _shape(shape: tuple[int, ...] | list[int]) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
-
-
 def check_batch_shape(shape: tuple[int, ...], spec: ModelSpec, path: str) -> None:
-    """``shape`` must be ``[N, *input_shape]`` with ``N >= 1``; the message says how to get there."""
-    want = tuple(spec.input_shape)
-    expected = f"expected [N, {', '.join(map(str, want))}] (a batch of the spec's input_shape {_shape(want)})"
-    if shape[1:] == want and len(shape) == len(want) + 1:
-        if shape[0] == 0:
-            raise invalid(f"{path}.shape", f"the batch is empty ({_shape(shape)}); send at least one sample", "shape")
-        return
-    if shape == want:
-        hint = f"add the batch dimension: shape {_shape((1, *want))} for one sample"
-    elif len(shape) >= 1 and math.prod(shape[1:]) == math.prod(want):
-        hint = f"reshape it to {_shape((shape[0], *want))}, or set the spec's input_shape to {_shape(shape[1:])}"
-    elif len(shape) >= 1:
-        hint = (f"each sample has {math.prod(shape[1:])} elements but the spec's input_shape needs {math.prod(want)}; "
-                "send the data the model was built for, or change its input_shape")
-    else:
-        hint = f"send a batch: shape [N, {', '.join(map(str, want))}]"
-    raise invalid(f"{path}.shape", f"{expected}, got {_shape(shape)}: {hint}", "shape")
+    """INVALID_ARGUMENT unless ``shape`` is ``[N, *input_shape]`` with ``N >= 1``; the message says how to get there."""
+    problem = spec.batch_problem(shape)
+    if problem:
+        raise invalid(f"{path}.shape", problem, "shape")
 
 
 def check_batch_size(rows: int, spec: ModelSpec, limit: int, path: str) -> None:

@@ -312,21 +312,9 @@ def _shape(shape: Sequence[int]) -> str:
 
 def check_batch(shape: tuple[int, ...], spec: ModelSpec, path: Path) -> None:
     """``shape`` must be ``[N, *input_shape]`` with N >= 1; the message says how to get there."""
-    want = tuple(spec.input_shape)
-    if len(shape) == len(want) + 1 and shape[1:] == want:
-        if shape[0] == 0:
-            raise CommandError(f"{path}: the batch is empty ({_shape(shape)}); give at least one sample")
-        return
-    if shape == want:
-        hint = f"add the batch dimension: shape {_shape((1, *want))} for one sample"
-    elif len(shape) >= 2 and math.prod(shape[1:]) == math.prod(want):
-        hint = f"reshape it to {_shape((shape[0], *want))}, or set the spec's input_shape to {_shape(shape[1:])}"
-    elif len(shape) >= 2:
-        hint = f"each sample has {math.prod(shape[1:])} elements but the spec's input_shape needs {math.prod(want)}"
-    else:
-        hint = f"give a batch: shape [N, {', '.join(map(str, want))}]"
-    raise CommandError(f"{path}: expected shape [N, {', '.join(map(str, want))}] (a batch of {spec.name}'s input_shape "
-                       f"{_shape(want)}), got {_shape(shape)}: {hint}")
+    problem = spec.batch_problem(shape)
+    if problem:
+        raise CommandError(f"{path}: {problem}")
 
 
 def forward(module: nn.Module, x: np.ndarray, stats: bool) -> tuple[np.ndarray, list[Any]]:
