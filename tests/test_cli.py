@@ -12,7 +12,6 @@ import pytest
 
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.cli import build_parser, main
-from specbuilder.cli import spec_commands
 from specbuilder.spec import STYLES, ModelSpec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -141,40 +140,6 @@ def test_activations_table_has_every_registry_entry(capsys: pytest.CaptureFixtur
     assert rows["threshold"].split()[1:3] == ["threshold,", "value"]
     assert rows["sigmoid"].split()[1:4] == ["-", "[0,", "1]"]
     assert rows["hardtanh"].split()[1:5] == ["min_val=-1,", "max_val=1", "[-1,", "1]"]
-
-
-def test_demo_runs_every_example(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "demo")
-    assert (code, err) == (0, [])
-    names = sorted(p.name for p in EXAMPLES.glob("*.json"))
-    assert [line for line in out if line.startswith("=== ")] == [f"=== {name} ===" for name in names]
-    assert "class DigitsCnn(nn.Module):" in out
-    assert "        x = F.max_pool2d(x, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False)" in out
-    assert sum(line.startswith("ran a batch on ") and line.endswith("output [4, 10]") for line in out) == 1
-    assert out[-1] == f"{len(names)} of {len(names)} examples in {EXAMPLES} validated, compiled and ran"
-
-
-def test_demo_finds_the_repository_examples_from_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert spec_commands.find_examples(None) == EXAMPLES
-    (tmp_path / "examples").mkdir()
-    assert spec_commands.find_examples(None) == tmp_path / "examples"
-
-
-def test_demo_reports_bad_and_missing_examples(capsys: pytest.CaptureFixture[str], tmp_path: Path, bad: Path) -> None:
-    (tmp_path / "good.json").write_text((EXAMPLES / "tutorial.json").read_text())
-    code, out, err = run(capsys, "demo", "--examples", str(tmp_path))
-    assert code == 1
-    assert out[-1] == f"1 of 2 examples in {tmp_path} validated, compiled and ran"
-    assert err == [
-        f"{bad}: layers[1].negative_slope: must be >= 0, got -1",
-        f"{bad}: layers[2].type: unknown layer type 'relu7'; did you mean 'relu'?",
-        "demo: invalid examples: bad.json",
-    ]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert run(capsys, "demo", "--examples", str(empty))[1:] == ([], [f"demo: no *.json specs in {empty}"])
-    assert run(capsys, "demo", "--examples", str(tmp_path / "nowhere"))[1:] == ([], [f"demo: {tmp_path / 'nowhere'} is not a directory"])
 
 
 def test_closed_stdout_ends_quietly(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

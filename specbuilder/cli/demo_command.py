@@ -85,14 +85,16 @@ def run_demo(args: argparse.Namespace) -> int:
                     for label, activation in ACTIVATIONS:
                         rows.append(train_one(client, label, activation, config))
                         print(_line(_cells(rows[-1])), flush=True)
+                print()
+                print("dead %: hidden units that never fired on the validation set; saturated %: hidden outputs in the "
+                      "activation's flat region;\n1st-layer grad norm: ||dL/dy|| at the first hidden activation, mean over "
+                      "the training's statistics windows")
         except SpecbuilderError as error:
             raise CommandError(f"demo: the server refused a call: {error}") from None
         except ServerProcessError as error:
             raise CommandError(f"demo: {error}") from None
-    print(f"server stopped cleanly (exit 0) after {time.perf_counter() - started:.0f} s")
     print()
-    print("dead %: hidden units that never fired on the validation set; saturated %: hidden outputs in the activation's "
-          "flat region;\n1st-layer grad norm: ||dL/dy|| at the first hidden activation, mean over the training's statistics windows")
+    print(f"server stopped cleanly (exit 0) after {time.perf_counter() - started:.0f} s")
     title = f"the tutorial network on {DATASET}, one run per activation ({config['epochs']} epochs, same seed)"
     save(comparison(rows, title), args.out)
     print(f"wrote {args.out}")

@@ -16,26 +16,26 @@ import grpc
 import numpy as np
 
 from specbuilder.v1 import service_pb2
-from specbuilder.wire import to_numpy, to_proto
+from specbuilder.wire import to_numpy
 from specbuilder_client.errors import Cancelled, from_rpc
+from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.results import StreamSummary
 
 
 class StreamRequests:
-    """The request messages: the start, then one per batch, encoded lazily; remembers a failing batch."""
+    """The requests, serialized: the start, then one per batch, encoded lazily; remembers a failing batch."""
 
     def __init__(self, start: service_pb2.StreamEvaluateStart, batches: Iterable[np.ndarray]) -> None:
         self._start = start
         self._batches = batches
         self.error: Exception | None = None
 
-    def __iter__(self) -> Iterator[service_pb2.StreamEvaluateRequest]:
-        yield service_pb2.StreamEvaluateRequest(start=self._start)
+    def __iter__(self) -> Iterator[bytes]:
+        """The requests already serialized: a batch's elements are copied once (``framing``)."""
+        yield service_pb2.StreamEvaluateRequest(start=self._start).SerializeToString()
         try:
             for batch in self._batches:
-                request = service_pb2.StreamEvaluateRequest()
-                request.batch.CopyFrom(to_proto(batch))  # cheaper than the constructor for MBs
-                yield request
+                yield serialize_with_tensor(service_pb2.StreamEvaluateRequest(), "batch", batch)
         except Exception as error:  # gRPC would only log it: keep it for the caller, end the stream
             self.error = error
 

@@ -1,0 +1,225 @@
+"""Issue 4 figures: the gRPC service against in-process PyTorch and against gRPC's own floor.
+
+The workload is an MLP 784-256-256-10 on batches of 1024 rows (3.2 MB of float32 in, 40 KB
+out). Every server runs in its own process, started as users start it, with the same torch
+thread count as this process (``OMP_NUM_THREADS``): ``specbuilder serve --shared-memory``
+(which serves inline tensors as usual; shared memory is only allowed in addition), gRPC's
+floor (``grpc_floor``: raw bytes in, 40 KB out, no protobuf) and the ``repeated float``
+design (``grpc_repeated``). The baseline is the forward pass of the same MLP compiled in this
+process, numpy in and out, under ``inference_mode``. "Forward + floor" is that forward and
+then a floor call with the same 3.2 MB, back to back: a service that added nothing to gRPC.
+Service calls go through ``specbuilder_client.Client``, the spec sent with every call, as
+users call it. Training compares ``Client.train`` with ``specbuilder.train`` in this process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import specbuilder
+from benchmarks import grpc_floor, grpc_repeated
+from benchmarks.grpc_load import batches, concurrent, stream_peaks
+from benchmarks.grpc_workload import BATCH, MLP, SEED, batch
+from benchmarks.harness import MIN_SAMPLES, Table, Timing, compare, format_ns, gc_paused, measure
+from benchmarks.serving import baseline_server, channel
+from specbuilder.compiler import compile_spec
+from specbuilder.demo.server import ServerProcess, serve_subprocess
+from specbuilder_client import Client
+
+STREAM_ROWS = 200_000
+STREAM_MARK = 50_000
+"""The server's peak memory after this many streamed rows is compared with its peak at the end."""
+FLAT_MIB = 16
+"""Peak growth from ``STREAM_MARK`` to ``STREAM_ROWS`` rows that still counts as flat: five
+batches' worth, against the 470 MB that stream through in between."""
+CLIENTS = 8
+TRAIN_DATA = "digits"
+TRAIN_SPEC: dict[str, Any] = {
+    "name": "digits-mlp",
+    "input_shape": [64],
+    "layers": [
+        {"type": "linear", "out_features": 128, "activation": "relu"},
+        {"type": "linear", "out_features": 128, "activation": "relu"},
+        {"type": "linear", "out_features": 10},
+    ],
+}
+TRAIN_CONFIG: dict[str, Any] = {"epochs": 20, "batch_size": 64, "lr": 0.01, "seed": SEED, "device": "cpu", "stats_every": 10}
+
+
+def local_forward() -> Callable[[np.ndarray], np.ndarray]:
+    """The baseline: the MLP compiled in this process; a batch through it, numpy in and out."""
+    model = compile_spec(MLP, device="cpu", seed=SEED).eval()
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return forward
+
+
+def rotate(sides: dict[str, Callable[[], object]], repeat: int, warmup: int, budget_s: float) -> dict[str, Timing]:
+    """Like the harness's ``compare``, for more than two sides: every round calls each side once,
+    starting one further along the list each round, so drift hits all sides alike."""
+    names = list(sides)
+    for _ in range(warmup):
+        for name in names:
+            sides[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    deadline = time.perf_counter() + budget_s
+    with gc_paused():
+        for round_index in range(repeat):
+            for offset in range(len(names)):
+                name = names[(round_index + offset) % len(names)]
+                started = time.perf_counter_ns()
+                sides[name]()
+                samples[name].append(time.perf_counter_ns() - started)
+            if round_index + 1 >= MIN_SAMPLES and time.perf_counter() > deadline:
+                break
+    return {name: Timing(tuple(values)) for name, values in samples.items()}
+
+
+def summed(first: Timing, second: Timing) -> Timing:
+    """Round by round sums of two sides timed in the same rounds (``rotate``)."""
+    return Timing(tuple(a + b for a, b in zip(first.samples_ns, second.samples_ns)))
+
+
+def unary(server: ServerProcess, folder: Path, threads: int, x: np.ndarray, quick: bool) -> Table:
+    """One Evaluate call: against the forward, against forward + floor, shared memory, repeated float."""
+    repeat, warmup, budget = (20, 3, 6.0) if quick else (200, 20, 90.0)
+    forward = local_forward()
+    payload = x.tobytes()
+    one_row = x[:1]
+    table = Table(
+        "gRPC service: one call, MLP 784-256-256-10, batch 1024 (issue 4)",
+        note=("3.2 MB in, 40 KB out; every server in its own process. Plain side: the forward in this process; "
+              "\"forward + floor\" adds, round by round, one call to gRPC's floor (a bare grpcio server in its own "
+              "process taking raw bytes, answering 40 KB). Forward, floor, Evaluate and shared-memory Evaluate are "
+              "timed in turn, round by round. Ratio = service call / plain side."),
+    )
+    with baseline_server("grpc_floor", folder, threads) as floor_server, baseline_server("grpc_repeated", folder, threads) as repeated_server, \
+            channel(floor_server.address) as floor_channel, channel(repeated_server.address) as repeated_channel, \
+            Client(server.address) as client, Client(server.address, shared_memory=True) as shared:
+        floor, repeated = grpc_floor.caller(floor_channel), grpc_repeated.caller(repeated_channel)
+        for output in (client.evaluate(MLP, x).outputs, shared.evaluate(MLP, x).outputs, repeated(x)):
+            assert output is not None and output.shape == (len(x), 10), "every design answers the batch's logits"
+        computed: dict[str, list[float]] = {"evaluate": [], "shared": []}
+        timed = rotate({
+            "forward": lambda: forward(x),
+            "floor": lambda: floor(payload),
+            "evaluate": lambda: computed["evaluate"].append(client.evaluate(MLP, x).compute_seconds),
+            "shared": lambda: computed["shared"].append(shared.evaluate(MLP, x).compute_seconds),
+        }, repeat, warmup, budget)
+        base = summed(timed["forward"], timed["floor"])
+        table.figure("gRPC floor alone: 3.2 MB raw bytes in, 40 KB out", str(timed["floor"]))
+        table.figure("Evaluate of one row (the fixed cost of a call)", str(measure(lambda: client.evaluate(MLP, one_row), repeat=repeat, warmup=warmup, budget_s=budget / 10)))
+        table.figure("the server's own forward in those calls (`compute_seconds`), inline / shared memory",
+                     " / ".join(format_ns(statistics.median(seconds) * 1e9) for seconds in computed.values()),
+                     baseline=f"in process: {format_ns(timed['forward'].median_ns)}")
+        table.ratio("Evaluate vs in-process forward", timed["forward"], timed["evaluate"], 2.2)
+        table.ratio("Evaluate vs forward + floor", base, timed["evaluate"], 1.15)
+        table.ratio("Evaluate, shared memory (`--shared-memory`) vs in-process forward", timed["forward"], timed["shared"], 1.2)
+        table.ratio("Evaluate, shared memory vs forward + floor", base, timed["shared"], 1.0)
+        plain, ours = compare(lambda: forward(x), lambda: repeated(x), repeat=max(5, repeat // 10), warmup=2, budget_s=budget / 3)
+        table.ratio("`repeated float` design (hand-written grpcio service) vs in-process forward", plain, ours)
+    return table
+
+
+def streaming(server: ServerProcess, x: np.ndarray, quick: bool) -> Table:
+    """StreamEvaluate (peak memory over 200k rows, throughput) and 8 concurrent clients."""
+    rows, repeat, calls = (STREAM_MARK, 2, 4) if quick else (STREAM_ROWS, 5, 25)
+    forward = local_forward()
+    table = Table(
+        "gRPC service: StreamEvaluate and concurrent clients (issue 4)",
+        note=(f"Same MLP, batches of {BATCH} rows. Memory: the server process's peak resident memory (`VmHWM` in "
+              f"`/proc/<pid>/status`) during one stream of {STREAM_ROWS:,} rows, read as the rows come back. Throughput: "
+              f"a stream of {rows:,} rows against the in-process forward over the same batches. Concurrency: "
+              f"{CLIENTS} clients, each with its own channel and thread, {calls} Evaluate calls each, all at once."),
+    )
+    with Client(server.address) as client:
+        client.evaluate(MLP, x)  # compiled and cached before the first peak is read
+        peaks = stream_peaks(client, server, MLP, x, (STREAM_MARK, STREAM_ROWS))
+        growth = (peaks[STREAM_ROWS] - peaks[STREAM_MARK]) / 1024
+        table.figure(
+            f"server peak RSS after {STREAM_MARK // 1000}k → {STREAM_ROWS // 1000}k streamed rows",
+            f"{peaks[STREAM_MARK] / 1024:.0f} → {peaks[STREAM_ROWS] / 1024:.0f} MiB ({growth:+.1f} MiB)",
+            baseline=f"{peaks[0] / 1024:.0f} MiB before the stream", target=f"≤ +{FLAT_MIB} MiB", ok=growth <= FLAT_MIB,
+        )
+
+        def stream() -> None:
+            for _ in client.evaluate_stream(MLP, batches(x, rows)):
+                pass
+
+        def plain() -> None:
+            for part in batches(x, rows):
+                forward(part)
+
+        base, ours = compare(plain, stream, repeat=repeat, warmup=1)
+        ratio = table.ratio(f"StreamEvaluate, {rows:,} rows: time vs in-process forward", base, ours)
+        table.figure("StreamEvaluate throughput", f"{rows / ours.median_ns * 1e9:,.0f} rows/s ({1 / ratio:.2f}× in-process)",
+                     baseline=f"{rows / base.median_ns * 1e9:,.0f} rows/s")
+        single = measure(lambda: forward(x), repeat=20, warmup=3)
+    load = concurrent(server.address, MLP, x, CLIENTS, calls)
+    total = CLIENTS * calls
+    latencies = sorted(load.latencies_s)
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+    throughput = total * len(x) / load.wall_s
+    table.figure(f"{CLIENTS} concurrent clients: aggregate throughput",
+                 f"{throughput:,.0f} rows/s ({throughput * single.median_ns / 1e9 / len(x):.2f}× one in-process caller)",
+                 baseline=f"{len(x) / single.median_ns * 1e9:,.0f} rows/s")
+    table.figure(f"{CLIENTS} concurrent clients: latency per call",
+                 f"p50 {format_ns(statistics.median(latencies) * 1e9)}, p99 {format_ns(p99 * 1e9)}",
+                 baseline=f"forward alone {format_ns(single.median_ns)}")
+    table.figure(f"{CLIENTS} concurrent clients: errors", f"{len(load.errors)} of {total} calls", target="0", ok=not load.errors)
+    return table
+
+
+def training(server: ServerProcess, quick: bool) -> Table:
+    """``Client.train`` against ``specbuilder.train`` in this process: same spec, data and config."""
+    repeat, warmup = (3, 1) if quick else (9, 2)
+    table = Table(
+        "gRPC service: training (issue 4)",
+        note=(f"One timed call is a whole run: {TRAIN_DATA} MLP 64-128-128-10, {TRAIN_CONFIG['epochs']} epochs, batch "
+              f"{TRAIN_CONFIG['batch_size']}, statistics every {TRAIN_CONFIG['stats_every']} steps, on CPU. Plain side: "
+              "`specbuilder.train` in this process. Service: `Client.train(...).result()`, which also streams every "
+              "event and stores the run and its weights. Ratio of run time (target ≤ 1/0.95: ≥ 0.95× the speed). "
+              "The fixed cost is read from one more run's event arrival times."),
+    )
+    with Client(server.address) as client:
+        def remote() -> None:
+            result = client.train(TRAIN_SPEC, TRAIN_DATA, **TRAIN_CONFIG).result()
+            assert result.status == "completed", result.reason
+
+        def local() -> None:
+            assert specbuilder.train(TRAIN_SPEC, TRAIN_DATA, TRAIN_CONFIG).status == "completed"
+
+        base, ours = compare(local, remote, repeat=repeat, warmup=warmup)
+        table.ratio("train through the service vs `specbuilder.train` in process", base, ours, 1 / 0.95)
+        began = time.perf_counter()
+        arrivals = {event.type: time.perf_counter() - began for event in client.train(TRAIN_SPEC, TRAIN_DATA, **TRAIN_CONFIG)}
+        table.figure("fixed cost of a run through the service",
+                     f"call → started event {format_ns(arrivals['started'] * 1e9)}; "
+                     f"last epoch → finished event {format_ns((arrivals['finished'] - arrivals['epoch']) * 1e9)}",
+                     baseline=f"`train()` in process: {format_ns(base.median_ns)} a run")
+    return table
+
+
+def run(quick: bool) -> list[Table]:
+    """The issue 4 tables; every server is started here and stopped before returning."""
+    threads = torch.get_num_threads()
+    x = batch()
+    with tempfile.TemporaryDirectory(prefix="bench-grpc-") as name:
+        folder = Path(name)
+        env = {"OMP_NUM_THREADS": str(threads)}
+        with serve_subprocess(folder / "store", "--device", "cpu", "--shared-memory", env=env) as server:
+            stream_table = streaming(server, x, quick)  # first, while the server's peak memory is its own
+            unary_table = unary(server, folder, threads, x, quick)
+            train_table = training(server, quick)
+    return [unary_table, stream_table, train_table]
