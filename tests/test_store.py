@@ -340,6 +340,7 @@ def test_opening_deletes_temporary_and_unreferenced_weights_files_only(tmp_path:
         kept = store.save(compile_spec(MLP, device="cpu"))
     weights = tmp_path / "weights"
     (weights / f".{'1' * 32}.safetensors.0badc0de.tmp").write_bytes(b"partial")
+    (weights / ".tmpft18Of").write_bytes(b"partial, from safetensors' own atomic write")
     (weights / f"{'2' * 32}.safetensors").write_bytes(b"orphan")
     (weights / "notes.txt").write_text("not ours")
     with ModelStore(tmp_path) as store:

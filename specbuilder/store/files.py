@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import save_file
 
 WEIGHTS_SUFFIX = ".safetensors"
-TEMP_NAME = re.compile(r"\..+\.safetensors\.[0-9a-f]{8}\.tmp")
+TEMP_NAME = re.compile(r"\..+\.safetensors\.[0-9a-f]{8}\.tmp|\.tmp[A-Za-z0-9]{6}")
+"""Our temporary names, and the ones safetensors' own atomic ``save_file`` writes before its rename."""
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:
@@ -40,7 +41,7 @@ def temp_path(path: Path) -> Path:
 
 
 def is_temp(path: Path) -> bool:
-    """Whether ``path`` is a temporary file left by ``write_temp``."""
+    """Whether ``path`` is a temporary file left by ``write_temp`` (or by safetensors inside it)."""
     return TEMP_NAME.fullmatch(path.name) is not None
 
 
