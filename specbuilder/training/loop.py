@@ -78,7 +78,7 @@ def _place(model: ModelLike, config: TrainConfig) -> tuple[nn.Module, ModelSpec,
         if device is None:
             device = next(model.parameters(), torch.empty(0)).device
         return model.to(device), spec, device
-    spec = parse_spec(model)
+    spec = model if isinstance(model, ModelSpec) else parse_spec(model)  # a ModelSpec passed its caller's limits already
     return compile_spec(spec, config.style, device, seed=config.seed), spec, device
 
 
