@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: demo test proto bench clean
+.PHONY: demo test soak proto bench clean
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(VENV)/.installed  ## the main job
 
 test: $(VENV)/.installed  ## set up from nothing and run the whole suite
 	$(PY) -m pytest -q -n 2
+
+soak: $(VENV)/.installed  ## the reliability suite in its long mode, with its tables
+	$(PY) -m pytest -q tests/reliability --soak --reliability-report out/reliability
+	$(PY) tests/reliability/report.py out/reliability
 
 proto: $(VENV)/.installed  ## regenerate Python code from protos/
 	$(PY) -m specbuilder.protogen

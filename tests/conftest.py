@@ -2,15 +2,30 @@
 
 torch is imported only when a collected test is marked ``cuda``, so test files that check
 "this package imports no torch" still see a clean interpreter.
+
+The reliability suite (``tests/reliability``) runs short in every run; ``--soak`` makes it
+long (more examples, more clients, more time), and ``--reliability-report DIR`` keeps what each
+of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to tabulate.
 """
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("short", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("soak", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--soak", action="store_true", default=False, help="run the reliability suite long (soak mode)")
+    parser.addoption("--reliability-report", metavar="DIR", default=None, help="write the reliability suite's tallies here")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--soak"):
+        settings.load_profile("soak")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,72 @@
+"""Fixtures of the reliability suite: how long to push (``budget``) and what was seen (``tally``).
+
+Every test here is bounded: short by default (the whole suite in CI), long with ``--soak``.
+A test records each thing it tried and the outcome in ``tally``; with
+``--reliability-report DIR`` those records land in ``DIR/<test>.json`` for ``report.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How hard a test pushes: ``pick(short, soak)`` chooses by mode."""
+
+    soak: bool
+
+    def pick(self, short: Any, soak: Any) -> Any:
+        return soak if self.soak else short
+
+
+@dataclass
+class Tally:
+    """What one test tried, by kind and outcome (``count``), and the figures it measured (``figure``)."""
+
+    test: str
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    figures: dict[str, float | int | str] = field(default_factory=dict)
+
+    def count(self, kind: str, outcome: str, n: int = 1) -> None:
+        """``n`` more of ``kind`` (e.g. "garbage JSON spec") ended as ``outcome`` (e.g. "INVALID_ARGUMENT")."""
+        self.outcomes[(kind, outcome)] += n
+
+    def figure(self, name: str, value: float | int | str) -> None:
+        """A measured figure, e.g. ``figure("p99 ms", 41.2)``."""
+        self.figures[name] = value
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "test": self.test,
+            "outcomes": [{"kind": kind, "outcome": outcome, "count": n} for (kind, outcome), n in sorted(self.outcomes.items())],
+            "figures": self.figures,
+        }
+
+
+@pytest.fixture(scope="session")
+def budget(pytestconfig: pytest.Config) -> Budget:
+    return Budget(bool(pytestconfig.getoption("--soak")))
+
+
+@pytest.fixture
+def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
+    record = Tally(request.node.nodeid)
+    yield record
+    folder = request.config.getoption("--reliability-report")
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)
+        (path / f"{name}.json").write_text(json.dumps(record.as_json(), indent=1))
