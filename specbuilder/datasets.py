@@ -204,6 +204,8 @@ def from_arrays(x: Any, y: Any, name: str = "arrays") -> Dataset:
     x, y = _numpy(x, "x"), _numpy(y, "y")
     if x.ndim < 2:
         raise DataError(f"x must have a batch dimension and at least one feature: shape [N, ...], got shape {list(x.shape)}")
+    if y.ndim < 1:
+        raise DataError(f"y must have a batch dimension: shape [N] or [N, ...], got shape {list(y.shape)}")
     if len(y) != len(x):
         raise DataError(f"x and y must have the same number of samples, got {len(x)} and {len(y)}")
     if len(x) == 0:

@@ -8,6 +8,7 @@ the server and anyone who wants ``layers[2].negative_slope: must be >= 0, got -1
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,14 @@ def format_path(loc: Iterable[int | str]) -> str:
     return out
 
 
+MAX_TEXT = 1000
+"""Longest path or message a problem keeps: both can echo the input, which can be megabytes."""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a spec, at one path."""
@@ -42,7 +51,7 @@ class SpecError(ValueError):
     """A spec is invalid; ``problems`` lists every problem found, each with its path."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
+        self.problems = [Problem(_clip(p.path), _clip(p.message), p.type) for p in problems]
         super().__init__("\n".join(map(str, self.problems)))
 
     @classmethod
@@ -56,14 +65,22 @@ class SpecError(ValueError):
 
 def suggest(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'relu6'?"`` when something close exists, else ``""``."""
-    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    options = list(choices)
+    if len(word) > 3 * max(map(len, options), default=0):  # too long to be close (ratio < 0.6): spare difflib megabytes
+        return ""
+    close = difflib.get_close_matches(word.lower(), options, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+_SHORT = reprlib.Repr()
+"""How messages echo a value: briefly, however large it is (a hostile spec sends megabytes)."""
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother, _SHORT.maxlist = 80, 60, 80, 12
 
 
 def _show(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return repr(value) if isinstance(value, str) else str(value)
+        return _SHORT.repr(int(value))
+    return _SHORT.repr(value)
 
 
 _TYPE_WORDS = {

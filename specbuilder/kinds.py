@@ -139,6 +139,10 @@ class LayerKind:
     """Parameter values that differ from the defaults: used by docs, tests and round trips."""
     sample_shape: Shape = (6,)
     """A per-sample input shape that ``example`` fits."""
+    batch_statistics: Callable[[Mapping[str, Any]], bool] | None = None
+    """Batch normalization: the kind normalizes with the batch's own statistics while training, and
+    this says whether also in evaluation, given the parameters. None for every other kind. Such a
+    layer needs more than one value per channel in a batch (torch refuses a single one)."""
 
     @property
     def stateful(self) -> bool:

@@ -168,6 +168,11 @@ def _batch_norm(n: int):
     return infer
 
 
+def _without_running_stats(params: Mapping[str, Any]) -> bool:
+    """Batch norm evaluates with batch statistics when it keeps no running ones."""
+    return not params["track_running_stats"]
+
+
 def _layer_norm(params: Mapping[str, Any], shape: Shape) -> Inferred:
     given = params["normalized_shape"]
     normalized = list(given) if given is not None else [shape[-1]]
@@ -284,12 +289,12 @@ def _kinds() -> list[LayerKind]:
         LayerKind(
             name="batch_norm1d", sample_shape=(4, 5), summary="Batch normalization over [C] or [C, L] inputs.",
             params={"num_features": (PositiveInt | None, None), **norm}, module=NN + "BatchNorm1d",
-            infer=_batch_norm(1), example={"eps": 1e-3, "affine": False},
+            infer=_batch_norm(1), batch_statistics=_without_running_stats, example={"eps": 1e-3, "affine": False},
         ),
         LayerKind(
             name="batch_norm2d", sample_shape=(2, 6, 6), summary="Batch normalization over [C, H, W] inputs.",
             params={"num_features": (PositiveInt | None, None), **norm}, module=NN + "BatchNorm2d",
-            infer=_batch_norm(2), example={"momentum": 0.2, "track_running_stats": False},
+            infer=_batch_norm(2), batch_statistics=_without_running_stats, example={"momentum": 0.2, "track_running_stats": False},
         ),
         LayerKind(
             name="layer_norm", sample_shape=(3, 6), summary="Normalization over the trailing dimensions of each sample.",

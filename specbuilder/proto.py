@@ -23,7 +23,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from specbuilder.errors import Loc, Problem, SpecError, format_path
-from specbuilder.spec import DEFAULT_MAX_PARAMS, LayerSpec, ModelSpec, parse_spec
+from specbuilder.spec import DEFAULT_MAX_PARAMS, MAX_PROBLEMS, LayerSpec, ModelSpec, check_size, parse_spec
 from specbuilder.v1 import spec_pb2
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -136,12 +136,17 @@ def decode_value(value: spec_pb2.Value) -> Any:
     problems: _Found = []
     decoded = _decode_value(value, ("value",), problems)
     if problems:
-        raise SpecError(_as_problems(problems))
+        raise SpecError(_reported(problems))
     return decoded
 
 
-def _as_problems(found: _Found) -> list[Problem]:
-    return [Problem(format_path(loc), message, kind) for loc, kind, message in found]
+def _reported(found: _Found) -> list[Problem]:
+    """The first ``MAX_PROBLEMS`` problems, after one that counts them all when there are more
+    (a message of a million empty Values: its first problems say enough)."""
+    problems = [Problem(format_path(loc), message, kind) for loc, kind, message in found[:MAX_PROBLEMS]]
+    if len(found) > MAX_PROBLEMS:
+        problems.insert(0, Problem("", f"{len(found):,} problems; the first {MAX_PROBLEMS} follow, fix them first", "too_many_problems"))
+    return problems
 
 
 def _decode_layer(message: spec_pb2.Layer, loc: Loc, problems: _Found) -> dict[str, Any]:
@@ -169,7 +174,7 @@ def proto_to_dict(message: spec_pb2.ModelSpec) -> tuple[dict[str, Any], list[Pro
     }
     if message.HasField("name"):
         data["name"] = message.name
-    return data, _as_problems(found)
+    return data, _reported(found)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -184,6 +189,7 @@ def _layer_index(problem: Problem) -> int:
 
 def spec_from_proto(message: spec_pb2.ModelSpec, *, max_params: int | None = DEFAULT_MAX_PARAMS) -> ModelSpec:
     """A validated ``ModelSpec`` from a message; raises ``SpecError`` listing every problem with its path."""
+    check_size(message.ByteSize(), "bytes")
     data, own = proto_to_dict(message)
     try:
         spec = parse_spec(data, max_params=max_params)

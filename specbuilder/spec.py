@@ -5,6 +5,9 @@ entry is a new spec type with no other edit. Validation runs in two stages and r
 problem at once: field checks by pydantic (types, bounds, unknown fields, NaN), then shape
 inference through the stack (inferred sizes, kernels that do not fit, dims out of range,
 parameter budget). A ``ModelSpec`` that exists is valid, and knows its shapes.
+
+A hostile spec costs bounded work: its text is at most ``MAX_SPEC_SIZE``, a report lists its
+first ``MAX_PROBLEMS`` field problems, and every size, rank and real number is bounded.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from specbuilder.activations import ACTIVATIONS
-from specbuilder.errors import Loc, SpecError, format_path, friendly, reraise, suggest
+from specbuilder.errors import Loc, Problem, SpecError, format_path, friendly, reraise, suggest
 from specbuilder.kinds import ActivationKind, LayerError, LayerKind, Shape
 from specbuilder.layers import LAYERS, MAX_SIZE, PositiveInt
 
@@ -42,7 +45,16 @@ DEFAULT_MAX_PARAMS = 100_000_000
 """Specs with more parameters are refused unless ``max_params`` says otherwise."""
 MAX_SAMPLE_ELEMENTS = 100_000_000
 """No layer may output more elements than this per sample."""
+MAX_RANK = 7
+"""No layer may output more dimensions per sample: with the batch dimension, the 8 a wire tensor carries."""
 MAX_LAYERS = 1024
+MAX_PROBLEMS = 100
+"""Field problems a report lists: each costs work to explain, and a hostile spec can have millions."""
+MAX_SPEC_SIZE = 1 << 20
+"""Longest spec text (characters of JSON, or bytes of a message): a spec of ``MAX_LAYERS`` layers takes a
+tenth of it, and validating costs time in proportion."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32 (``numpy.finfo("float32").max``): real parameters must fit the precision models compute in."""
 
 Style = Literal["sequential", "functional"]
 """How a spec compiles: an ``nn.Sequential``, or a module whose ``forward`` calls torch functions."""
@@ -238,11 +250,29 @@ class ModelSpec(_Strict):
         """The spec as its author would write it: defaults left out."""
         return self.model_dump_json(indent=indent, exclude_defaults=True)
 
+    def needs_two_samples(self, training: bool = False) -> Node | None:
+        """The first module that cannot take a batch of one sample (in training, or in evaluation); None when all can.
+
+        Batch norm normalizes with the batch's own statistics (always while training; in evaluation
+        when it keeps no running ones), which torch refuses over a single value per channel.
+        """
+        for node in self._nodes:
+            uses = node.kind.batch_statistics
+            if uses is not None and (training or uses(node.layer.params())) and math.prod(node.in_shape[1:]) == 1:
+                return node
+        return None
+
     def batch_problem(self, shape: Sequence[int]) -> str | None:
         """Why ``shape`` is not a batch ``[N, *input_shape]`` with N >= 1, and what to do; None when it is one."""
         shape, want = tuple(shape), tuple(self.input_shape)
         if len(shape) == len(want) + 1 and shape[1:] == want:
-            return f"the batch is empty ({_dims(shape)}); send at least one sample" if shape[0] == 0 else None
+            if shape[0] == 0:
+                return f"the batch is empty ({_dims(shape)}); send at least one sample"
+            node = self.needs_two_samples() if shape[0] == 1 else None
+            if node is None:
+                return None
+            return (f"{node.path} ({node.layer.type}) normalizes with the batch's own statistics (it keeps no running ones) "
+                    f"and sees one value per channel in one sample, which torch refuses; send at least 2 samples")
         if shape == want:
             hint = f"add the batch dimension: shape {_dims((1, *want))} for one sample"
         elif len(shape) >= 2 and math.prod(shape[1:]) == math.prod(want):
@@ -301,11 +331,17 @@ def _analyze(spec: ModelSpec, max_params: int | None) -> tuple[list[Node], list[
         problems.append((("input_shape",), "too_large", f"has {math.prod(shape):,} elements per sample, over the limit of {MAX_SAMPLE_ELEMENTS:,}", spec.input_shape))
         return nodes, problems
     for index, (loc, layer) in enumerate(expanded):
+        for key, value in layer.params().items():
+            if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+                problems.append((loc + (key,), "float_range", f"must be within float32's range (±{FLOAT32_MAX:.7g}), which models compute in; got {value:g}", value))
         try:
             inferred = layer.kind.infer(layer.params(), shape)
         except LayerError as error:
             field = (error.field,) if error.field else ()
             problems.append((loc + field, "shape", str(error), getattr(layer, error.field) if error.field else layer.type))
+            return nodes, problems
+        if len(inferred.out_shape) > MAX_RANK:
+            problems.append((loc, "too_many_dims", f"outputs {len(inferred.out_shape)} dimensions per sample, over the limit of {MAX_RANK}", layer.type))
             return nodes, problems
         size = math.prod(inferred.out_shape)
         if size > MAX_SAMPLE_ELEMENTS:
@@ -326,9 +362,12 @@ def _fields_of(tag: str | None) -> tuple[str, ...]:
 
 
 def _rewrite(error: ValidationError) -> ValidationError:
-    """Pydantic's errors with discriminator tags dropped from paths and clearer messages."""
+    """Pydantic's errors with discriminator tags dropped from paths and clearer messages; the first ``MAX_PROBLEMS``."""
     problems = []
-    for detail in error.errors():
+    details = error.errors(include_url=False)
+    if len(details) > MAX_PROBLEMS:
+        problems.append(((), "too_many_problems", f"{len(details):,} problems; the first {MAX_PROBLEMS} follow, fix them first", len(details)))
+    for detail in details[:MAX_PROBLEMS]:
         loc: list[int | str] = []
         tag = None
         previous: int | str | None = None
@@ -363,6 +402,13 @@ def _rewrite(error: ValidationError) -> ValidationError:
     return reraise("ModelSpec", problems)
 
 
+def check_size(size: int, unit: str) -> None:
+    """``SpecError`` for a spec text longer than ``MAX_SPEC_SIZE``, before any of it is validated."""
+    if size > MAX_SPEC_SIZE:
+        raise SpecError([Problem("", f"the spec has {size:,} {unit}, over the limit of {MAX_SPEC_SIZE:,}; "
+                                     f"a spec of {MAX_LAYERS:,} layers needs about a tenth of that", "too_large")])
+
+
 def parse_spec(source: ModelSpec | Mapping[str, Any] | str | bytes | Path, *, max_params: int | None = DEFAULT_MAX_PARAMS) -> ModelSpec:
     """A validated ``ModelSpec`` from a spec, a dict, JSON text or a JSON file path.
 
@@ -375,6 +421,7 @@ def parse_spec(source: ModelSpec | Mapping[str, Any] | str | bytes | Path, *, ma
         if isinstance(source, Path):
             source = source.read_bytes()
         if isinstance(source, (str, bytes)):
+            check_size(len(source), "characters" if isinstance(source, str) else "bytes")
             return ModelSpec.model_validate_json(source, context=context)
         return ModelSpec.model_validate(source, context=context)
     except ValidationError as error:

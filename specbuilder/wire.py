@@ -45,6 +45,8 @@ _BY_KIND = {(wire.numpy.kind, wire.itemsize): code for code, wire in WIRE_TYPES.
 SHARED_MEMORY_NAME = re.compile(r"^specbuilder_[A-Za-z0-9_-]{1,64}$")
 """Shared-memory regions a client may name: only ones made for specbuilder."""
 MAX_DIMS = 8
+MAX_ELEMENTS = 2**60
+"""Sizes (zeros aside) may multiply to at most this: any more, in 8-byte elements, overflows the 64-bit byte counts numpy and torch use."""
 
 
 class TensorError(ValueError):
@@ -76,12 +78,14 @@ def wire_type(tensor: tensor_pb2.Tensor, path: str) -> WireType:
 
 
 def check_shape(tensor: tensor_pb2.Tensor, path: str) -> tuple[int, ...]:
-    """The tensor's shape, checked: at most 8 dims, none negative."""
+    """The tensor's shape, checked: at most 8 dims, none negative, not beyond what an array can hold (even an empty one)."""
     shape = tuple(tensor.shape)
     if len(shape) > MAX_DIMS:
         raise TensorError(f"{path}.shape", f"has {len(shape)} dimensions, at most {MAX_DIMS} allowed")
     if any(size < 0 for size in shape):
         raise TensorError(f"{path}.shape", f"sizes must be >= 0, got {list(shape)}")
+    if math.prod(max(size, 1) for size in shape) > MAX_ELEMENTS:
+        raise TensorError(f"{path}.shape", f"sizes (zeros aside) must multiply to at most 2**60, got {list(shape)}")
     return shape
 
 

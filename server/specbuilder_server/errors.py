@@ -5,6 +5,10 @@ codes DESIGN.md promises (``SpecError`` -> INVALID_ARGUMENT with each problem's 
 unknown model id -> NOT_FOUND, ...), field problems also travel as a ``google.rpc.BadRequest``
 in the status details, and anything unexpected is logged here and answered INTERNAL with a
 short message. A bad input never reaches the client as UNKNOWN.
+
+A status travels in HTTP/2 trailers, which clients refuse beyond 8 KiB (they then see
+RESOURCE_EXHAUSTED instead of the answer), while a message may echo megabytes of input or list
+a thousand problems: ``rich_status`` keeps the message and the details within budgets.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -29,7 +33,13 @@ from specbuilder.wire import TensorError
 log = logging.getLogger("specbuilder_server")
 
 MAX_LISTED = 10
-"""Problems spelled out in a status message; all of them are in the BadRequest details."""
+"""Problems spelled out in a status message; the BadRequest details carry more (within ``MAX_DETAILS_BYTES``)."""
+MAX_MESSAGE_BYTES = 1024
+"""Longest status message sent (UTF-8; gRPC percent-encodes it, at most tripling it)."""
+MAX_DETAILS_BYTES = 2048
+"""Most bytes of field violations in the BadRequest detail (base64 in the trailers: a third more)."""
+MAX_FIELD_BYTES = 256
+"""Longest path, description or reason of one field violation."""
 
 
 class RequestError(Exception):
@@ -61,7 +71,7 @@ def spec_problems(error: SpecError, prefix: str = "") -> RequestError:
     problems = [Problem(_join(prefix, p.path), p.message, p.type) for p in error.problems]
     text = "; ".join(map(str, problems[:MAX_LISTED]))
     if len(problems) > MAX_LISTED:
-        text += f"; and {len(problems) - MAX_LISTED} more (see the BadRequest details)"
+        text += f"; and {len(problems) - MAX_LISTED} more (the BadRequest details list more of them)"
     code = grpc.StatusCode.INVALID_ARGUMENT
     if problems and all(p.type == "too_many_parameters" for p in problems):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -96,20 +106,34 @@ def as_request_error(error: Exception) -> RequestError:
     return RequestError(grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); the server's log has the details")
 
 
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), ``...`` marking a cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
 def rich_status(error: RequestError) -> grpc.Status:
-    """The status with a ``google.rpc.BadRequest`` detail listing each field problem."""
-    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
-    if error.problems:
+    """The status with a ``google.rpc.BadRequest`` detail listing the field problems, as many as fit the budget."""
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=_clip(error.message, MAX_MESSAGE_BYTES))
+    violations, size = [], 0
+    for p in error.problems:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_clip(p.path, MAX_FIELD_BYTES), description=_clip(p.message, MAX_FIELD_BYTES), reason=_clip(p.type, MAX_FIELD_BYTES),
+        )
+        size += violation.ByteSize() + 3  # the field's tag and length
+        if size > MAX_DETAILS_BYTES:
+            break
+        violations.append(violation)
+    if violations:
         detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=p.path, description=p.message, reason=p.type)
-            for p in error.problems
-        ]))
+        detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
         status.details.append(detail)
     return rpc_status.to_status(status)
 
 
-def abort(context: grpc.ServicerContext, error: Exception) -> None:
+def abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
     """End the call with the status ``error`` stands for (raises, as ``context.abort`` does)."""
     context.abort_with_status(rich_status(as_request_error(error)))
 

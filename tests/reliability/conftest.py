@@ -60,6 +60,16 @@ def budget(pytestconfig: pytest.Config) -> Budget:
     return Budget(bool(pytestconfig.getoption("--soak")))
 
 
+@pytest.fixture(scope="session")
+def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One ``specbuilder serve`` subprocess (a ``ServerProcess``) for the hostile-input tests: a crash
+    kills it and shows as a dead process. Shared, so the suite starts it once."""
+    from server_helpers import server_process
+
+    with server_process(tmp_path_factory.mktemp("hostile-store")) as running:
+        yield running
+
+
 @pytest.fixture
 def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     record = Tally(request.node.nodeid)
