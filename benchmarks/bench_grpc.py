@@ -10,6 +10,9 @@ process, numpy in and out, under ``inference_mode``. "Forward + floor" is that f
 then a floor call with the same 3.2 MB, back to back: a service that added nothing to gRPC.
 Service calls go through ``specbuilder_client.Client``, the spec sent with every call, as
 users call it. Training compares ``Client.train`` with ``specbuilder.train`` in this process.
+With ``--device cuda`` the server (``--device cuda``), the ``repeated float`` server, the
+in-process forward (numpy in, ``.to(device)``, ``.cpu()`` out: synchronous) and both training
+sides run on the GPU; the floor has no model and stays as it is.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ FLAT_MIB = 16
 """Peak growth from ``STREAM_MARK`` to ``STREAM_ROWS`` rows that still counts as flat: five
 batches' worth, against the 470 MB that stream through in between."""
 CLIENTS = 8
+BLOCK = 5
+"""Calls in a row per side and round in ``rotate``, after one untimed call."""
 TRAIN_DATA = "digits"
 TRAIN_SPEC: dict[str, Any] = {
     "name": "digits-mlp",
@@ -54,90 +59,105 @@ TRAIN_SPEC: dict[str, Any] = {
 TRAIN_CONFIG: dict[str, Any] = {"epochs": 20, "batch_size": 64, "lr": 0.01, "seed": SEED, "device": "cpu", "stats_every": 10}
 
 
-def local_forward() -> Callable[[np.ndarray], np.ndarray]:
-    """The baseline: the MLP compiled in this process; a batch through it, numpy in and out."""
-    model = compile_spec(MLP, device="cpu", seed=SEED).eval()
+def local_forward(device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """The baseline: the MLP compiled in this process; a batch through it, numpy in and out
+    (on CUDA the copy back waits for the device, so every call ends with its work done)."""
+    model = compile_spec(MLP, device=device, seed=SEED).eval()
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+            return model(torch.from_numpy(x).to(device)).cpu().numpy()
 
     return forward
 
 
-def rotate(sides: dict[str, Callable[[], object]], repeat: int, warmup: int, budget_s: float) -> dict[str, Timing]:
-    """Like the harness's ``compare``, for more than two sides: every round calls each side once,
-    starting one further along the list each round, so drift hits all sides alike."""
+def rotate(sides: dict[str, Callable[[], object]], repeat: int, warmup: int, budget_s: float) -> tuple[dict[str, Timing], dict[str, list[object]]]:
+    """Like the harness's ``compare``, for any number of sides and in blocks: ``repeat`` rounds,
+    each calling every side ``BLOCK`` times in a row after one untimed call, starting one further
+    along the list each round, so drift hits all sides alike. Returns each side's timing and what
+    its timed calls returned.
+
+    Why blocks, not one call per side in turn: a forward leaves its OpenMP workers spinning for a few
+    milliseconds after it returns (libgomp's default wait policy), in this process or the server's,
+    and on a 2-core box they hold a core while whatever comes next runs. Call by call, every side
+    paid for the one before it: measured in one run, the in-process forward took 8.8 ms (4.4 ms in
+    blocks) and the floor 6.2 ms (4.0 ms), right after an Evaluate whose server was still spinning,
+    which flattered every ratio. The untimed call pays for what the previous side left behind; the
+    timed ones pay only for what their own calls leave, as a caller in a loop does.
+    """
     names = list(sides)
     for _ in range(warmup):
         for name in names:
             sides[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    returned: dict[str, list[object]] = {name: [] for name in names}
     deadline = time.perf_counter() + budget_s
     with gc_paused():
         for round_index in range(repeat):
             for offset in range(len(names)):
                 name = names[(round_index + offset) % len(names)]
-                started = time.perf_counter_ns()
                 sides[name]()
-                samples[name].append(time.perf_counter_ns() - started)
+                for _ in range(BLOCK):
+                    started = time.perf_counter_ns()
+                    returned[name].append(sides[name]())
+                    samples[name].append(time.perf_counter_ns() - started)
             if round_index + 1 >= MIN_SAMPLES and time.perf_counter() > deadline:
                 break
-    return {name: Timing(tuple(values)) for name, values in samples.items()}
+    return {name: Timing(tuple(values)) for name, values in samples.items()}, returned
 
 
 def summed(first: Timing, second: Timing) -> Timing:
-    """Round by round sums of two sides timed in the same rounds (``rotate``)."""
+    """Sums of two sides' samples taken in the same rounds (``rotate``), the n-th of each block with the n-th."""
     return Timing(tuple(a + b for a, b in zip(first.samples_ns, second.samples_ns)))
 
 
-def unary(server: ServerProcess, folder: Path, threads: int, x: np.ndarray, quick: bool) -> Table:
+def unary(server: ServerProcess, folder: Path, threads: int, x: np.ndarray, quick: bool, device: torch.device) -> Table:
     """One Evaluate call: against the forward, against forward + floor, shared memory, repeated float."""
-    repeat, warmup, budget = (20, 3, 6.0) if quick else (200, 20, 90.0)
-    forward = local_forward()
+    repeat, warmup, budget = (4, 1, 6.0) if quick else (40, 2, 90.0)
+    forward = local_forward(device)
     payload = x.tobytes()
     one_row = x[:1]
     table = Table(
-        "gRPC service: one call, MLP 784-256-256-10, batch 1024 (issue 4)",
+        f"gRPC service: one call, MLP 784-256-256-10, batch 1024 ({_where(device)})",
         note=("3.2 MB in, 40 KB out; every server in its own process. Plain side: the forward in this process; "
               "\"forward + floor\" adds, round by round, one call to gRPC's floor (a bare grpcio server in its own "
               "process taking raw bytes, answering 40 KB). Forward, floor, Evaluate and shared-memory Evaluate are "
-              "timed in turn, round by round. Ratio = service call / plain side."),
+              f"timed in turn, round by round, each {BLOCK} calls in a row after one untimed call. Ratio = service call / plain side."),
     )
-    with baseline_server("grpc_floor", folder, threads) as floor_server, baseline_server("grpc_repeated", folder, threads) as repeated_server, \
+    with baseline_server("grpc_floor", folder, threads) as floor_server, \
+            baseline_server("grpc_repeated", folder, threads, "--device", str(device)) as repeated_server, \
             channel(floor_server.address) as floor_channel, channel(repeated_server.address) as repeated_channel, \
             Client(server.address) as client, Client(server.address, shared_memory=True) as shared:
         floor, repeated = grpc_floor.caller(floor_channel), grpc_repeated.caller(repeated_channel)
         for output in (client.evaluate(MLP, x).outputs, shared.evaluate(MLP, x).outputs, repeated(x)):
             assert output is not None and output.shape == (len(x), 10), "every design answers the batch's logits"
-        computed: dict[str, list[float]] = {"evaluate": [], "shared": []}
-        timed = rotate({
+        timed, returned = rotate({
             "forward": lambda: forward(x),
             "floor": lambda: floor(payload),
-            "evaluate": lambda: computed["evaluate"].append(client.evaluate(MLP, x).compute_seconds),
-            "shared": lambda: computed["shared"].append(shared.evaluate(MLP, x).compute_seconds),
+            "evaluate": lambda: client.evaluate(MLP, x).compute_seconds,
+            "shared": lambda: shared.evaluate(MLP, x).compute_seconds,
         }, repeat, warmup, budget)
         base = summed(timed["forward"], timed["floor"])
         table.figure("gRPC floor alone: 3.2 MB raw bytes in, 40 KB out", str(timed["floor"]))
-        table.figure("Evaluate of one row (the fixed cost of a call)", str(measure(lambda: client.evaluate(MLP, one_row), repeat=repeat, warmup=warmup, budget_s=budget / 10)))
+        table.figure("Evaluate of one row (the fixed cost of a call)", str(measure(lambda: client.evaluate(MLP, one_row), repeat=200, warmup=20, budget_s=budget / 10)))
         table.figure("the server's own forward in those calls (`compute_seconds`), inline / shared memory",
-                     " / ".join(format_ns(statistics.median(seconds) * 1e9) for seconds in computed.values()),
+                     " / ".join(format_ns(statistics.median(returned[side]) * 1e9) for side in ("evaluate", "shared")),
                      baseline=f"in process: {format_ns(timed['forward'].median_ns)}")
         table.ratio("Evaluate vs in-process forward", timed["forward"], timed["evaluate"], 2.2)
         table.ratio("Evaluate vs forward + floor", base, timed["evaluate"], 1.15)
         table.ratio("Evaluate, shared memory (`--shared-memory`) vs in-process forward", timed["forward"], timed["shared"], 1.2)
         table.ratio("Evaluate, shared memory vs forward + floor", base, timed["shared"], 1.0)
-        plain, ours = compare(lambda: forward(x), lambda: repeated(x), repeat=max(5, repeat // 10), warmup=2, budget_s=budget / 3)
-        table.ratio("`repeated float` design (hand-written grpcio service) vs in-process forward", plain, ours)
+        designs, _ = rotate({"forward": lambda: forward(x), "repeated": lambda: repeated(x)}, max(2, repeat // 4), 1, budget / 3)
+        table.ratio("`repeated float` design (hand-written grpcio service) vs in-process forward", designs["forward"], designs["repeated"])
     return table
 
 
-def streaming(server: ServerProcess, x: np.ndarray, quick: bool) -> Table:
+def streaming(server: ServerProcess, x: np.ndarray, quick: bool, device: torch.device) -> Table:
     """StreamEvaluate (peak memory over 200k rows, throughput) and 8 concurrent clients."""
     rows, repeat, calls = (STREAM_MARK, 2, 4) if quick else (STREAM_ROWS, 5, 25)
-    forward = local_forward()
+    forward = local_forward(device)
     table = Table(
-        "gRPC service: StreamEvaluate and concurrent clients (issue 4)",
+        f"gRPC service: StreamEvaluate and concurrent clients ({_where(device)})",
         note=(f"Same MLP, batches of {BATCH} rows. Memory: the server process's peak resident memory (`VmHWM` in "
               f"`/proc/<pid>/status`) during one stream of {STREAM_ROWS:,} rows, read as the rows come back. Throughput: "
               f"a stream of {rows:,} rows against the in-process forward over the same batches. Concurrency: "
@@ -181,29 +201,30 @@ def streaming(server: ServerProcess, x: np.ndarray, quick: bool) -> Table:
     return table
 
 
-def training(server: ServerProcess, quick: bool) -> Table:
+def training(server: ServerProcess, quick: bool, device: torch.device) -> Table:
     """``Client.train`` against ``specbuilder.train`` in this process: same spec, data and config."""
     repeat, warmup = (3, 1) if quick else (9, 2)
+    config = {**TRAIN_CONFIG, "device": str(device)}
     table = Table(
-        "gRPC service: training (issue 4)",
-        note=(f"One timed call is a whole run: {TRAIN_DATA} MLP 64-128-128-10, {TRAIN_CONFIG['epochs']} epochs, batch "
-              f"{TRAIN_CONFIG['batch_size']}, statistics every {TRAIN_CONFIG['stats_every']} steps, on CPU. Plain side: "
+        f"gRPC service: training ({_where(device)})",
+        note=(f"One timed call is a whole run: {TRAIN_DATA} MLP 64-128-128-10, {config['epochs']} epochs, batch "
+              f"{config['batch_size']}, statistics every {config['stats_every']} steps, on {'CPU' if device.type == 'cpu' else device}. Plain side: "
               "`specbuilder.train` in this process. Service: `Client.train(...).result()`, which also streams every "
               "event and stores the run and its weights. Ratio of run time (target ≤ 1/0.95: ≥ 0.95× the speed). "
               "The fixed cost is read from one more run's event arrival times."),
     )
     with Client(server.address) as client:
         def remote() -> None:
-            result = client.train(TRAIN_SPEC, TRAIN_DATA, **TRAIN_CONFIG).result()
+            result = client.train(TRAIN_SPEC, TRAIN_DATA, **config).result()
             assert result.status == "completed", result.reason
 
         def local() -> None:
-            assert specbuilder.train(TRAIN_SPEC, TRAIN_DATA, TRAIN_CONFIG).status == "completed"
+            assert specbuilder.train(TRAIN_SPEC, TRAIN_DATA, config).status == "completed"
 
         base, ours = compare(local, remote, repeat=repeat, warmup=warmup)
         table.ratio("train through the service vs `specbuilder.train` in process", base, ours, 1 / 0.95)
         began = time.perf_counter()
-        arrivals = {event.type: time.perf_counter() - began for event in client.train(TRAIN_SPEC, TRAIN_DATA, **TRAIN_CONFIG)}
+        arrivals = {event.type: time.perf_counter() - began for event in client.train(TRAIN_SPEC, TRAIN_DATA, **config)}
         table.figure("fixed cost of a run through the service",
                      f"call → started event {format_ns(arrivals['started'] * 1e9)}; "
                      f"last epoch → finished event {format_ns((arrivals['finished'] - arrivals['epoch']) * 1e9)}",
@@ -211,15 +232,19 @@ def training(server: ServerProcess, quick: bool) -> Table:
     return table
 
 
-def run(quick: bool) -> list[Table]:
-    """The issue 4 tables; every server is started here and stopped before returning."""
+def _where(device: torch.device) -> str:
+    return "issue 4" if device.type == "cpu" else f"{device}, issue 6"
+
+
+def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[Table]:
+    """The issue 4 tables (issue 6's on CUDA); every server is started here and stopped before returning."""
     threads = torch.get_num_threads()
     x = batch()
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as name:
         folder = Path(name)
         env = {"OMP_NUM_THREADS": str(threads)}
-        with serve_subprocess(folder / "store", "--device", "cpu", "--shared-memory", env=env) as server:
-            stream_table = streaming(server, x, quick)  # first, while the server's peak memory is its own
-            unary_table = unary(server, folder, threads, x, quick)
-            train_table = training(server, quick)
+        with serve_subprocess(folder / "store", "--device", str(device), "--shared-memory", env=env) as server:
+            stream_table = streaming(server, x, quick, device)  # first, while the server's peak memory is its own
+            unary_table = unary(server, folder, threads, x, quick, device)
+            train_table = training(server, quick, device)
     return [unary_table, stream_table, train_table]

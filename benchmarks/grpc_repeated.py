@@ -5,7 +5,7 @@ A minimal hand-written grpcio service, as a person would write it: one message t
 no protoc), a handler that turns the values into a tensor with ``np.array``, runs the same
 compiled MLP as specbuilder's server and puts the outputs back with ``extend(tolist())``.
 
-Run as ``python -m benchmarks.grpc_repeated --port 0`` (``benchmarks.serving.baseline_server``).
+Run as ``python -m benchmarks.grpc_repeated --port 0 [--device cuda]`` (``benchmarks.serving.baseline_server``).
 """
 
 from __future__ import annotations
@@ -50,18 +50,18 @@ def decode(message: Any) -> np.ndarray:
     return np.array(message.values, dtype=np.float32).reshape(tuple(message.shape))
 
 
-def handler() -> grpc.GenericRpcHandler:
-    """``Evaluate(Floats) -> Floats`` through the benchmark's MLP, compiled by specbuilder with its seed."""
+def handler(device: str = "cpu") -> grpc.GenericRpcHandler:
+    """``Evaluate(Floats) -> Floats`` through the benchmark's MLP, compiled by specbuilder with its seed, on ``device``."""
     import torch
 
     from benchmarks.grpc_workload import MLP, SEED
     from specbuilder.compiler import compile_spec
 
-    model = compile_spec(MLP, device="cpu", seed=SEED).eval()
+    model = compile_spec(MLP, device=device, seed=SEED).eval()
 
     def evaluate(request: Any, context: grpc.ServicerContext) -> Any:
         with torch.inference_mode():
-            return encode(model(torch.from_numpy(decode(request))).numpy())
+            return encode(model(torch.from_numpy(decode(request)).to(device)).cpu().numpy())
 
     method = grpc.unary_unary_rpc_method_handler(evaluate, request_deserializer=Floats.FromString, response_serializer=Floats.SerializeToString)
     return grpc.method_handlers_generic_handler("repeated.Model", {"Evaluate": method})
@@ -76,7 +76,9 @@ def caller(channel: grpc.Channel) -> Callable[[np.ndarray], np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
-    run_until_signalled([handler()], parser.parse_args().port)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    run_until_signalled([handler(args.device)], args.port)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Wires the parts together: the model store, the model cache, the training pool, the servicer,
 the standard health service (SERVING overall and per service) and server reflection, the
-token interceptor when a token is set, TLS when a certificate is given, and the message size
-limits. ``RunningServer.stop(grace)`` is the graceful stop (SIGTERM in ``specbuilder serve``):
-health turns NOT_SERVING, running trainings are cancelled and recorded, in-flight calls get
-``grace`` seconds to finish, then the store is closed.
+token interceptor when a token is set, the request-parsing interceptor (``decoding``), TLS when
+a certificate is given, and the message size limits. ``RunningServer.stop(grace)`` is the
+graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running trainings
+are cancelled and recorded, in-flight calls get ``grace`` seconds to finish, then the store is
+closed.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from specbuilder.store import ModelStore, StoreError
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder_server.auth import TokenAuth
 from specbuilder_server.config import ServerConfig
+from specbuilder_server.decoding import ParseRequests
 from specbuilder_server.jobs import TrainingJobs
 from specbuilder_server.models import Models
+from specbuilder_server.pool import TrimmingPool
 from specbuilder_server.servicer import ModelServicer
 from specbuilder_server.tensors import UNWRITABLE
-from specbuilder_server.tuning import tune_malloc
+from specbuilder_server.tuning import malloc_trim, tune_malloc
 
 log = logging.getLogger("specbuilder_server")
 
@@ -76,7 +79,6 @@ class RunningServer:
             self._executor.shutdown(wait=False)
             if not self._jobs.wait(RECORD_SECONDS):
                 log.warning("some training runs did not end in time; the store marks them interrupted")
-            self._jobs.close()
             self._store.close()
             self._stopped.set()
 
@@ -108,18 +110,18 @@ def start_server(config: ServerConfig) -> RunningServer:
     except ValueError as error:
         raise ServerStartError(f"device: {error}") from None
     credentials = _credentials(config)
-    if config.tune_malloc:
-        tune_malloc()
+    trim = malloc_trim() if config.tune_malloc and tune_malloc() else None
     warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
     try:
         store = ModelStore(config.store)
     except (StoreError, OSError) as error:
         raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
     jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds)
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="specbuilder-rpc")
+    executor = (ThreadPoolExecutor(config.workers, thread_name_prefix="specbuilder-rpc") if trim is None
+                else TrimmingPool(config.workers, trim, thread_name_prefix="specbuilder-rpc"))
     server = grpc.server(
         executor,
-        interceptors=[TokenAuth(config.token)] if config.token else [],
+        interceptors=[*([TokenAuth(config.token)] if config.token else []), ParseRequests()],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

@@ -48,7 +48,7 @@ class ServerConfig(BaseModel):
     cache_size: Annotated[int, Field(ge=1, description="compiled and loaded models kept ready")] = 32
     workers: Annotated[int, Field(ge=2, description="threads serving calls; each open stream holds one")] = 16
     grace_seconds: Annotated[float, Field(ge=0, description="how long in-flight calls may finish when stopping")] = 10.0
-    tune_malloc: bool = Field(True, description="raise glibc's mmap/trim thresholds so multi-MB messages reuse memory")
+    tune_malloc: bool = Field(True, description="raise glibc's mmap/trim thresholds so multi-MB messages reuse memory; trim it when idle")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

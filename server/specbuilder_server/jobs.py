@@ -1,10 +1,13 @@
-"""Training runs as jobs: a bounded pool, a store record per run, events handed to the Train call.
+"""Training runs as jobs: a bounded number, a store record per run, events handed to the Train call.
 
-A job runs ``train_events`` on a pool thread. Its record is created in the store as soon as
-the run has started (the spec, config and data were accepted), so ``GetModel`` shows it
+A job runs ``train_events`` on a compute thread (``compute``: the idle one that served Evaluate
+calls, if any, so the process keeps one OpenMP team). Its record is created in the store as
+soon as the run has started (the spec, config and data were accepted), so ``GetModel`` shows it
 ``running``; progress is written as epochs end, and the outcome, weights included, before the
 ``finished`` event is handed on, so a client that sees ``finished`` finds the record final.
 Validation errors raised before the start leave nothing in the store and reach the caller.
+A started run whose outcome cannot be stored (the disk is full, a write fails) is recorded
+``failed`` and ends with ``RunFailed``, which the Train call answers as a finished event.
 
 A job stops within one step when its ``CancelToken`` is cancelled: by the Train call ending
 early (the client cancelled, its deadline passed), by the server's time limit, or by the
@@ -18,13 +21,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from specbuilder.datasets import Dataset
 from specbuilder.spec import ModelSpec
 from specbuilder.store import ModelStore
 from specbuilder.training import CancelToken, Event, TrainConfig, train_events
+from specbuilder_server.compute import start_on_compute_thread
 from specbuilder_server.errors import exhausted
 
 log = logging.getLogger("specbuilder_server")
@@ -34,6 +37,15 @@ PROGRESS_INTERVAL = 0.5
 WEIGHTLESS = frozenset({"diverged"})
 """Outcomes stored without weights: a diverged model's are NaN. Cancelled runs keep what they learned."""
 _END = object()
+
+
+class RunFailed(Exception):
+    """A started run ended without its outcome stored; the store records it ``failed`` with ``reason``."""
+
+    def __init__(self, reason: str, steps: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.steps = steps
 
 
 @dataclass(eq=False)
@@ -70,7 +82,6 @@ class TrainingJobs:
         self._store = store
         self._capacity = capacity
         self._max_seconds = max_seconds
-        self._pool = ThreadPoolExecutor(capacity, thread_name_prefix="specbuilder-train")
         self._active: set[Job] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -87,7 +98,7 @@ class TrainingJobs:
                     "try again when one has finished"
                 )
             self._active.add(job)
-        self._pool.submit(self._run, job)
+        start_on_compute_thread(self._run, job)
         return job
 
     def _run(self, job: Job) -> None:
@@ -115,19 +126,20 @@ class TrainingJobs:
         record = self._store.start_run(job.spec, config=started.config, name=job.name, dataset=started.dataset)
         job.run_id = record.id
         job.outbox.put(started)
-        history, stats, written, finished = [], None, 0.0, False
+        history, stats, written, finished, steps = [], None, 0.0, False, 0
         try:
             for event in events:
                 if event.type in ("epoch", "stats"):
                     if event.type == "epoch":
                         history.append(event.metrics)
+                        steps = event.metrics.step
                     else:
                         stats = event.layers
                     if time.monotonic() - written >= PROGRESS_INTERVAL:
                         self._store.update_run(record.id, history=history, stats=stats)
                         written = time.monotonic()
                 elif event.type == "finished":
-                    result = event.result
+                    result, steps = event.result, event.steps
                     self._store.finish_run(
                         record.id, result.status, None if result.status in WEIGHTLESS else result.module,
                         history=result.history, stats=result.stats, reason=result.reason or None,
@@ -135,10 +147,12 @@ class TrainingJobs:
                     finished = True
                 job.outbox.put(event)
         except BaseException as error:
-            if not finished:
-                self._store.finish_run(record.id, "failed", history=history, reason=f"{type(error).__name__}: {error}")
             log.error("training run %s failed", record.id, exc_info=error)
-            raise
+            if finished:
+                raise
+            reason = f"{type(error).__name__}: {error}"
+            self._store.finish_run(record.id, "failed", history=history, reason=reason)
+            raise RunFailed(reason, steps) from error
 
     def cancel_all(self, reason: str) -> None:
         """Refuse new runs and ask every running one to stop."""
@@ -154,7 +168,3 @@ class TrainingJobs:
         with self._lock:
             jobs = list(self._active)
         return all(job.done.wait(max(deadline - time.monotonic(), 0)) for job in jobs)
-
-    def close(self) -> None:
-        """Release the pool's threads (after ``cancel_all`` and ``wait``)."""
-        self._pool.shutdown(wait=False)

@@ -18,16 +18,18 @@ from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import STYLES, ModelSpec
+from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder.wire import to_proto
 from specbuilder_server import convert, requests
+from specbuilder_server.compute import on_compute_thread
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.errors import handled, invalid
 from specbuilder_server.evaluation import Pass
-from specbuilder_server.jobs import TrainingJobs
+from specbuilder_server.jobs import RunFailed, TrainingJobs
 from specbuilder_server.models import Models, Ready
-from specbuilder_server.tensors import with_batch, write_tensor
+from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
 
 
 DEADLINE_SLACK = 0.25
@@ -59,16 +61,23 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
 
     def _evaluate(self, run: Pass, tensor: Any, path: str, output: Any) -> None:
-        """One batch through the pass; its output written into ``output`` unless outputs are skipped."""
+        """One batch through the pass; its output written into ``output`` unless outputs are skipped.
+        Runs on the compute thread (``compute.py``), as all model work does."""
 
         def compute(batch: torch.Tensor) -> None:
             result = run.run(batch)
             if not run.options.skip_output:
+                check_output_size(result, self._config.max_message_bytes, path)
                 write_tensor(result, output)
 
         ready = run.ready
         with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
                    max_elements=self._config.max_batch_elements, allow_shared_memory=self._config.shared_memory)
+
+    def _evaluate_with_stats(self, run: Pass, tensor: Any, output: Any) -> list[LayerStats]:
+        """Evaluate's one batch, then the statistics: a single turn on the compute thread."""
+        self._evaluate(run, tensor, "input", output)
+        return run.stats()
 
     # -- specs -----------------------------------------------------------------------------
 
@@ -107,8 +116,7 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
         response = service_pb2.EvaluateResponse()
         with Pass(ready, options) as run:
-            self._evaluate(run, request.input, "input", response.output)
-            response.stats.extend(convert.stats_list(run.stats()))
+            response.stats.extend(convert.stats_list(on_compute_thread(self._evaluate_with_stats, run, request.input, response.output)))
         response.compute_seconds = run.seconds
         return response
 
@@ -126,9 +134,9 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
                     raise invalid(f"batch[{index}]", "every message after the first must be a batch; start comes once", "unexpected_start")
                 response = service_pb2.StreamEvaluateResponse()
                 response.output.batch_index = index
-                self._evaluate(run, message.batch, f"batch[{index}]", response.output.output)
+                on_compute_thread(self._evaluate, run, message.batch, f"batch[{index}]", response.output.output)
                 yield response
-            stats = convert.stats_list(run.stats())
+            stats = convert.stats_list(on_compute_thread(run.stats))
         yield service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
             batches=run.batches, rows=run.rows, stats=stats, compute_seconds=run.seconds,
         ))
@@ -153,6 +161,8 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
                 yield convert.train_event(job.run_id, event)
         except DataError as error:
             raise invalid(data_field, str(error), "data") from None
+        except RunFailed as failure:  # recorded failed in the store: the stream ends normally, saying why
+            yield convert.failed_event(job.run_id, failure.reason, failure.steps)
 
     # -- the store -------------------------------------------------------------------------
 

@@ -5,32 +5,49 @@ dynamically up to 32 MiB only after a free) with a fresh ``mmap``: each 3 MB req
 is page-faulted in on first touch and unmapped when freed, which on a 2-core box tripled the
 cost of an Evaluate call (DESIGN.md, "How to measure"). Fixing the thresholds high keeps such
 buffers in the heap, reused call after call. Settings given in ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` are left alone.
+``MALLOC_TRIM_THRESHOLD_`` are left alone. What the heaps keep after a burst of large calls is
+given back by ``malloc_trim`` once the server is idle (``pool.TrimmingPool``), and the heaps
+that keep it are few: one arena per CPU (``ARENAS``; ``MALLOC_ARENA_MAX`` is left alone). The C library
+is reached through ``specbuilder.heap``, which the client uses too.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import sys
+from collections.abc import Callable
 
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 * 1024 * 1024
-"""glibc's largest allowed mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``)."""
+from specbuilder.heap import MMAP_THRESHOLD_MAX, glibc, set_thresholds
+
+MMAP_THRESHOLD = MMAP_THRESHOLD_MAX
+"""Allocations up to this size come from the heap, however large the messages get."""
 TRIM_THRESHOLD = 256 * 1024 * 1024
 """Free heap kept before it is returned to the system."""
+M_ARENA_MAX = -8
+ARENAS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""One malloc arena per CPU this process may use: as many as can allocate at the same moment.
+glibc's default (8 per CPU) gives each of the 16 RPC threads an arena of its own, and each keeps
+its high-water mark: a server's memory then grew round after round of large calls (+100 MB over
+8 rounds of the reliability suite's limits) where with one per CPU it stays level."""
 
 
 def tune_malloc() -> bool:
-    """Raise the thresholds once for this process; False where there is no glibc or the environment set them."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    """Raise the thresholds and cap the arenas once for this process; False where there is no glibc
+    or the environment set the thresholds (``MALLOC_ARENA_MAX``, where set, is left alone too)."""
+    if not set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return True
+    mallopt = glibc("mallopt")
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(M_ARENA_MAX, ARENAS))
+
+
+def malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``: every arena's free pages back to the system (what the raised
+    thresholds keep); None without glibc. ``pool.TrimmingPool`` calls it when the server is idle."""
+    trim = glibc("malloc_trim")
+    if trim is None:
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)

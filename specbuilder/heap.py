@@ -1,0 +1,54 @@
+"""glibc malloc thresholds for processes that send or receive multi-megabyte messages.
+
+By default glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically
+only after a free) with a fresh ``mmap``, and gives free memory at the top of the heap back to
+the system once it exceeds its trim threshold (twice the mmap threshold). A 3.2 MB tensor on
+the wire makes several buffers of its size per call (the serialized message, gRPC's copy of it):
+together they pass the trim threshold, so every call page-faults them in again and unmaps them
+after — on the 2-core box, 1,530 page faults and 6.6-8.2 ms of a client's CPU per Evaluate
+call, 2 faults and 2.1-3.3 ms with the thresholds fixed high (DESIGN.md, "How to measure").
+
+``set_thresholds`` fixes both; the server (``specbuilder_server.tuning``) and the client
+(``specbuilder_client.framing``) each pick theirs. They are process-wide settings, so a
+process that sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself is left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from typing import Any
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+"""The highest glibc raises its mmap threshold by itself on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``)."""
+ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+"""The variables through which a process sets the thresholds itself."""
+
+
+def glibc(function: str) -> Any | None:
+    """A function of the C library, None where it has no such function (musl has no mallopt) or there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None
+
+
+def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Fix glibc's mmap and trim thresholds (bytes) for this process; False where there is no
+    glibc or the environment sets either."""
+    if any(name in os.environ for name in ENVIRONMENT):
+        return False
+    mallopt = glibc("mallopt")
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+__all__ = ["MMAP_THRESHOLD_MAX", "glibc", "set_thresholds"]

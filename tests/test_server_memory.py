@@ -1,0 +1,56 @@
+"""The server lets go of memory: models the caches dropped are freed, and the call pool hands
+freed heap back once it falls idle (``specbuilder_server.pool``). The whole server under
+pressure is measured in ``tests/reliability/test_exhaustion.py``."""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import torch
+
+from server_helpers import wait_for
+from specbuilder.spec import parse_spec
+from specbuilder.store import ModelStore
+from specbuilder_server.models import Models
+from specbuilder_server.pool import TrimmingPool
+
+QUIET = 0.3
+"""Seconds to watch for a trim that must not happen (several idle periods of the pools below)."""
+
+
+def test_models_the_caches_dropped_are_freed(tmp_path: Path) -> None:
+    with ModelStore(tmp_path / "store") as store:
+        models = Models(store, torch.device("cpu"), cache_size=2, max_params=10**6)
+        compiled = []
+        for width in range(10, 16):
+            ready = models.compiled(parse_spec({"input_shape": [4], "layers": [{"type": "linear", "out_features": width}]}))
+            compiled.append(weakref.ref(ready.module))
+            del ready
+        assert sum(module() is not None for module in compiled) == 2  # freed at once: nothing but the cache held them
+        spec = parse_spec({"input_shape": [4], "layers": [{"type": "linear", "out_features": 15}]})
+        first, again = models.compiled(spec), models.compiled(spec)
+        assert first.module is again.module and first.lock is again.lock  # one module, one lock for every call
+
+
+def test_the_pool_trims_once_after_each_busy_spell() -> None:
+    trims: list[float] = []
+    pool = TrimmingPool(2, lambda: trims.append(time.monotonic()), idle_seconds=0.05)
+    try:
+        time.sleep(QUIET)
+        assert trims == []  # nothing ran: nothing to give back
+        release = threading.Event()
+        busy = pool.submit(release.wait)
+        time.sleep(QUIET)
+        assert trims == []  # never while a call is in flight
+        release.set()
+        busy.result()
+        wait_for(lambda: len(trims) == 1, "the trim after the call")
+        time.sleep(QUIET)
+        assert len(trims) == 1  # once per idle spell, not every idle period
+        assert pool.submit(lambda: 42).result() == 42
+        wait_for(lambda: len(trims) == 2, "the trim after the next call")
+    finally:
+        pool.shutdown()
