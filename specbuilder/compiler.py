@@ -23,6 +23,7 @@ from torch.utils.hooks import RemovableHandle
 
 from specbuilder.devices import resolve_device, resolve_dtype
 from specbuilder.kinds import PASS_THROUGH, resolve
+from specbuilder.rng import GLOBAL_RNG
 from specbuilder.spec import DEFAULT_MAX_PARAMS, STYLES, ModelSpec, Node, Style, parse_spec
 
 Tap = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -123,22 +124,19 @@ def compile_spec(
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     target, float_type = resolve_device(device), resolve_dtype(dtype)
     with contextlib.ExitStack() as scope:
-        if seed is not None:
-            scope.enter_context(_SEEDED)
-            scope.enter_context(torch.random.fork_rng(devices=[]))
-            torch.manual_seed(seed)
         if not init:
             scope.enter_context(torch.device("meta"))
+        else:  # initialization draws from torch's global generator: one build at a time (see specbuilder.rng)
+            scope.enter_context(GLOBAL_RNG)
+            if seed is not None:
+                scope.enter_context(torch.random.fork_rng(devices=[]))
+                torch.manual_seed(seed)
         model = _build(spec, style)
     if not init:
         return model.to_empty(device=target).to(dtype=float_type)
     if target.type != "cpu" or float_type != torch.get_default_dtype():
         model = model.to(device=target, dtype=float_type)
     return model
-
-
-_SEEDED = threading.Lock()
-"""Seeded builds borrow torch's global generator: one at a time, so threads get their own seed."""
 
 
 def _build(spec: ModelSpec, style: Style) -> nn.Module:

@@ -103,6 +103,11 @@ def train_event(run_id: str, event: Event) -> service_pb2.TrainEvent:
     return message
 
 
+def failed_event(run_id: str, reason: str, steps: int) -> service_pb2.TrainEvent:
+    """The last event of a run that ended without its outcome stored: status FAILED and why."""
+    return service_pb2.TrainEvent(run_id=run_id, finished=service_pb2.TrainFinished(status=service_pb2.RUN_STATUS_FAILED, reason=reason, steps=steps))
+
+
 def layer_summary(node: Node) -> service_pb2.LayerSummary:
     """One row of a compiled model's layer table."""
     return service_pb2.LayerSummary(

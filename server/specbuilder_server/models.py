@@ -3,9 +3,11 @@
 Compiled specs come from the core's ``CompileCache`` (a bounded LRU by canonical hash), found
 directly by the bytes of the spec a request sends when it was sent before; stored
 models from a bounded LRU of their own, keyed by id (their weights differ from a fresh
-compile's) and dropped when the model is deleted. Cached modules are shared by every call, so
-each carries a lock: a forward pass and the attaching of a statistics monitor happen under it,
-and a monitor only ever sees the batches of the call that attached it.
+compile's) and dropped when the model is deleted. A cached stored model is served only after
+the store confirms its id still exists (one indexed lookup), so a model deleted through another
+server sharing the store is not evaluated here either. Cached modules are shared by every call,
+so each carries a lock: a forward pass and the attaching of a statistics monitor happen under
+it, and a monitor only ever sees the batches of the call that attached it.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ class Ready:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def of(cls, module: nn.Module, device: torch.device) -> Ready:
+    def of(cls, module: nn.Module, device: torch.device, lock: threading.Lock | None = None) -> Ready:
         """``module`` (compiled by specbuilder: it carries ``.spec``); a stateless one computes in float32."""
         first = next(itertools.chain(module.parameters(), module.buffers()), None)
-        return cls(module.spec, module, device, torch.float32 if first is None else first.dtype)
+        return cls(module.spec, module, device, torch.float32 if first is None else first.dtype, lock or threading.Lock())
 
 
 class Models:
@@ -52,7 +54,9 @@ class Models:
         self._max_params = max_params
         self._sources: OrderedDict[bytes, Ready] = OrderedDict()
         self._compiled = CompileCache(cache_size)
-        self._compiled_ready: weakref.WeakKeyDictionary[nn.Module, Ready] = weakref.WeakKeyDictionary()
+        self._locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+        """The lock of each compiled module in use: a lock, not a ``Ready``, which would hold its key and so keep
+        every module ever compiled alive after the caches let it go."""
         self._stored: OrderedDict[str, Ready] = OrderedDict()
         self._size = cache_size
         self._lock = threading.Lock()
@@ -61,10 +65,10 @@ class Models:
         """The spec compiled (freshly initialized weights), shared by every call with the same spec and style."""
         module = self._compiled.get(spec, style, self._device)
         with self._lock:
-            ready = self._compiled_ready.get(module)
-            if ready is None:
-                ready = self._compiled_ready[module] = Ready.of(module, self._device)
-            return ready
+            lock = self._locks.get(module)
+            if lock is None:
+                lock = self._locks[module] = threading.Lock()
+        return Ready.of(module, self._device, lock)
 
     def for_source(self, source: service_pb2.SpecSource, path: str) -> Ready:
         """``compiled`` for the spec a request sends, remembered by the source's bytes.
@@ -86,12 +90,20 @@ class Models:
         return ready
 
     def stored(self, model_id: str) -> Ready:
-        """A stored model with its weights; ``ModelNotFound`` / ``NoWeights`` from the store."""
+        """A stored model with its weights; ``ModelNotFound`` / ``NoWeights`` from the store.
+
+        A cached one is returned only while the store still has its id: replicas share the
+        store, not this cache, and another may have deleted it.
+        """
         with self._lock:
             ready = self._stored.get(model_id)
-            if ready is not None:
-                self._stored.move_to_end(model_id)
+        if ready is not None:
+            if self._store.exists(model_id):
+                with self._lock:
+                    if model_id in self._stored:
+                        self._stored.move_to_end(model_id)
                 return ready
+            self.forget(model_id)
         module = self._store.load(model_id, self._device).eval()
         with self._lock:
             ready = self._stored.setdefault(model_id, Ready.of(module, self._device))

@@ -273,9 +273,7 @@ class ModelStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back on error."""
         with self._lock:
-            if self._db is None:
-                raise StoreError(f"{self!r} is closed")
-            db = self._db
+            db = self._open_db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -285,11 +283,15 @@ class ModelStore:
                     db.execute("ROLLBACK")
                 raise
 
+    def _open_db(self) -> sqlite3.Connection:
+        """The index connection (the caller holds ``self._lock``); ``StoreError`` once closed."""
+        if self._db is None:
+            raise StoreError(f"{self!r} is closed")
+        return self._db
+
     def _rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            if self._db is None:
-                raise StoreError(f"{self!r} is closed")
-            return self._db.execute(f"SELECT {COLUMNS} FROM models {where}", params).fetchall()
+            return self._open_db().execute(f"SELECT {COLUMNS} FROM models {where}", params).fetchall()
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> ModelRecord:
@@ -360,7 +362,12 @@ class ModelStore:
                 raise
 
     def _write_failed(self, record: ModelRecord, error: Exception) -> StoreError:
-        return StoreError(f"could not write the weights of model {record.id} ({record.name!r}) to {self._weights}: {error}")
+        """The failure as a run's reason, which clients see: what went wrong, not where the store lives.
+
+        The OSError (with its path) stays chained for the operator's log.
+        """
+        why = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        return StoreError(f"could not write the weights of model {record.id} ({record.name!r}) to the store: {why}")
 
     def _read_weights(self, record: ModelRecord, device: torch.device) -> dict[str, torch.Tensor]:
         if not record.has_weights:
@@ -469,6 +476,17 @@ class ModelStore:
         if not rows:
             raise ModelNotFound(f"no model or run with id {model_id} in the store")
         return self._record(rows[0])
+
+    def exists(self, model_id: str) -> bool:
+        """Whether the store holds an entry with this id: one indexed lookup, for caches to revalidate.
+
+        Ids are never reused and an entry's weights never change once written, so a module
+        loaded for an id stays right exactly as long as the id exists — even when another
+        process sharing the store is the one that deletes it.
+        """
+        check_id(model_id)
+        with self._lock:
+            return self._open_db().execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
 
     def delete(self, model_id: str) -> None:
         """Remove a model or run: its row, then its weights file."""
