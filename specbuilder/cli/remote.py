@@ -1,5 +1,9 @@
 """``--server HOST:PORT`` and ``--token``: commands that run on a specbuilder server instead of in-process.
 
+``--server`` takes what ``Client`` takes as one string: an address, a gRPC target
+(``dns:///name:port``), or replicas' ``IP:PORT`` addresses separated by commas, which gRPC
+balances round-robin.
+
 ``connect(args)`` opens a ``specbuilder_client.Client`` and turns every failed call into a
 ``CommandError`` (one line per problem, the server's paths kept), so a remote command fails
 like a local one: a message and exit 1, never a gRPC traceback. The client package (and grpc)
@@ -23,7 +27,9 @@ if TYPE_CHECKING:
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     """The ``--server`` and ``--token`` options of a command that can run remotely."""
-    parser.add_argument("--server", metavar="HOST:PORT", help="run on this specbuilder server instead of in-process")
+    parser.add_argument("--server", metavar="HOST:PORT[,HOST:PORT...]", help=(
+        "run on this specbuilder server instead of in-process; several replicas' IP:PORT addresses, "
+        "comma-separated, are balanced round-robin"))
     parser.add_argument("--token", default=None, help=f"bearer token for --server (default ${TOKEN_ENV}; prefer the variable: arguments show in ps)")
 
 
@@ -47,7 +53,11 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
     from specbuilder_client import Client, SpecbuilderError
 
     try:
-        with Client(args.server, token=args.token or os.environ.get(TOKEN_ENV) or None) as client:
+        client = Client(args.server, token=args.token or os.environ.get(TOKEN_ENV) or None)
+    except ValueError as error:
+        raise CommandError(f"--server: {error}") from None
+    try:
+        with client:
             yield client
     except SpecbuilderError as error:
         raise CommandError(*error_lines(args.server, error)) from None
