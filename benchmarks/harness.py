@@ -8,7 +8,8 @@ collector disabled; a timing reports the median with p10/p90 beside it, never a 
 
 API (``from benchmarks.harness import ...``)::
 
-    configure(threads=2)                  # torch.set_num_threads; __main__ calls it once
+    configure(threads=2, device=None)     # torch.set_num_threads; __main__ calls it once
+    fn = synchronized(fn, device)         # on CUDA, fn() returns only once the device is done
     t = measure(fn, repeat=200, warmup=20, number=1, budget_s=None)   # -> Timing of fn()
     base, ours = compare(baseline_fn, ours_fn, repeat=200, warmup=20, number=1, budget_s=None)
     t.median_ns, t.p10_ns, t.p90_ns, t.samples_ns; str(t) == "1.23 ms (p10 1.2 ms, p90 1.31 ms)"
@@ -23,7 +24,10 @@ one by one (under ~10 µs). ``budget_s`` stops sampling early once that much tim
 (at least ``MIN_SAMPLES`` samples are always taken), to keep ``--quick`` runs short.
 The collector stays off for the whole timed loop: garbage in reference cycles is freed after it.
 A benchmark module ``benchmarks/bench_<name>.py`` exposes ``run(quick: bool) -> list[Table]``;
-``python -m benchmarks`` discovers and runs it.
+``python -m benchmarks`` discovers and runs it. One that takes ``device`` too
+(``run(quick, device)``) runs on ``--device``; the rest run on the CPU. CUDA work is queued
+and returns at once: every timed side on CUDA is ``synchronized``, so a sample ends when the
+device is done, and since each side ends that way the next one starts on an idle device.
 """
 
 from __future__ import annotations
@@ -45,13 +49,27 @@ DEFAULT_THREADS = 2
 MIN_SAMPLES = 5
 
 
-def configure(threads: int = DEFAULT_THREADS) -> str:
+def configure(threads: int = DEFAULT_THREADS, device: torch.device | None = None) -> str:
     """Fix torch's intra-op thread count; returns a one-line description of the environment."""
     torch.set_num_threads(threads)
+    gpu = f", {torch.cuda.get_device_name(device)} ({device})" if device is not None and device.type == "cuda" else ""
     return (
         f"torch {torch.__version__}, Python {platform.python_version()}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs ({platform.machine()})"
+        f"{os.cpu_count()} CPUs ({platform.machine()}){gpu}"
     )
+
+
+def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` that returns only once ``device`` has finished the work it queued (``fn`` itself off CUDA)."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> object:
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
 
 
 @contextmanager

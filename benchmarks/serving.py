@@ -46,9 +46,9 @@ def run_until_signalled(handlers: list[grpc.GenericRpcHandler], port: int) -> No
 
 
 @contextmanager
-def baseline_server(module: str, folder: Path, threads: int) -> Iterator[ServerProcess]:
-    """``python -m benchmarks.<module> --port 0`` in its own process with ``threads`` torch threads."""
-    command = [sys.executable, "-m", f"benchmarks.{module}", "--port", "0"]
+def baseline_server(module: str, folder: Path, threads: int, *flags: str) -> Iterator[ServerProcess]:
+    """``python -m benchmarks.<module> --port 0 *flags`` in its own process with ``threads`` torch threads."""
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--port", "0", *flags]
     with listening_process(command, log=folder / f"{module}.log", env={"OMP_NUM_THREADS": str(threads)}, cwd=ROOT) as server:
         yield server
 

@@ -2,7 +2,9 @@
 
 An inline batch becomes a torch tensor over the request's own bytes (``torch.frombuffer`` on
 ``specbuilder.wire``'s memoryview: no copy); a shared-memory batch is read in place while its
-region is attached. Only a dtype or device the model does not use costs a conversion.
+region is attached. Only a dtype or device the model does not use costs a conversion: for CUDA
+the batch is staged in pinned memory and copied without blocking (``specbuilder.devices.to_device``),
+and outputs come back with one device-to-host copy.
 The shape is checked against the spec first, with a message that says what to change, and
 the batch against the server's size limit before anything is computed.
 """
@@ -17,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from specbuilder.devices import to_device
 from specbuilder.spec import ModelSpec
 from specbuilder.v1 import tensor_pb2
 from specbuilder.wire import WIRE_TYPES, WireType, attached
@@ -53,6 +56,21 @@ def check_batch_size(rows: int, spec: ModelSpec, limit: int, path: str) -> None:
         )
 
 
+def check_output_size(output: torch.Tensor, limit: int, path: str) -> None:
+    """RESOURCE_EXHAUSTED when ``output`` alone makes the answer larger than the message limit (``limit`` bytes).
+
+    gRPC would refuse to send such an answer too, but only after it was copied twice, and with a
+    message that names neither the server's setting nor what to do.
+    """
+    size = output.numel() * output.element_size()
+    if size > limit:
+        per_sample = max(size // max(len(output), 1), 1)
+        raise exhausted(
+            f"{path}: the output of {len(output):,} samples is {size:,} bytes, over this server's message limit of {limit:,} bytes "
+            f"(max_message_mb); send at most {max(limit // per_sample, 1):,} samples per batch, or ask for statistics only (skip_output)"
+        )
+
+
 def from_buffer(view: memoryview, wire: WireType, shape: tuple[int, ...]) -> torch.Tensor:
     """A torch tensor over ``view`` itself (no copy); it is valid only while ``view`` is."""
     if not len(view):
@@ -73,7 +91,7 @@ def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Calla
         check_batch_shape(shape, spec, path)
         check_batch_size(shape[0], spec, max_elements, path)
         try:
-            return use(from_buffer(view, wire, shape).to(device=device, dtype=dtype))
+            return use(to_device(from_buffer(view, wire, shape), device, dtype))
         except BaseException as error:
             traceback.clear_frames(error.__traceback__)  # the failed frames must not keep the batch alive
             raise
@@ -90,7 +108,7 @@ def to_array(tensor: tensor_pb2.Tensor, path: str, *, allow_shared_memory: bool)
 def write_tensor(tensor: torch.Tensor, into: tensor_pb2.Tensor) -> None:
     """Fill the wire tensor ``into`` (a field of the response being built: setting it in place
     saves protobuf a copy of the whole payload) from a torch tensor on any device."""
-    host = tensor.detach().to("cpu").contiguous()
+    host = tensor.detach().contiguous().to("cpu")  # laid out on the device, then one copy back
     raw = host.view(torch.int16) if host.dtype == torch.bfloat16 else host  # numpy has no bfloat16: same bits
     into.dtype = WIRE_CODES[host.dtype]  # models compute in floating types, all of which travel
     into.shape.extend(host.shape)

@@ -5,11 +5,15 @@ sequential model, a tap on a functional one (its stateless activations have no m
 both styles give the same statistics for the same weights and inputs. Each pass adds to the
 layer's ``LayerState`` on the device — one fused native kernel call for float32 on CPU, torch
 reductions elsewhere — with no host sync; ``stats()`` copies every state to the host at once.
+Statistics are always of float32 (or wider) values: half-precision activations (a model run
+under autocast, or compiled in float16 / bfloat16) are widened first, which is exact, so they
+take the native kernel on CPU and give the statistics of the very values the layer produced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
@@ -28,6 +32,8 @@ from specbuilder.stats.update import add_gradient, add_rows, native_config, nati
 
 Layers = Literal["activations", "all"] | Sequence[str]
 Backend = Literal["auto", "native", "torch"]
+HALF_TYPES = (torch.float16, torch.bfloat16)
+"""Widened to float32 before any statistic is taken."""
 
 
 def select_nodes(spec: ModelSpec, layers: Layers) -> list[Node]:
@@ -58,6 +64,10 @@ class _Layer:
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if y.numel() == 0:
             return
+        if y.dtype in HALF_TYPES:
+            y = y.float()
+        if x.dtype in HALF_TYPES and self.probe.flat is not None:  # x is read only for the flat region
+            x = x.float()
         if self.state is None:
             self._set_state(LayerState.empty(self.probe.scheme.bins, self.probe.units, y.device))
         elif self.state.counts.device != y.device:  # the model moved: its window goes with it
@@ -86,9 +96,9 @@ class _Layer:
         device = self.state.counts.device if self.state is not None else state.counts.device
         self._set_state(LayerState.empty(self.probe.scheme.bins, self.probe.units, device).copy_(state))
 
-    def on_grad(self, grad: torch.Tensor) -> None:
+    def on_grad(self, grad: torch.Tensor, scale: torch.Tensor | float | None = None) -> None:
         if self.state is not None:
-            add_gradient(self.state, grad)
+            add_gradient(self.state, grad, scale)
 
 
 class ActivationMonitor:
@@ -98,7 +108,10 @@ class ActivationMonitor:
     histogram bins per layer. ``grads``: also record the gradient norm reaching each layer's
     output in backward passes. ``backend``: ``"auto"`` uses the native kernel for float32 on
     CPU where it builds, torch ops otherwise; ``"torch"`` forces torch ops; ``"native"``
-    insists on the kernel. Passes while ``enabled`` is False are not counted.
+    insists on the kernel. Passes while ``enabled`` is False are not counted. ``grad_scale``:
+    what gradients are multiplied by in backward passes (fp16's loss scale, a device tensor, so
+    reading it costs no sync); the norms recorded are divided by it. Half-precision activations
+    are widened to float32 before any statistic is taken.
 
     Use as a context manager (hooks come off on exit) or call ``close()``.
     """
@@ -115,6 +128,7 @@ class ActivationMonitor:
             raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
         self.enabled = True
         self.grads = grads
+        self.grad_scale: torch.Tensor | float | None = None
         self._layers = {node.index: _Layer(Probe.of(node, bins), backend) for node in select_nodes(spec, layers)}
         self._handles = self._attach(module)
 
@@ -141,7 +155,7 @@ class ActivationMonitor:
             return
         layer.observe(x, y)
         if self.grads and y.requires_grad:
-            y.register_hook(layer.on_grad)
+            y.register_hook(layer.on_grad if self.grad_scale is None else partial(layer.on_grad, scale=self.grad_scale))
 
     @property
     def probes(self) -> list[Probe]:

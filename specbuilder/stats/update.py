@@ -110,8 +110,10 @@ def add_rows(probe: Probe, state: LayerState, y: torch.Tensor) -> None:
     state.counts[ROWS] += keep.sum()
 
 
-def add_gradient(state: LayerState, grad: torch.Tensor) -> None:
-    """A backward pass reached the layer's output with gradient ``grad``: add its norm."""
-    state.moments[GRAD_NORM_SUM] += torch.linalg.vector_norm(grad.detach(), dtype=torch.float64)
+def add_gradient(state: LayerState, grad: torch.Tensor, scale: torch.Tensor | float | None = None) -> None:
+    """A backward pass reached the layer's output with gradient ``grad`` (times ``scale``, fp16's
+    loss scale, when given): add the true gradient's norm, in float64."""
+    norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64)
+    state.moments[GRAD_NORM_SUM] += norm if scale is None else norm / scale
     state.counts[GRAD_PASSES] += 1
 

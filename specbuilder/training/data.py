@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from specbuilder.datasets import Dataset, DataError
+from specbuilder.devices import to_device
 from specbuilder.kinds import ActivationKind
 from specbuilder.spec import ModelSpec
 from specbuilder.training.choices import ChoiceSpec
@@ -129,7 +130,8 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def prepare(dataset: Dataset, spec: ModelSpec, loss: ChoiceSpec, fraction: float, seed: int, device: torch.device, dtype: torch.dtype) -> Prepared:
-    """The dataset fitted to the model and the loss, split and moved to ``device``."""
+    """The dataset fitted to the model and the loss, split and moved to ``device`` (through pinned
+    memory, without blocking, for CUDA: the tensors are copied while the next ones are gathered)."""
     kind = LOSSES[loss.type]
     x = fit_inputs(dataset.x, spec)
     targets, labels = encode_targets(dataset, kind, spec)
@@ -137,7 +139,7 @@ def prepare(dataset: Dataset, spec: ModelSpec, loss: ChoiceSpec, fraction: float
 
     def tensor(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         part = torch.from_numpy(np.ascontiguousarray(array[rows]))
-        return part.to(device=device, dtype=dtype if part.is_floating_point() else None)
+        return to_device(part, device, dtype if part.is_floating_point() else None)
 
     return Prepared(
         x_train=tensor(x, train), t_train=tensor(targets, train), x_val=tensor(x, val), t_val=tensor(targets, val),

@@ -112,18 +112,20 @@ class CompileSpecResponse(_message.Message):
     def __init__(self, spec_hash: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSummary, _Mapping]]] = ..., output_shape: _Optional[_Iterable[int]] = ..., num_params: _Optional[int] = ..., code: _Optional[str] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class EvaluateOptions(_message.Message):
-    __slots__ = ("skip_output", "statistics", "layers", "all_layers", "bins")
+    __slots__ = ("skip_output", "statistics", "layers", "all_layers", "bins", "amp")
     SKIP_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     ALL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     BINS_FIELD_NUMBER: _ClassVar[int]
+    AMP_FIELD_NUMBER: _ClassVar[int]
     skip_output: bool
     statistics: bool
     layers: _containers.RepeatedScalarFieldContainer[str]
     all_layers: bool
     bins: int
-    def __init__(self, skip_output: _Optional[bool] = ..., statistics: _Optional[bool] = ..., layers: _Optional[_Iterable[str]] = ..., all_layers: _Optional[bool] = ..., bins: _Optional[int] = ...) -> None: ...
+    amp: str
+    def __init__(self, skip_output: _Optional[bool] = ..., statistics: _Optional[bool] = ..., layers: _Optional[_Iterable[str]] = ..., all_layers: _Optional[bool] = ..., bins: _Optional[int] = ..., amp: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("spec", "model_id", "input", "options")
