@@ -1,14 +1,16 @@
-"""``python -m benchmarks [--quick] [--only NAME] [--threads N] [--out FILE]``.
+"""``python -m benchmarks [--quick] [--only NAME] [--threads N] [--device DEVICE] [--out FILE]``.
 
 Discovers every ``benchmarks/bench_<name>.py``, calls its ``run(quick)`` and prints the
 returned tables as Markdown (and writes them all to FILE when given). ``--only`` takes a
-name with or without the ``bench_`` prefix and may be repeated.
+name with or without the ``bench_`` prefix and may be repeated. ``--device cuda`` runs the
+benchmarks whose ``run`` takes a ``device`` (statistics, training, the gRPC service) there.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import pkgutil
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import benchmarks
 from benchmarks.harness import DEFAULT_THREADS, Table, configure
+from specbuilder.devices import resolve_device
 
 PREFIX = "bench_"
 
@@ -31,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions: a smoke run, not figures to quote")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
     parser.add_argument("--threads", type=int, metavar="N", default=DEFAULT_THREADS, help=f"torch.set_num_threads (default {DEFAULT_THREADS})")
+    parser.add_argument("--device", default="cpu", help="'cpu' (default), 'cuda', 'cuda:N' or 'auto', for the benchmarks that take one")
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the tables to FILE as Markdown")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
 
     available = discover()
     selected = [name.removeprefix(PREFIX) for name in args.only] if args.only else available
@@ -40,13 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"no benchmark named {', '.join(unknown)}; available: {', '.join(available)}")
 
-    header = f"_{configure(args.threads)}{', quick run' if args.quick else ''}_\n"
+    header = f"_{configure(args.threads, device)}{', quick run' if args.quick else ''}_\n"
     print(header, flush=True)
     tables: list[Table] = []
     for name in selected:
         started = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{PREFIX}{name}")
-        for table in module.run(args.quick):
+        takes_device = "device" in inspect.signature(module.run).parameters
+        if device.type != "cpu" and not takes_device:
+            print(f"<!-- {PREFIX}{name}: runs on the CPU only -->", file=sys.stderr, flush=True)
+        for table in module.run(args.quick, device=device) if takes_device else module.run(args.quick):
             print(table.markdown(), flush=True)
             tables.append(table)
         print(f"<!-- {PREFIX}{name}: {time.perf_counter() - started:.1f} s -->\n", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from specbuilder.datasets import DATASETS, DataError, Dataset, from_arrays
+from specbuilder.devices import AMP_DTYPES
 from specbuilder.errors import Problem, SpecError, suggest
 from specbuilder.proto import decode_value, spec_from_proto
 from specbuilder.spec import ModelSpec, parse_spec
@@ -29,6 +30,8 @@ from specbuilder_server.tensors import to_array
 DEFAULT_BINS = 64
 MIN_BINS, MAX_BINS = 2, 4096
 """Histogram bins a client may ask for (the monitor's own minimum; a cap on the answer's size)."""
+MAX_CONFIG_KEYS, MAX_CONFIG_BYTES = 64, 1 << 16
+"""Bounds of a TrainRequest's config: well past any real one, far short of a hostile one's cost to explain."""
 STATUS_NAMES = {value: name.removeprefix("RUN_STATUS_").lower() for name, value in service_pb2.RunStatus.items()}
 """RunStatus enum value -> the store's status name (0 -> "unspecified")."""
 
@@ -63,16 +66,21 @@ def model_id(value: str, path: str = "model_id") -> str:
 
 @dataclass(frozen=True)
 class Options:
-    """How to evaluate: which modules to monitor (None: statistics off), bins, and whether outputs go back."""
+    """How to evaluate: which modules to monitor (None: statistics off), bins, whether outputs go back, precision."""
 
     skip_output: bool
     layers: str | list[str] | None
     """``"activations"``, ``"all"`` or module names; None when statistics are off."""
     bins: int
+    amp: str | None = None
+    """``"bf16"`` or ``"fp16"``: the forward under autocast; None: full precision."""
 
 
 def options_of(options: service_pb2.EvaluateOptions, spec: ModelSpec, path: str = "options") -> Options:
     """``EvaluateOptions`` checked against the spec: layer names must exist, bins be in range."""
+    if options.amp and options.amp not in AMP_DTYPES:
+        names = ", ".join(f"'{name}'" for name in AMP_DTYPES)
+        raise invalid(f"{path}.amp", f"must be {names} or empty (full precision), got '{options.amp}'", "literal_error")
     if options.bins and not MIN_BINS <= options.bins <= MAX_BINS:
         raise invalid(f"{path}.bins", f"must be between {MIN_BINS} and {MAX_BINS}, or 0 for the default ({DEFAULT_BINS}); got {options.bins}", "range")
     names = [node.name for node in spec.nodes]
@@ -82,7 +90,7 @@ def options_of(options: service_pb2.EvaluateOptions, spec: ModelSpec, path: str 
     layers: str | list[str] | None = None
     if options.statistics:
         layers = list(options.layers) if options.layers else ("all" if options.all_layers else "activations")
-    return Options(skip_output=options.skip_output, layers=layers, bins=options.bins or DEFAULT_BINS)
+    return Options(skip_output=options.skip_output, layers=layers, bins=options.bins or DEFAULT_BINS, amp=options.amp or None)
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +115,15 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, Any]) -> TrainConfig:
-    """The validated ``TrainConfig`` of a request; keys it leaves out take ``defaults``, then the config's own."""
+    """The validated ``TrainConfig`` of a request; keys it leaves out take ``defaults``, then the config's own.
+
+    A config larger than any real one is refused before its settings are read one by one.
+    """
+    if len(config) > MAX_CONFIG_KEYS:
+        raise invalid("config", f"has {len(config):,} settings; a training configuration has fewer than {MAX_CONFIG_KEYS}", "too_large")
+    size = sum(len(key) + value.ByteSize() for key, value in config.items())
+    if size > MAX_CONFIG_BYTES:
+        raise invalid("config", f"holds {size:,} bytes of settings, over the limit of {MAX_CONFIG_BYTES:,}", "too_large")
     values: dict[str, Any] = {}
     for key in config:
         try:
@@ -116,9 +132,15 @@ def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, An
             raise spec_problems(SpecError([Problem(f"config.{key}" + p.path.removeprefix("value"), p.message, p.type) for p in error.problems])) from None
     values = _unflatten(values)
     try:
-        return parse_config({**defaults, **values})
+        parsed = parse_config({**defaults, **values})
     except ConfigError as error:
         raise spec_problems(error, "config") from None
+    if parsed.world_size > 1:  # a job is one thread of the server; distributed runs launch processes of their own
+        raise invalid("config.world_size", (
+            f"must be 1 here, got {parsed.world_size}: the service trains each run in one process; for distributed "
+            "training use the command line (specbuilder train SPEC --nproc N) or specbuilder.train() with world_size"),
+            "unsupported")
+    return parsed
 
 
 def train_data(request: service_pb2.TrainRequest, *, allow_shared_memory: bool) -> tuple[str | Dataset, str]:

@@ -4,6 +4,8 @@ Each runs in-process, or on a server with ``--server HOST:PORT``, and prints the
 way: the epoch table, then each monitored layer's final statistics (dead, saturated and zero
 fractions, moments, gradient norm). torch loads only when a command runs locally; the training
 config is checked here first either way, so its errors read ``path: message`` in both cases.
+``train --nproc N`` trains here in N processes (``specbuilder.training.distributed``), and on
+several nodes with torchrun's rendezvous flags.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from specbuilder.training.config import ConfigError, TrainConfig, parse_config
 if TYPE_CHECKING:
     from torch import nn
 
+    from specbuilder.training.distributed import Launch
+
 CONFIG_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("epochs", int, "N", "passes over the training set"),
-    ("batch_size", int, "N", "samples per optimizer step"),
+    ("batch_size", int, "N", "samples per optimizer step (per process with --nproc)"),
     ("lr", float, "X", "learning rate"),
     ("optimizer", str, "NAME", "optimizer name (its parameters go in --config)"),
     ("loss", str, "NAME", "loss name (default: chosen from the data and the model's last layer)"),
@@ -44,6 +48,7 @@ CONFIG_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("stats_every", int, "N", "activation statistics every N training steps (0: off)"),
     ("device", str, "DEVICE", "'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ("style", str, "STYLE", "compile as 'sequential' or 'functional'"),
+    ("amp", str, "bf16|fp16", "mixed precision (autocast; fp16 adds a grad scaler); statistics stay float32"),
 )
 """TrainConfig fields with a flag of their own: (field, argparse type, metavar, help). A flag overrides --config."""
 PLOT_STATS_EVERY = 10
@@ -74,9 +79,32 @@ def _register_train(commands: argparse._SubParsersAction[argparse.ArgumentParser
     train.add_argument("--plot", type=Path, metavar="FILE.png", help=(
         f"write final activation histograms and dead/saturated fractions over training (statistics every {PLOT_STATS_EVERY} steps unless set)"))
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_distributed_options(train)
     add_max_params(train)
     add_server_options(train)
     train.set_defaults(run=run_train)
+
+
+DISTRIBUTED_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id")
+
+
+def _add_distributed_options(train: argparse.ArgumentParser) -> None:
+    """``--nproc`` and torchrun's multi-node flags."""
+    ranks = train.add_argument_group("distributed training", (
+        "Train one model in several processes with PyTorch's DistributedDataParallel, launched by torchelastic (what "
+        "torchrun runs): gloo on CPU, NCCL with one GPU per process on CUDA. --batch-size is per process, so a step "
+        "takes nproc x nnodes x batch-size samples. On several nodes run the same command on each, with the same "
+        "--nnodes, --rdzv-endpoint and --rdzv-id; only the node holding rank 0 saves to --store."))
+    ranks.add_argument("--nproc", type=int, metavar="N",
+                       help="processes (ranks) on this node, like torchrun's --nproc-per-node; sets world_size to N x --nnodes")
+    ranks.add_argument("--nnodes", type=int, metavar="M", help="nodes taking part (default 1)")
+    ranks.add_argument("--node-rank", type=int, metavar="K", help=(
+        "this node's rank, 0..M-1, for torchrun's static rendezvous (node 0, at the endpoint's HOST, holds rank 0); "
+        "without it nodes are ranked as they join"))
+    ranks.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help=(
+        "where the nodes meet, required with --nnodes > 1; the node at HOST serves the rendezvous (default for one node: "
+        "a free 127.0.0.1 port)"))
+    ranks.add_argument("--rdzv-id", metavar="ID", help="the run's id, the same on every node (default 'specbuilder')")
 
 
 def _register_eval(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -145,12 +173,29 @@ def train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfi
     """The settings asked for (``--config`` overridden by flags) and the config they make; problems as ``path: message``."""
     settings = _read_config(args.config) if args.config is not None else {}
     settings.update({name: getattr(args, name) for name, *_ in CONFIG_FLAGS if getattr(args, name) is not None})
+    if args.nproc is not None or args.nnodes is not None:
+        settings["world_size"] = (args.nproc or 1) * (args.nnodes or 1)
     if args.plot is not None and "stats_every" not in settings:
         settings["stats_every"] = PLOT_STATS_EVERY
     try:
         return settings, parse_config(settings)
     except ConfigError as error:
         raise CommandError(*map(str, error.problems)) from None
+
+
+def launch_options(args: argparse.Namespace) -> Launch:
+    """Where the ranks of a distributed run meet, from the flags; problems named by flag."""
+    from specbuilder.training.distributed import Launch, LaunchError
+
+    for flag in ("--nproc", "--nnodes"):
+        value = getattr(args, flag.lstrip("-"))
+        if value is not None and value < 1:
+            raise CommandError(f"{flag}: must be >= 1, got {value}")
+    options = {"nnodes": args.nnodes or 1, "node_rank": args.node_rank, "rdzv_endpoint": args.rdzv_endpoint}
+    try:
+        return Launch(**options, **({"rdzv_id": args.rdzv_id} if args.rdzv_id else {}))
+    except LaunchError as error:
+        raise CommandError(f"--{error.field.replace('_', '-')}: {error.message}") from None
 
 
 def _dataset(name: str, seed: int) -> Dataset:
@@ -174,6 +219,8 @@ class Outcome:
     final: str = ""
     """One line on the final model's loss and accuracy, where known."""
     model_id: str | None = None
+    note: str = ""
+    """A line printed last (a node of a multi-node run that leaves saving to rank 0's node)."""
 
 
 def _bar(epochs: int, quiet: bool) -> tqdm:
@@ -190,9 +237,10 @@ def _advance(bar: tqdm, loss: float, val_loss: float | None, accuracy: float | N
     bar.update(1)
 
 
-def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig, dataset: Dataset) -> Outcome:
+def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig, dataset: Dataset, launch: Launch) -> Outcome:
     from specbuilder.store.records import check_name
     from specbuilder.training import EpochEvent, FinishedEvent, StatsEvent, train_events
+    from specbuilder.training.distributed import DistributedError, launch_events
 
     with ExitStack() as scope:
         store = None
@@ -200,32 +248,38 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
             store = scope.enter_context(open_store(args.store, create=True))
             with store_errors("--name"):
                 check_name(args.name or spec.name)
-        events = train_events(spec, dataset, config)
-        try:
-            started = next(events)
-        except SpecError as error:
-            raise CommandError(*map(str, error.problems)) from None
-        except DataError as error:
-            raise CommandError(f"data: {error}") from None
-        print(f"training {started.model} ({started.parameters:,} parameters) on {started.dataset}: {started.train_samples} "
-              f"training / {started.val_samples} validation samples, {started.steps_per_epoch} steps per epoch, "
-              f"loss {started.loss}, device {started.device}", flush=True)
+        events = launch_events(spec, dataset, config, launch=launch) if config.world_size > 1 else train_events(spec, dataset, config)
         windows: list[tuple[int, Sequence[Any]]] = []
-        with _bar(config.epochs, args.quiet) as bar:
-            for event in events:
-                if isinstance(event, EpochEvent):
-                    _advance(bar, event.metrics.loss, event.metrics.val_loss, event.metrics.accuracy)
-                elif isinstance(event, StatsEvent):
-                    windows.append((event.step, event.layers))
-                elif isinstance(event, FinishedEvent):
-                    result = event.result
+        try:
+            try:
+                started = next(events)
+            except SpecError as error:
+                raise CommandError(*map(str, error.problems)) from None
+            except DataError as error:
+                raise CommandError(f"data: {error}") from None
+            ranks = f", {config.world_size} processes" if config.world_size > 1 else ""
+            print(f"training {started.model} ({started.parameters:,} parameters) on {started.dataset}: {started.train_samples} "
+                  f"training / {started.val_samples} validation samples, {started.steps_per_epoch} steps per epoch, "
+                  f"loss {started.loss}, device {started.device}{ranks}", flush=True)
+            with _bar(config.epochs, args.quiet) as bar:
+                for event in events:
+                    if isinstance(event, EpochEvent):
+                        _advance(bar, event.metrics.loss, event.metrics.val_loss, event.metrics.accuracy)
+                    elif isinstance(event, StatsEvent):
+                        windows.append((event.step, event.layers))
+                    elif isinstance(event, FinishedEvent):
+                        result = event.result
+        except DistributedError as error:
+            raise CommandError(f"distributed training failed: {error}") from None
         final = result.final
         outcome = Outcome(
             status=result.status, reason=result.reason, history=as_dicts(result.history), stats=result.stats, windows=windows,
             final=f"final model on the {final.split} set ({final.samples} samples): loss {number(final.loss)}"
                   + (f", accuracy {100 * final.accuracy:.1f}%" if final.accuracy is not None else ""),
         )
-        if store is not None:
+        if store is not None and result.rank != 0:
+            outcome.note = f"not saved here: this node reported as rank {result.rank}; the node holding rank 0 saves the model"
+        elif store is not None:
             with store_errors(f"saving to {args.store}"):
                 record = store.save(result.module, spec, name=args.name, config=result.config, history=result.history,
                                     stats=result.stats, dataset=result.dataset, status=result.status, reason=result.reason or None)
@@ -258,12 +312,20 @@ def _train_remote(args: argparse.Namespace, spec: ModelSpec, settings: dict[str,
 def run_train(args: argparse.Namespace) -> int:
     """Check everything, train (here or on the server), print the tables, save and plot."""
     _local_only(args, "--store")
+    ranks = [flag for flag in DISTRIBUTED_FLAGS if getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
+    if args.server and ranks:
+        raise CommandError(f"{' and '.join(ranks)}: not with --server (the service trains each run in one process; "
+                           "distributed training runs here, without --server)")
     spec = load_spec(args.spec, args.max_params)
     settings, config = train_settings(args)
+    launch = None if args.server else launch_options(args)
     if args.plot is not None:
         check_out(args.plot)
     dataset = _dataset(args.data, config.seed)
-    outcome = _train_remote(args, spec, settings, config, dataset) if args.server else _train_local(args, spec, config, dataset)
+    if launch is None:
+        outcome = _train_remote(args, spec, settings, config, dataset)
+    else:
+        outcome = _train_local(args, spec, config, dataset, launch)
     if outcome.history:
         print()
         print(history_table(outcome.history))
@@ -278,6 +340,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(outcome.final)
     if outcome.model_id:
         print(f"model id: {outcome.model_id}" + (f" (saved in {args.store})" if args.store else f" (stored on {args.server})"))
+    if outcome.note:
+        print(outcome.note)
     if args.plot is not None:
         from specbuilder import plots
 
@@ -321,12 +385,13 @@ def forward(module: nn.Module, x: np.ndarray, stats: bool) -> tuple[np.ndarray, 
     """``module`` in eval mode over ``x`` in chunks: the outputs, and activation statistics when asked."""
     import torch
 
+    from specbuilder.devices import to_device
     from specbuilder.stats import ActivationMonitor
 
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
-    batch = torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+    batch = to_device(torch.from_numpy(np.ascontiguousarray(x)), device, dtype)
     module.eval()
     with ExitStack() as scope:
         monitor = scope.enter_context(ActivationMonitor(module, grads=False)) if stats else None

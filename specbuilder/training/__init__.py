@@ -1,5 +1,7 @@
 """Training: ``train(spec, data, config)`` and its streaming form ``train_events``.
 
+``world_size`` > 1 trains with DistributedDataParallel over that many processes
+(``specbuilder.training.distributed``; ``launch_events`` with a ``Launch`` for several nodes).
 ``config`` (``TrainConfig``) and the registries of losses, optimizers and schedules never
 import torch, so clients can validate a config without it; the loop, its events and
 ``TrainResult`` load on first use.
@@ -28,6 +30,9 @@ _LAZY = {
     "FinishedEvent": "specbuilder.training.events",
     "EpochMetrics": "specbuilder.training.events",
     "EvalMetrics": "specbuilder.training.events",
+    "DistributedError": "specbuilder.training.distributed",
+    "Launch": "specbuilder.training.distributed",
+    "launch_events": "specbuilder.training.distributed",
 }
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULES", "ConfigError", "TrainConfig", "parse_config", *_LAZY]

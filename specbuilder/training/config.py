@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -35,6 +35,8 @@ CHOICES: dict[str, tuple[str, Mapping[str, Choice], Mapping[str, type[ChoiceSpec
 
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 2**31 - 1
+MAX_WORLD_SIZE = 4096
+"""Most ranks a distributed run may have: far beyond one machine, short of a typo's worth of processes."""
 
 
 def _check_device(value: str) -> str:
@@ -58,7 +60,7 @@ class TrainConfig(Strict):
     """How to train a model: every field has a default, so ``TrainConfig()`` is a working config."""
 
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS, description="passes over the training set")] = 20
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH, description="samples per optimizer step")] = 64
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH, description="samples per optimizer step (per rank when world_size > 1)")] = 64
     lr: Annotated[float, Field(gt=0, description="learning rate (the schedule's starting rate)")] = 0.01
     optimizer: Annotated[choice_field(OPTIMIZER_MODELS), Field(description=_choices(OPTIMIZERS))] = OPTIMIZER_MODELS["adam"]()
     loss: Annotated[choice_field(LOSS_MODELS) | None, Field(description=_choices(LOSSES) + "; null picks one from the targets and the model's last layer")] = None
@@ -70,6 +72,12 @@ class TrainConfig(Strict):
     device: Annotated[Device, Field(description="'auto', 'cpu', 'cuda' or 'cuda:N'")] = "auto"
     style: Annotated[Style, Field(description="how a spec is compiled")] = "sequential"
     max_seconds: Annotated[float | None, Field(gt=0, description="stop (status cancelled) after this long")] = None
+    amp: Annotated[Literal["bf16", "fp16"] | None, Field(description=(
+        "mixed precision: forward and loss under autocast in bfloat16 or float16 (fp16 with a gradient scaler); "
+        "None: full precision"))] = None
+    world_size: Annotated[int, Field(ge=1, le=MAX_WORLD_SIZE, description=(
+        "processes training together (DistributedDataParallel; gloo on CPU, NCCL on CUDA), each on its shard of "
+        "every epoch; batch_size is per rank"))] = 1
 
     @model_validator(mode="wrap")
     @classmethod

@@ -4,9 +4,20 @@ The hot loop is what a person writes by hand, no more: data lives on the device,
 is one seeded shuffle (a single gather), a batch is a slice, and the activation monitor is
 enabled only on the steps it reports. The host waits on the device only to check the loss
 for divergence (every step on CPU, where that costs nothing; every ``DIVERGENCE_CHECK`` steps
-on CUDA, the step still named exactly) and once per epoch for validation. A run never raises
-for what happens during training: divergence, cancellation and the time limit end it with a
-status and a reason. Same spec, data, config and seed on CPU give bitwise-identical weights.
+on CUDA, the step still named exactly), once per epoch for validation and once per statistics
+report. A run never raises for what happens during training: divergence, cancellation and the
+time limit end it with a status and a reason. Same spec, data, config and seed on CPU give
+bitwise-identical weights, also when runs train at once in threads: dropout draws from the
+run's own random stream (``specbuilder.rng``).
+
+``amp`` runs the forward under ``torch.autocast`` in bfloat16 or float16; the loss is taken
+from the outputs widened back to the model's dtype, outside autocast (the same float32 loss
+autocast would compute, and ``binary_cross_entropy``, which CUDA autocast refuses, works).
+fp16 scales the loss with a ``GradScaler``: steps whose scaled gradients overflow are skipped
+and the scale halves, which is not divergence (the loss read is the unscaled one); a scale
+that falls below ``MIN_LOSS_SCALE`` means gradients beyond float16's range at every step, and
+ends the run as diverged. On CUDA, ``GradScaler.step`` reads whether the step overflowed: one
+host sync per fp16 step, which full precision and bf16 do not have.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,8 +36,10 @@ from torch import nn
 
 from specbuilder.compiler import compile_spec
 from specbuilder.datasets import DataLike, as_dataset
-from specbuilder.devices import resolve_device
+from specbuilder.devices import AMP_DTYPES, amp_dtype, autocast, resolve_device
+from specbuilder.errors import Problem, SpecError
 from specbuilder.kinds import resolve
+from specbuilder.rng import RunStream, draws_random
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.stats import ActivationMonitor, LayerStats
 from specbuilder.training.config import TrainConfig, parse_config, problem_at
@@ -41,6 +54,8 @@ DIVERGENCE_CHECK = 16
 """On CUDA, losses are checked for NaN/inf once per this many steps (one host sync each)."""
 EVAL_CHUNK = 4096
 """Samples per forward pass when evaluating (or the batch size, if larger)."""
+MIN_LOSS_SCALE = 1.0
+"""fp16: a loss scale below this (from 2**16, halved at every overflowing step) ends the run as diverged."""
 
 ModelLike = nn.Module | ModelSpec | Mapping[str, Any] | str | bytes | Path
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,6 +78,29 @@ class TrainResult:
     dataset: str
     seconds: float
     config: TrainConfig
+    rank: int = 0
+    """The rank that reported the run: 0, except on the other nodes of a multi-node run (only rank 0's node saves it)."""
+
+
+def _smallest_batch(samples: int, size: int) -> int:
+    """The smallest batch when ``samples`` are taken ``size`` at a time."""
+    return samples % size or min(samples, size)
+
+
+def _check_trainable(spec: ModelSpec, module: nn.Module, data: Prepared, config: TrainConfig) -> None:
+    """Refuse, before anything runs, what torch would refuse mid-run: a model with no parameters for the
+    optimizer, or a batch of one sample where batch norm needs two (training, or evaluating without running statistics)."""
+    if next(module.parameters(), None) is None:
+        raise SpecError([Problem("layers", "the model has no parameters, so training has nothing to change; add a layer with weights, such as linear", "no_parameters")])
+    train = len(data.x_train)
+    node = spec.needs_two_samples(training=True)
+    if node is not None and _smallest_batch(train, config.batch_size) == 1:
+        raise problem_at("batch_size", f"{node.path} ({node.layer.type}) needs at least 2 samples per training batch, but {train} training "
+                                       f"samples in batches of {config.batch_size} leave one alone; pick another batch_size, or send more samples")
+    node, evaluated = spec.needs_two_samples(), len(data.x_val) or train
+    if node is not None and _smallest_batch(evaluated, max(config.batch_size, EVAL_CHUNK)) == 1:
+        raise problem_at("validation_split", f"{node.path} ({node.layer.type}) keeps no running statistics, so it evaluates in batches of "
+                                             f"at least 2 samples, but the {evaluated} it evaluates leave one alone; change validation_split, or send more samples")
 
 
 def _place(model: ModelLike, config: TrainConfig) -> tuple[nn.Module, ModelSpec, torch.device]:
@@ -82,27 +120,27 @@ def _place(model: ModelLike, config: TrainConfig) -> tuple[nn.Module, ModelSpec,
     return compile_spec(spec, config.style, device, seed=config.seed), spec, device
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the global generators random layers (dropout) draw from; restore them afterwards."""
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
+def widened(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Autocast's half-precision outputs in the model's ``dtype``, for the loss (others as they are)."""
+    return out.to(dtype) if out.dtype != dtype and out.dtype in AMP_DTYPES.values() else out
 
 
 @torch.no_grad()
 def evaluate(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None,
-             predict: Predict | None, loss_fn: LossFn, chunk: int) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None without labels) over ``x`` in eval mode, with one host copy."""
+             predict: Predict | None, loss_fn: LossFn, chunk: int, amp: str | None = None) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None without labels) over ``x`` in eval mode, with one host copy.
+
+    ``amp`` (``"bf16"``, ``"fp16"``) runs the forward under autocast; the loss is taken in ``x``'s dtype.
+    """
     was_training = module.training
     module.eval()
+    precision = autocast(x.device, amp_dtype(amp))
     total = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.float64)
     for begin in range(0, len(x), chunk):
-        out = module(x[begin:begin + chunk])
+        with precision:
+            out = module(x[begin:begin + chunk])
+        out = widened(out, x.dtype)
         total += loss_fn(out, targets[begin:begin + chunk]) * len(out)
         if labels is not None and predict is not None:
             correct += (predict(out) == labels[begin:begin + chunk]).sum()
@@ -111,12 +149,12 @@ def evaluate(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, labels: 
     return loss_sum / len(x), None if labels is None else correct_sum / len(x)
 
 
-def _final(module: nn.Module, data: Prepared, loss_fn: LossFn, chunk: int) -> tuple[EvalMetrics, list[LayerStats]]:
+def _final(module: nn.Module, data: Prepared, loss_fn: LossFn, chunk: int, amp: str | None) -> tuple[EvalMetrics, list[LayerStats]]:
     """Metrics and activation statistics of the trained model over the validation (else training) set."""
     split = "validation" if len(data.x_val) else "training"
     x, targets, labels = (data.x_val, data.t_val, data.labels_val) if split == "validation" else (data.x_train, data.t_train, data.labels_train)
     with ActivationMonitor(module, grads=False) as monitor:
-        loss, accuracy = evaluate(module, x, targets, labels, data.predict, loss_fn, chunk)
+        loss, accuracy = evaluate(module, x, targets, labels, data.predict, loss_fn, chunk, amp)
         stats = monitor.stats()
     return EvalMetrics(split=split, samples=len(x), loss=loss, accuracy=accuracy), stats
 
@@ -143,8 +181,12 @@ class _Run:
     cancel: CancelToken | None
     deadline: float | None
     check_every: int
+    scaler: torch.amp.GradScaler | None = None
+    """fp16 only: scales the loss so small gradients survive float16."""
     monitor: ActivationMonitor | None = None
     """Set once its hooks are on; enabled only on the steps it reports."""
+    random: AbstractContextManager[object] = nullcontext()
+    """Around each training forward: the run's own ``RunStream`` where the model draws random numbers (dropout)."""
     steps: int = 0
     status: Status = "completed"
     reason: str = ""
@@ -158,19 +200,46 @@ class _Run:
         return self.status != "completed"
 
     def diverged(self, pending: list[torch.Tensor], losses: list[float], epoch: int) -> bool:
-        """Check pending losses; on NaN/inf set status and reason."""
+        """Check pending losses (and fp16's loss scale); on NaN/inf or a collapsed scale set status and reason."""
         reason = _divergence(pending, losses, self.steps, epoch)
+        if reason is not None and self.config.amp == "fp16":
+            reason += "; under amp 'fp16' values beyond ±65504 overflow: amp 'bf16' has float32's range"
+        if reason is None and self.scaler is not None and (scale := self.scaler.get_scale()) < MIN_LOSS_SCALE:
+            reason = (f"gradients overflowed float16 at every step until the loss scale fell to {scale:g} by step "
+                      f"{self.steps} (epoch {epoch + 1}); lower lr, or use amp 'bf16' (float32's range)")
         if reason is not None:
             self.status, self.reason = "diverged", reason
         pending.clear()
         return reason is not None
 
+    def order(self, epoch: int, shuffle: torch.Generator) -> torch.Tensor:
+        """The epoch's sample order: one seeded permutation of the training set (a rank takes its shard instead)."""
+        return torch.randperm(len(self.data.x_train), generator=shuffle, device=self.data.x_train.device)
+
+    def window_stats(self) -> list[LayerStats]:
+        """The monitor's statistics of the step just monitored."""
+        assert self.monitor is not None
+        return self.monitor.stats()
+
+    def validate(self, chunk: int) -> tuple[float | None, float | None]:
+        """Validation loss and accuracy after an epoch; None without a validation set."""
+        data = self.data
+        if not len(data.x_val):
+            return None, None
+        return evaluate(self.module, data.x_val, data.t_val, data.labels_val, data.predict, self.loss_fn, chunk, self.config.amp)
+
+    def final(self, chunk: int) -> tuple[EvalMetrics, list[LayerStats]]:
+        """Metrics and activation statistics of the trained model (see ``_final``)."""
+        return _final(self.module, self.data, self.loss_fn, chunk, self.config.amp)
+
     def epoch(self, epoch: int, shuffle: torch.Generator, losses: list[float]) -> Iterator[StatsEvent]:
         """One pass over the shuffled training set; yields a stats event every ``stats_every`` steps."""
         config, data, monitor, batch = self.config, self.data, self.monitor, self.config.batch_size
-        order = torch.randperm(len(data.x_train), generator=shuffle, device=data.x_train.device)
+        order = self.order(epoch, shuffle)
         xs, ts = data.x_train[order], data.t_train[order]
         parameters = [p for p in self.module.parameters() if p.requires_grad]
+        precision, scaler, dtype = autocast(xs.device, amp_dtype(config.amp)), self.scaler, xs.dtype
+        one = torch.ones((), device=xs.device) if scaler is not None and monitor is not None else None
         pending: list[torch.Tensor] = []
         for begin in range(0, len(xs), batch):
             if self.stop_requested():
@@ -179,26 +248,37 @@ class _Run:
             monitored = monitor is not None and self.steps % config.stats_every == 0
             if monitored:
                 monitor.enabled = True
+                if one is not None:
+                    monitor.grad_scale = scaler.scale(one)  # the scale this step's gradients carry, on the device
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.module(xs[begin:begin + batch]), ts[begin:begin + batch])
-            loss.backward()
+            with precision, self.random:
+                out = self.module(xs[begin:begin + batch])
+            loss = self.loss_fn(widened(out, dtype), ts[begin:begin + batch])
+            (loss if scaler is None else scaler.scale(loss)).backward()
             pending.append(loss.detach())
             diverged = len(pending) >= self.check_every and self.diverged(pending, losses, epoch)
             if monitored:
                 monitor.enabled = False
-                yield StatsEvent(step=self.steps, epoch=epoch + 1, layers=monitor.stats())
+                yield StatsEvent(step=self.steps, epoch=epoch + 1, layers=self.window_stats())
                 monitor.reset()
             if diverged:
                 return
+            if scaler is None:
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                self.optimizer.step()
+                continue
             if config.grad_clip is not None:
+                scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            self.optimizer.step()
+            scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            scaler.update()
         if pending:
             self.diverged(pending, losses, epoch)
 
     def epochs(self, shuffle: torch.Generator, chunk: int) -> Iterator[StatsEvent | EpochEvent]:
         """Every epoch, each closed by validation and an epoch event, until done or stopped."""
-        data, config = self.data, self.config
+        config = self.config
         for epoch in range(config.epochs):
             started = time.perf_counter()
             lr = config.lr_at(epoch)
@@ -208,10 +288,7 @@ class _Run:
             yield from self.epoch(epoch, shuffle, losses)
             if self.status != "completed":
                 return
-            val_loss, accuracy = (
-                evaluate(self.module, data.x_val, data.t_val, data.labels_val, data.predict, self.loss_fn, chunk)
-                if len(data.x_val) else (None, None)
-            )
+            val_loss, accuracy = self.validate(chunk)
             yield EpochEvent(metrics=EpochMetrics(
                 epoch=epoch + 1, step=self.steps, loss=sum(losses) / len(losses), val_loss=val_loss, accuracy=accuracy,
                 lr=lr, seconds=time.perf_counter() - started,
@@ -228,26 +305,43 @@ def train_events(model: ModelLike, data: DataLike, config: TrainConfig | Mapping
     name, an ``.npz`` path, ``(x, y)`` arrays or tensors, or a ``Dataset``. Invalid input raises
     ``ConfigError``, ``SpecError`` or ``DataError`` before training starts; afterwards nothing
     raises: the finished event says how the run ended and carries the ``TrainResult``.
+
+    With ``world_size`` > 1 the run is distributed: ``specbuilder.training.distributed``
+    launches the ranks and relays rank 0's events here as they happen.
     """
-    started = time.monotonic()
     config = parse_config(config)
+    if config.world_size > 1:
+        from specbuilder.training.distributed import launch_events
+
+        yield from launch_events(model, data, config, cancel=cancel)
+    else:
+        yield from run_events(model, data, config, cancel=cancel)
+
+
+def run_events(model: ModelLike, data: DataLike, config: TrainConfig, *, cancel: CancelToken | None = None,
+               make_run: Callable[..., _Run] = _Run) -> Iterator[Event]:
+    """``train_events`` in this process; ``make_run`` builds the run (a distributed rank passes its own ``_Run``)."""
+    started = time.monotonic()
     module, spec, device = _place(model, config)
     dataset = as_dataset(data, seed=config.seed)
     loss_spec = choose_loss(config.loss, dataset, spec)
     dtype = next(module.parameters(), torch.empty(0)).dtype
     prepared = prepare(dataset, spec, loss_spec, config.validation_split, config.seed, device, dtype)
+    _check_trainable(spec, module, prepared, config)
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.optimizer.params().items()}
-    run = _Run(
+    run = make_run(
         module=module,
         optimizer=resolve(OPTIMIZERS[config.optimizer.type].cls)(module.parameters(), lr=config.lr, **options),
         loss_fn=partial(resolve(LOSSES[loss_spec.type].function), **loss_spec.params()),
         data=prepared, config=config, cancel=cancel, deadline=None if config.max_seconds is None else started + config.max_seconds,
         check_every=1 if device.type == "cpu" else DIVERGENCE_CHECK,
+        scaler=torch.amp.GradScaler(device.type) if config.amp == "fp16" else None,
+        random=RunStream(config.seed, device) if draws_random(spec) else nullcontext(),
     )
     chunk = max(config.batch_size, EVAL_CHUNK)
     history: list[EpochMetrics] = []
     watch = ActivationMonitor(module, grads=True) if config.stats_every else nullcontext()
-    with _seeded(config.seed, device), watch as monitor:
+    with watch as monitor:
         if monitor is not None:
             monitor.enabled = False
         run.monitor = monitor
@@ -261,7 +355,7 @@ def train_events(model: ModelLike, data: DataLike, config: TrainConfig | Mapping
             if isinstance(event, EpochEvent):
                 history.append(event.metrics)
             yield event
-    final, stats = _final(module, prepared, run.loss_fn, chunk)
+    final, stats = run.final(chunk)
     seconds = time.monotonic() - started
     result = TrainResult(module, history, stats, final, run.status, run.reason, run.steps, len(history), dataset.name, seconds, config)
     finished = FinishedEvent(status=run.status, reason=run.reason, steps=run.steps, epochs=len(history), seconds=seconds, final=final)

@@ -25,6 +25,7 @@ from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, Mod
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
 from specbuilder_client.streaming import StreamRequests, StreamResult
+from specbuilder_client.targets import channel_target
 from specbuilder_client.training import TrainRun
 
 Response = TypeVar("Response")
@@ -32,11 +33,11 @@ SERVICE_PATH = f"/{service_pb2.DESCRIPTOR.services_by_name['ModelService'].full_
 
 
 def evaluate_options(
-    statistics: bool, layers: Sequence[str] | None, all_layers: bool, bins: int | None, skip_output: bool
+    statistics: bool, layers: Sequence[str] | None, all_layers: bool, bins: int | None, skip_output: bool, amp: str | None = None
 ) -> service_pb2.EvaluateOptions:
-    """The options of Evaluate and StreamEvaluate."""
+    """The options of Evaluate and StreamEvaluate (the server checks ``amp``: ``"bf16"``, ``"fp16"`` or None)."""
     return service_pb2.EvaluateOptions(
-        skip_output=skip_output, statistics=statistics, layers=list(layers or ()), all_layers=all_layers, bins=bins or 0
+        skip_output=skip_output, statistics=statistics, layers=list(layers or ()), all_layers=all_layers, bins=bins or 0, amp=amp or ""
     )
 
 
@@ -45,32 +46,41 @@ def _read_pem(source: bytes | str | PathLike[str]) -> bytes:
 
 
 class Client:
-    """A connection to a specbuilder server.
+    """A connection to a specbuilder server, or to several replicas over one store.
 
-    ``target`` is ``host:port``. ``token`` is sent as ``authorization: Bearer <token>`` on every
-    call. ``root_certificates`` (PEM bytes, or a path to them) turns on TLS. ``timeout`` is the
-    default deadline of unary calls, in seconds. ``max_message_mb`` bounds messages both ways
-    (the server has its own limit). ``shared_memory=True`` makes ``evaluate`` pass inputs
-    through POSIX shared memory — for a server on this host started with ``--shared-memory``.
-    Use it as a context manager, or call ``close()``.
+    ``target`` is ``host:port`` or a gRPC target URI (``dns:///name:port``); several replicas
+    are a list of ``ip:port`` addresses or one comma-separated string, and gRPC's
+    ``round_robin`` policy spreads the calls over those that are up (``targets.py``).
+    ``load_balancing`` names the policy (``round_robin``, ``pick_first``) for one target too,
+    such as a DNS name with an address per replica. ``authority`` is the name TLS checks the
+    certificates against (several addresses: the first one by default). ``token`` is sent as
+    ``authorization: Bearer <token>`` on every call. ``root_certificates`` (PEM bytes, or a
+    path to them) turns on TLS. ``timeout`` is the default deadline of unary calls, in seconds.
+    ``max_message_mb`` bounds messages both ways (the server has its own limit).
+    ``shared_memory=True`` makes ``evaluate`` pass inputs through POSIX shared memory — for a
+    server on this host started with ``--shared-memory``. Use it as a context manager, or call
+    ``close()``.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         token: str | None = None,
         root_certificates: bytes | str | PathLike[str] | None = None,
         timeout: float | None = None,
         max_message_mb: int = 64,
         shared_memory: bool = False,
+        load_balancing: str | None = None,
+        authority: str | None = None,
     ) -> None:
+        where = channel_target(target, load_balancing, authority)
         limit = max_message_mb * 1024 * 1024
-        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit), *where.options]
         if root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(root_certificates))
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            self._channel = grpc.secure_channel(where.target, credentials, options=options)
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channel = grpc.insecure_channel(where.target, options=options)
         self._stub = service_pb2_grpc.ModelServiceStub(self._channel)
         # Evaluate and StreamEvaluate with requests already serialized, tensors copied once (framing.py)
         self._evaluate_bytes = self._channel.unary_unary(
@@ -120,14 +130,17 @@ class Client:
         skip_output: bool = False,
         shared_memory: bool | None = None,
         timeout: float | None = None,
+        amp: str | None = None,
     ) -> EvalResult:
         """Run one batch ``x`` ([N, *input_shape]) through a spec or a stored model's id.
 
         ``statistics`` adds per-layer activation statistics (every activation layer, or the
         modules named in ``layers``, or every module with ``all_layers``). ``shared_memory``
-        overrides the client's choice for this call.
+        overrides the client's choice for this call. ``amp`` (``"bf16"`` or ``"fp16"``) runs the
+        forward in mixed precision: outputs come back in that dtype (bfloat16 widened to float32
+        here), statistics are still computed in float32.
         """
-        request = service_pb2.EvaluateRequest(options=evaluate_options(statistics, layers, all_layers, bins, skip_output), **model_fields(model))
+        request = service_pb2.EvaluateRequest(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), **model_fields(model))
         if self.shared_memory if shared_memory is None else shared_memory:
             with self._shared.place(x) as tensor:
                 request.input.CopyFrom(tensor)
@@ -148,14 +161,15 @@ class Client:
         bins: int | None = None,
         skip_output: bool = False,
         timeout: float | None = None,
+        amp: str | None = None,
     ) -> StreamResult:
         """Run many batches through one model in one call; memory stays flat on both sides.
 
         ``batches`` is read lazily (a generator is fine). Iterate the result for the outputs, in
         order, then read ``.summary`` (statistics aggregate over the whole stream). Batches travel
-        inline even on a shared-memory client.
+        inline even on a shared-memory client. ``amp`` as for ``evaluate``.
         """
-        start = service_pb2.StreamEvaluateStart(options=evaluate_options(statistics, layers, all_layers, bins, skip_output), **model_fields(model))
+        start = service_pb2.StreamEvaluateStart(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), **model_fields(model))
         requests = StreamRequests(start, batches)
         call = self._stream_bytes(iter(requests), timeout=timeout, metadata=self._metadata)
         return StreamResult(call, requests)
