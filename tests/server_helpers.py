@@ -16,7 +16,8 @@ Import what a test file needs (fixtures register by being imported into the test
   classifier for the built-in ``spirals`` dataset; ``batch(array)`` a wire tensor.
 - ``train_request(spec, dataset, name, **settings)``: a Train request; ``QUICK`` settings finish
   in well under a second, ``ENDLESS`` ones only end when cancelled; ``config_values(settings)``.
-- ``rpc_error(call)``: the ``grpc.RpcError`` a call raises, with its BadRequest field paths.
+- ``rpc_error(call)``: the ``grpc.RpcError`` a call raises, with its BadRequest field paths;
+  ``answer(call)``: any call's status name, message and result, without raising.
 - ``wait_for(check)``: poll a condition until it holds (a bounded wait, never a timing check).
 """
 
@@ -111,6 +112,17 @@ def rpc_error(call: Callable[[], Any]) -> Failure:
             if detail.Unpack(bad):
                 fields.extend(v.field for v in bad.field_violations)
     return Failure(error.code(), error.details() or "", fields)
+
+
+def answer(call: Callable[[], Any]) -> tuple[str, str, Any]:
+    """A call's status name, its message and what it returned (a response stream read to the end); never raises for a status."""
+    try:
+        result = call()
+        if not hasattr(result, "ListFields"):
+            result = list(result)
+    except grpc.RpcError as error:
+        return error.code().name, error.details() or "", None
+    return "OK", "", result
 
 
 def wait_for(check: Callable[[], Any], what: str = "condition") -> Any:

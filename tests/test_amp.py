@@ -9,7 +9,6 @@ float32, and the native kernel is what computes them. Evaluate and StreamEvaluat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -33,13 +32,7 @@ LESSON = {"epochs": 30, "batch_size": 64, "lr": 0.02, "lr_schedule": "cosine"}
 """The spirals lesson's configuration (test_training): ReLU reaches 95% in full precision."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(activation: str = "relu", inputs: int = 2, outputs: int = 2, width: int = 64) -> dict[str, Any]:

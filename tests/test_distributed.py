@@ -55,13 +55,7 @@ LIVENESS_SECONDS = 300
 """Only a hang gets near this: a failing run ends within seconds."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The one-process runs here are tiny: one intra-op thread is faster and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

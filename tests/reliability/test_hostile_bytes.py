@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server_helpers import SPIRALS, ServerProcess, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1 import tensor_pb2
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
@@ -79,17 +79,6 @@ def check(tally: Any, kind: str, code: str, message: str) -> None:
     tally.count(kind, code)
     assert code in PROPER, f"{kind}: {code} {message[:500]}"
     assert "Traceback" not in message and len(message.encode()) <= MAX_MESSAGE_BYTES, f"{kind}: {message[:500]}"
-
-
-def answer(call: Callable[[], Any]) -> tuple[str, str, Any]:
-    """A typed call's status name, message and result (a response stream read to the end)."""
-    try:
-        result = call()
-        if not hasattr(result, "ListFields"):
-            result = list(result)
-    except grpc.RpcError as error:
-        return error.code().name, error.details() or "", None
-    return "OK", "", result
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server_helpers import SPIRALS, ServerProcess, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, KINDS, MAX_LAYERS, parse_spec
 from specbuilder.v1 import service_pb2 as pb
@@ -53,17 +53,6 @@ MARKER = Path(tempfile.gettempdir()) / f"specbuilder-hostile-{os.getpid()}"
 
 
 # -- answers ------------------------------------------------------------------------------------
-
-
-def answer(call: Callable[[], Any]) -> tuple[str, str, Any]:
-    """A call's status name, its message and what it returned (a response stream read to the end)."""
-    try:
-        result = call()
-        if not hasattr(result, "ListFields"):
-            result = list(result)
-    except grpc.RpcError as error:
-        return error.code().name, error.details() or "", None
-    return "OK", "", result
 
 
 def judge(tally: Any, kind: str, code: str, message: str, result: Any = None, allowed: set[str] = PROPER) -> None:
