@@ -263,16 +263,15 @@ class _Run:
                 monitor.reset()
             if diverged:
                 return
-            if scaler is None:
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-                self.optimizer.step()
-                continue
             if config.grad_clip is not None:
-                scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+                if scaler is not None:
+                    scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            scaler.step(self.optimizer)  # skipped when a gradient overflowed
-            scaler.update()
+            if scaler is None:
+                self.optimizer.step()
+            else:
+                scaler.step(self.optimizer)  # skipped when a gradient overflowed
+                scaler.update()
         if pending:
             self.diverged(pending, losses, epoch)
 
