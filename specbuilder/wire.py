@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
 from typing import Iterator
 
 import numpy as np
 
+from specbuilder.regions import RegionError, SharedRegions
 from specbuilder.v1 import tensor_pb2
 
 DType = tensor_pb2.DType
@@ -89,16 +89,19 @@ def check_shape(tensor: tensor_pb2.Tensor, path: str) -> tuple[int, ...]:
     return shape
 
 
-def payload(tensor: tensor_pb2.Tensor, path: str) -> tuple[WireType, tuple[int, ...], memoryview]:
-    """The checked dtype, shape and a read-only view of the inline elements (no copy).
+def payload(tensor: tensor_pb2.Tensor, path: str, data: memoryview | None = None) -> tuple[WireType, tuple[int, ...], memoryview]:
+    """The checked dtype, shape and a read-only view of the inline elements.
 
-    Shared-memory tensors are read through ``attached``, which bounds the view's lifetime.
+    ``data`` is the elements when they were cut out of the request's bytes unparsed
+    (``specbuilder.wireformat.cut_tensor_data``: no copy); otherwise they are ``tensor.data``,
+    which protobuf copies on every read. Shared-memory tensors are read through ``attached``,
+    which bounds the view's lifetime.
     """
     wire, shape = wire_type(tensor, path), check_shape(tensor, path)
-    kind = tensor.WhichOneof("payload")
-    if kind == "shared_memory":
-        raise TensorError(f"{path}.shared_memory", "shared-memory tensors need the attached() context")
-    data = memoryview(tensor.data)
+    if data is None:
+        if tensor.WhichOneof("payload") == "shared_memory":
+            raise TensorError(f"{path}.shared_memory", "shared-memory tensors need the attached() context")
+        data = memoryview(tensor.data)
     _check_length(len(data), wire, shape, path)
     return wire, shape, data
 
@@ -113,38 +116,26 @@ def _check_length(length: int, wire: WireType, shape: tuple[int, ...], path: str
 
 
 @contextmanager
-def attached(tensor: tensor_pb2.Tensor, path: str, *, allow_shared_memory: bool) -> Iterator[tuple[WireType, tuple[int, ...], memoryview]]:
-    """Like ``payload``, also for shared-memory tensors: the view lives until the block ends."""
-    if tensor.WhichOneof("payload") != "shared_memory":
-        yield payload(tensor, path)
+def attached(
+    tensor: tensor_pb2.Tensor, path: str, *, regions: SharedRegions | None, data: memoryview | None = None,
+) -> Iterator[tuple[WireType, tuple[int, ...], memoryview]]:
+    """Like ``payload``, also for shared-memory tensors, read through ``regions`` (None: refused);
+    the view lives until the block ends."""
+    if data is not None or tensor.WhichOneof("payload") != "shared_memory":
+        yield payload(tensor, path, data)
         return
     wire, shape = wire_type(tensor, path), check_shape(tensor, path)
     ref = tensor.shared_memory
-    if not allow_shared_memory:
+    if regions is None:
         raise TensorError(f"{path}.shared_memory", "this server does not accept shared-memory tensors (start it with --shared-memory)")
     if not SHARED_MEMORY_NAME.match(ref.name):
         raise TensorError(f"{path}.shared_memory.name", f"must match {SHARED_MEMORY_NAME.pattern}, got {ref.name!r}")
-    try:
-        region = shared_memory.SharedMemory(name=ref.name)
-    except FileNotFoundError:
-        raise TensorError(f"{path}.shared_memory.name", f"no shared-memory region named {ref.name!r} on this host") from None
-    resource_tracker.unregister(region._name, "shared_memory")  # attaching must not unlink the client's region
-    try:
-        nbytes = math.prod(shape) * wire.itemsize
-        if ref.offset + nbytes > region.size:
-            raise TensorError(
-                f"{path}.shared_memory",
-                f"offset {ref.offset} + {nbytes} bytes runs past the region's {region.size} bytes",
-            )
-        view = region.buf[ref.offset : ref.offset + nbytes]
-        readonly = view.toreadonly()
+    with ExitStack() as stack:
         try:
-            yield wire, shape, readonly
-        finally:
-            readonly.release()  # region.close() fails while any view of the region is alive
-            view.release()
-    finally:
-        region.close()
+            view = stack.enter_context(regions.view(ref.name, ref.offset, math.prod(shape) * wire.itemsize))
+        except RegionError as error:
+            raise TensorError(".".join(filter(None, (path, "shared_memory", error.field))), str(error)) from None
+        yield wire, shape, view
 
 
 def to_numpy(tensor: tensor_pb2.Tensor, path: str = "tensor") -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import grpc
@@ -189,6 +189,9 @@ def test_shared_memory_batches_are_read_in_place_when_the_server_allows_them(tmp
             by_reference = shared.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=tensor))
             inline = shared.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=batch(X)))
             np.testing.assert_array_equal(to_numpy(by_reference.output), to_numpy(inline.output))
+            np.ndarray(X.shape, X.dtype, buffer=region.buf, offset=64)[:] = X[::-1]  # the region is kept mapped: new contents are read
+            reversed_output = to_numpy(shared.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=tensor)).output)
+            np.testing.assert_array_equal(reversed_output, to_numpy(inline.output)[::-1])
             too_far = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=[100, 2], shared_memory=tensor.shared_memory)
             failure = rpc_error(lambda: shared.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=too_far)))
             assert failure.fields == ["input.shared_memory"] and "runs past the region" in failure.message
@@ -197,7 +200,4 @@ def test_shared_memory_batches_are_read_in_place_when_the_server_allows_them(tmp
             assert events[-1].finished.status == pb.RUN_STATUS_COMPLETED and events[0].started.train_samples == 6
     finally:
         region.close()
-        # The server shares this process: attaching unregistered the region from the resource
-        # tracker, which unlink() would then complain of; a separate server process would not.
-        resource_tracker.register(region._name, "shared_memory")
         region.unlink()

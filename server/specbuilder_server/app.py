@@ -1,9 +1,10 @@
 """Starting and stopping a server: ``start_server(config)`` returns a ``RunningServer``.
 
-Wires the parts together: the model store, the model cache, the training pool, the servicer,
-the standard health service (SERVING overall and per service) and server reflection, the
-token interceptor when a token is set, the request-parsing interceptor (``decoding``), TLS when
-a certificate is given, and the message size limits. ``RunningServer.stop(grace)`` is the
+Wires the parts together: the model store, the model cache, the training pool, the shared-memory
+regions (with ``--shared-memory``), the servicer, the standard health service (SERVING overall
+and per service) and server reflection, the token interceptor when a token is set, the
+request-parsing interceptor (``decoding``), TLS when a certificate is given, and the message
+size limits. ``RunningServer.stop(grace)`` is the
 graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running trainings
 are cancelled and recorded, in-flight calls get ``grace`` seconds to finish, then the store is
 closed.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -22,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specbuilder.devices import resolve_device
+from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder_server.auth import TokenAuth
@@ -103,6 +106,18 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
+def when_idle(trim: Callable[[], object] | None, regions: SharedRegions | None) -> Callable[[], None]:
+    """What the pool does once it falls idle: let go of the shared-memory regions it kept mapped, then give freed memory back."""
+
+    def let_go() -> None:
+        if regions is not None:
+            regions.clear()
+        if trim is not None:
+            trim()
+
+    return let_go
+
+
 def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config``; raises ``ServerStartError`` with a message for people if it cannot."""
     try:
@@ -110,6 +125,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     except ValueError as error:
         raise ServerStartError(f"device: {error}") from None
     credentials = _credentials(config)
+    regions = SharedRegions() if config.shared_memory else None
     trim = malloc_trim() if config.tune_malloc and tune_malloc() else None
     warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
     try:
@@ -117,8 +133,8 @@ def start_server(config: ServerConfig) -> RunningServer:
     except (StoreError, OSError) as error:
         raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
     jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds)
-    executor = (ThreadPoolExecutor(config.workers, thread_name_prefix="specbuilder-rpc") if trim is None
-                else TrimmingPool(config.workers, trim, thread_name_prefix="specbuilder-rpc"))
+    executor = (ThreadPoolExecutor(config.workers, thread_name_prefix="specbuilder-rpc") if trim is None and regions is None
+                else TrimmingPool(config.workers, when_idle(trim, regions), thread_name_prefix="specbuilder-rpc"))
     server = grpc.server(
         executor,
         interceptors=[*([TokenAuth(config.token)] if config.token else []), ParseRequests()],
@@ -128,7 +144,7 @@ def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
         ],
     )
-    servicer = ModelServicer(config, store, Models(store, device, config.cache_size, config.max_params), jobs)
+    servicer = ModelServicer(config, store, Models(store, device, config.cache_size, config.max_params), jobs, regions)
     service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=executor)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

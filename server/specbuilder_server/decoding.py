@@ -5,21 +5,55 @@ gRPC parses a request before any servicer code runs and answers bytes that do no
 server had failed. ``ParseRequests`` hands the ModelService's methods the raw bytes instead and
 parses them in the call: a message that does not parse is the client's error, INVALID_ARGUMENT,
 naming the message type it should have been. Other services (health, reflection) keep gRPC's
-own parsing.
+own parsing. Evaluate and StreamEvaluate get their requests as ``Received``: the batch's
+elements are left where they arrived, unparsed and uncopied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
 from specbuilder.v1 import service_pb2
+from specbuilder.wireformat import cut_tensor_data
 from specbuilder_server.errors import RequestError, abort
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}
+"""The methods whose requests carry a batch, and its field: the servicer reads its elements where they arrived."""
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class Received(Generic[M]):
+    """A request that carries a batch: the message parsed without the batch's elements, and the
+    elements as a read-only view of the bytes gRPC handed over (None where they were not inline).
+
+    Protobuf would copy them twice, parsing and on reading ``Tensor.data``
+    (``specbuilder.wireformat``); ``data`` is what ``specbuilder.wire.attached`` reads instead.
+    """
+
+    message: M
+    data: memoryview | None
+
+
+def _parser(parse: Callable[[bytes], Any], method: MethodDescriptor) -> Callable[[bytes], Any]:
+    """``parse``, or for a method in ``BATCH_FIELDS`` a parse into ``Received``."""
+    field = BATCH_FIELDS.get(method.name)
+    if field is None:
+        return parse
+    number = method.input_type.fields_by_name[field].number
+
+    def received(raw: bytes) -> Received[Any]:
+        rest, data = cut_tensor_data(raw, number)
+        return Received(parse(rest), data)
+
+    return received
 
 
 def _malformed(type_name: str, which: str = "the request") -> RequestError:
@@ -47,7 +81,8 @@ class ParseRequests(grpc.ServerInterceptor):
         service, _, name = details.method.lstrip("/").partition("/")
         if handler is None or handler.request_deserializer is None or service != SERVICE.full_name:
             return handler
-        parse, type_name = handler.request_deserializer, SERVICE.methods_by_name[name].input_type.full_name
+        method = SERVICE.methods_by_name[name]
+        parse, type_name = _parser(handler.request_deserializer, method), method.input_type.full_name
         serialize = handler.response_serializer
         if handler.request_streaming:
             behavior = handler.stream_stream if handler.response_streaming else handler.stream_unary

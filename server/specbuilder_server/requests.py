@@ -20,6 +20,7 @@ from specbuilder.datasets import DATASETS, DataError, Dataset, from_arrays
 from specbuilder.devices import AMP_DTYPES
 from specbuilder.errors import Problem, SpecError, suggest
 from specbuilder.proto import decode_value, spec_from_proto
+from specbuilder.regions import SharedRegions
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
@@ -143,7 +144,7 @@ def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, An
     return parsed
 
 
-def train_data(request: service_pb2.TrainRequest, *, allow_shared_memory: bool) -> tuple[str | Dataset, str]:
+def train_data(request: service_pb2.TrainRequest, *, regions: SharedRegions | None) -> tuple[str | Dataset, str]:
     """A built-in dataset's name, or a ``Dataset`` of the arrays sent; and the field it came from.
 
     Only built-in names are accepted: a client never names a file on the server.
@@ -160,8 +161,8 @@ def train_data(request: service_pb2.TrainRequest, *, allow_shared_memory: bool) 
     for part in ("x", "y"):
         if not arrays.HasField(part):
             raise invalid(f"arrays.{part}", "is required", "missing")
-    x = to_array(arrays.x, "arrays.x", allow_shared_memory=allow_shared_memory)
-    y = to_array(arrays.y, "arrays.y", allow_shared_memory=allow_shared_memory)
+    x = to_array(arrays.x, "arrays.x", regions=regions)
+    y = to_array(arrays.y, "arrays.y", regions=regions)
     try:
         return from_arrays(x, y), "arrays"
     except DataError as error:

@@ -17,6 +17,7 @@ from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
+from specbuilder.regions import SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
@@ -25,6 +26,7 @@ from specbuilder.wire import to_proto
 from specbuilder_server import convert, requests
 from specbuilder_server.compute import on_compute_thread
 from specbuilder_server.config import ServerConfig
+from specbuilder_server.decoding import Received
 from specbuilder_server.errors import handled, invalid
 from specbuilder_server.evaluation import Pass
 from specbuilder_server.jobs import RunFailed, TrainingJobs
@@ -38,13 +40,15 @@ a moment before the server's deadline (which is later by the transit time) passe
 
 
 class ModelServicer(service_pb2_grpc.ModelServiceServicer):
-    """The service over one store, one model cache and one pool of training jobs."""
+    """The service over one store, one model cache, one pool of training jobs and the shared-memory regions it reads."""
 
-    def __init__(self, config: ServerConfig, store: ModelStore, models: Models, jobs: TrainingJobs) -> None:
+    def __init__(self, config: ServerConfig, store: ModelStore, models: Models, jobs: TrainingJobs, regions: SharedRegions | None) -> None:
         self._config = config
         self._store = store
         self._models = models
         self._jobs = jobs
+        self._regions = regions
+        """Where shared-memory batches are read from; None: they are refused (no ``--shared-memory``)."""
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -60,9 +64,10 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
             return self._models.stored(requests.model_id(request.model_id))
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
 
-    def _evaluate(self, run: Pass, tensor: Any, path: str, output: Any) -> None:
-        """One batch through the pass; its output written into ``output`` unless outputs are skipped.
-        Runs on the compute thread (``compute.py``), as all model work does."""
+    def _evaluate(self, run: Pass, tensor: Any, data: memoryview | None, path: str, output: Any) -> None:
+        """One batch through the pass (``data``: its elements, cut from the request's bytes); its output
+        written into ``output`` unless outputs are skipped. Runs on the compute thread (``compute.py``),
+        as all model work does."""
 
         def compute(batch: torch.Tensor) -> None:
             result = run.run(batch)
@@ -72,11 +77,11 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
 
         ready = run.ready
         with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
-                   max_elements=self._config.max_batch_elements, allow_shared_memory=self._config.shared_memory)
+                   max_elements=self._config.max_batch_elements, regions=self._regions, data=data)
 
-    def _evaluate_with_stats(self, run: Pass, tensor: Any, output: Any) -> list[LayerStats]:
+    def _evaluate_with_stats(self, run: Pass, tensor: Any, data: memoryview | None, output: Any) -> list[LayerStats]:
         """Evaluate's one batch, then the statistics: a single turn on the compute thread."""
-        self._evaluate(run, tensor, "input", output)
+        self._evaluate(run, tensor, data, "input", output)
         return run.stats()
 
     # -- specs -----------------------------------------------------------------------------
@@ -109,32 +114,38 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
     # -- evaluation ------------------------------------------------------------------------
 
     @handled
-    def Evaluate(self, request: service_pb2.EvaluateRequest, context: grpc.ServicerContext) -> service_pb2.EvaluateResponse:
+    def Evaluate(self, received: Received[service_pb2.EvaluateRequest], context: grpc.ServicerContext) -> service_pb2.EvaluateResponse:
+        request = received.message
         ready = self._ready(request)
         options = requests.options_of(request.options, ready.spec)
         if not request.HasField("input"):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
         response = service_pb2.EvaluateResponse()
         with Pass(ready, options) as run:
-            response.stats.extend(convert.stats_list(on_compute_thread(self._evaluate_with_stats, run, request.input, response.output)))
+            response.stats.extend(convert.stats_list(on_compute_thread(self._evaluate_with_stats, run, request.input, received.data, response.output)))
         response.compute_seconds = run.seconds
         return response
 
     @handled
-    def StreamEvaluate(self, request_iterator: Iterator[service_pb2.StreamEvaluateRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.StreamEvaluateResponse]:
-        first = next(request_iterator, None)
+    def StreamEvaluate(
+        self, request_iterator: Iterator[Received[service_pb2.StreamEvaluateRequest]], context: grpc.ServicerContext,
+    ) -> Iterator[service_pb2.StreamEvaluateResponse]:
+        received = next(request_iterator, None)
+        first = received.message if received is not None else None
         if first is None or first.WhichOneof("item") != "start":
             got = "nothing" if first is None else "a batch"
             raise invalid("start", f"the first message must be start (the model and options), got {got}", "missing")
         ready = self._ready(first.start)
         options = requests.options_of(first.start.options, ready.spec, "start.options")
         with Pass(ready, options) as run:
-            for index, message in enumerate(request_iterator):
+            for index, received in enumerate(request_iterator):
+                message = received.message
                 if message.WhichOneof("item") != "batch":
                     raise invalid(f"batch[{index}]", "every message after the first must be a batch; start comes once", "unexpected_start")
                 response = service_pb2.StreamEvaluateResponse()
                 response.output.batch_index = index
-                on_compute_thread(self._evaluate, run, message.batch, f"batch[{index}]", response.output.output)
+                on_compute_thread(self._evaluate, run, message.batch, received.data, f"batch[{index}]", response.output.output)
+                del received, message  # the batch's bytes go now, not after the next batch has arrived
                 yield response
             stats = convert.stats_list(on_compute_thread(run.stats))
         yield service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
@@ -147,7 +158,7 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
     def Train(self, request: service_pb2.TrainRequest, context: grpc.ServicerContext) -> Iterator[service_pb2.TrainEvent]:
         spec = self._spec(request.spec)
         config = requests.train_config(request.config, {"device": self._config.device})
-        data, data_field = requests.train_data(request, allow_shared_memory=self._config.shared_memory)
+        data, data_field = requests.train_data(request, regions=self._regions)
         job = self._jobs.start(spec, data, config, requests.run_name(request.name, spec))
 
         def stop() -> None:  # runs when the call ends, however it ends; a finished job ignores it

@@ -1,7 +1,7 @@
 """Wire tensors to torch tensors and back, checked against the model before any element is read.
 
-An inline batch becomes a torch tensor over the request's own bytes (``torch.frombuffer`` on
-``specbuilder.wire``'s memoryview: no copy); a shared-memory batch is read in place while its
+An inline batch becomes a torch tensor over the bytes gRPC handed over (``torch.frombuffer`` on
+the elements ``decoding.Received`` cut out of them: no copy); a shared-memory batch is read in place while its
 region is attached. Only a dtype or device the model does not use costs a conversion: for CUDA
 the batch is staged in pinned memory and copied without blocking (``specbuilder.devices.to_device``),
 and outputs come back with one device-to-host copy.
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from specbuilder.devices import to_device
+from specbuilder.regions import SharedRegions
 from specbuilder.spec import ModelSpec
 from specbuilder.v1 import tensor_pb2
 from specbuilder.wire import WIRE_TYPES, WireType, attached
@@ -79,15 +80,16 @@ def from_buffer(view: memoryview, wire: WireType, shape: tuple[int, ...]) -> tor
 
 
 def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Callable[[torch.Tensor], T], *, device: torch.device,
-               dtype: torch.dtype, max_elements: int, allow_shared_memory: bool) -> T:
-    """``use(batch)`` for the batch as a checked ``[N, *input_shape]`` tensor on ``device`` in ``dtype``.
+               dtype: torch.dtype, max_elements: int, regions: SharedRegions | None, data: memoryview | None = None) -> T:
+    """``use(batch)`` for the batch as a checked ``[N, *input_shape]`` tensor on ``device`` in ``dtype``
+    (``data``: its elements, cut from the request's bytes; see ``decoding.Received``).
 
     On the CPU in the model's dtype the batch is the request's memory itself (or the client's
     shared memory), so it is handed to ``use`` rather than returned: nothing derived from it
     (outputs of identity layers are views of it) may outlive the call, and afterwards the
     memory is let go at once (a shared-memory region can only be closed when nothing views it).
     """
-    with attached(tensor, path, allow_shared_memory=allow_shared_memory) as (wire, shape, view):
+    with attached(tensor, path, regions=regions, data=data) as (wire, shape, view):
         check_batch_shape(shape, spec, path)
         check_batch_size(shape[0], spec, max_elements, path)
         try:
@@ -97,9 +99,9 @@ def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Calla
             raise
 
 
-def to_array(tensor: tensor_pb2.Tensor, path: str, *, allow_shared_memory: bool) -> np.ndarray:
+def to_array(tensor: tensor_pb2.Tensor, path: str, *, regions: SharedRegions | None) -> np.ndarray:
     """A copy of the tensor as a numpy array (bfloat16 widened to float32), for data kept past the call."""
-    with attached(tensor, path, allow_shared_memory=allow_shared_memory) as (wire, shape, view):
+    with attached(tensor, path, regions=regions) as (wire, shape, view):
         if wire.numpy is None:
             return from_buffer(view, wire, shape).float().numpy()
         return np.frombuffer(view, dtype=wire.numpy).reshape(shape).copy()
