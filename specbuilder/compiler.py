@@ -129,8 +129,10 @@ def compile_spec(
         else:  # initialization draws from torch's global generator: one build at a time (see specbuilder.rng)
             scope.enter_context(GLOBAL_RNG)
             if seed is not None:
+                # the CPU generator only: modules are built on the CPU, and fork_rng(devices=[]) restores only
+                # it; torch.manual_seed would also reseed every CUDA generator, and nothing would restore them
                 scope.enter_context(torch.random.fork_rng(devices=[]))
-                torch.manual_seed(seed)
+                torch.random.default_generator.manual_seed(seed)
         model = _build(spec, style)
     if not init:
         return model.to_empty(device=target).to(dtype=float_type)

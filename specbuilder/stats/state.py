@@ -38,10 +38,13 @@ class LayerState:
     @classmethod
     def empty(cls, bins: int, units: int, device: torch.device | str = "cpu") -> LayerState:
         """The state of a layer that has seen nothing. Never an inference tensor, so it can be
-        updated in place both inside and outside ``torch.inference_mode``."""
+        updated in place both inside and outside ``torch.inference_mode``. The infinities are
+        filled in on the device: ``moments[MIN] = math.inf`` would copy a host scalar into a
+        CUDA tensor, a blocking copy (a host sync) in the training loop, at every report's reset."""
         with torch.inference_mode(False):
             moments = torch.zeros(MOMENTS, dtype=torch.float64, device=device)
-            moments[MIN], moments[MAX] = math.inf, -math.inf
+            moments[MIN].fill_(math.inf)
+            moments[MAX].fill_(-math.inf)
             return cls(
                 torch.zeros(HISTOGRAM + bins, dtype=torch.int64, device=device),
                 moments,
