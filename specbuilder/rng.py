@@ -39,6 +39,7 @@ def _generators(device: torch.device) -> list[torch.Generator]:
     """The default generators a forward pass on ``device`` draws from."""
     generators = [torch.random.default_generator]
     if device.type == "cuda":
+        torch.cuda.init()  # torch.cuda.default_generators is empty until CUDA is initialized
         generators.append(torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()])
     return generators
 
