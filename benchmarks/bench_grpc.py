@@ -4,13 +4,14 @@ The workload is an MLP 784-256-256-10 on batches of 1024 rows (3.2 MB of float32
 out). Every server runs in its own process, started as users start it, with the same torch
 thread count as this process (``OMP_NUM_THREADS``): ``specbuilder serve --shared-memory``
 (which serves inline tensors as usual; shared memory is only allowed in addition), gRPC's
-floor (``grpc_floor``: raw bytes in, 40 KB out, no protobuf) and the ``repeated float``
-design (``grpc_repeated``). The baseline is the forward pass of the same MLP compiled in this
+floor (``grpc_floor``: raw bytes in, 40 KB out, no protobuf), the minimal hand-written service
+the issue measured (``grpc_minimal``: raw bytes, the forward on gRPC's thread) and the
+``repeated float`` design (``grpc_repeated``). The baseline is the forward pass of the same MLP compiled in this
 process, numpy in and out, under ``inference_mode``. "Forward + floor" is that forward and
 then a floor call with the same 3.2 MB, back to back: a service that added nothing to gRPC.
 Service calls go through ``specbuilder_client.Client``, the spec sent with every call, as
 users call it. Training compares ``Client.train`` with ``specbuilder.train`` in this process.
-With ``--device cuda`` the server (``--device cuda``), the ``repeated float`` server, the
+With ``--device cuda`` the server (``--device cuda``), the minimal and ``repeated float`` servers, the
 in-process forward (numpy in, ``.to(device)``, ``.cpu()`` out: synchronous) and both training
 sides run on the GPU; the floor has no model and stays as it is.
 """
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 import specbuilder
-from benchmarks import grpc_floor, grpc_repeated
+from benchmarks import grpc_floor, grpc_minimal, grpc_repeated
 from benchmarks.grpc_load import batches, concurrent, stream_peaks
 from benchmarks.grpc_workload import BATCH, MLP, SEED, batch
 from benchmarks.harness import MIN_SAMPLES, Table, Timing, compare, format_ns, gc_paused, measure
@@ -121,30 +122,39 @@ def unary(server: ServerProcess, folder: Path, threads: int, x: np.ndarray, quic
         f"gRPC service: one call, MLP 784-256-256-10, batch 1024 ({_where(device)})",
         note=("3.2 MB in, 40 KB out; every server in its own process. Plain side: the forward in this process; "
               "\"forward + floor\" adds, round by round, one call to gRPC's floor (a bare grpcio server in its own "
-              "process taking raw bytes, answering 40 KB). Forward, floor, Evaluate and shared-memory Evaluate are "
-              f"timed in turn, round by round, each {BLOCK} calls in a row after one untimed call. Ratio = service call / plain side."),
+              "process taking raw bytes, answering 40 KB). The minimal service is the issue's reference: raw bytes in "
+              "and out, the forward on gRPC's thread, nothing checked. Forward, floor, minimal service, Evaluate and "
+              f"shared-memory Evaluate are timed in turn, round by round, each {BLOCK} calls in a row after one untimed call. Ratio = service call / plain side."),
     )
     with baseline_server("grpc_floor", folder, threads) as floor_server, \
+            baseline_server("grpc_minimal", folder, threads, "--device", str(device)) as minimal_server, \
             baseline_server("grpc_repeated", folder, threads, "--device", str(device)) as repeated_server, \
-            channel(floor_server.address) as floor_channel, channel(repeated_server.address) as repeated_channel, \
+            channel(floor_server.address) as floor_channel, channel(minimal_server.address) as minimal_channel, \
+            channel(repeated_server.address) as repeated_channel, \
             Client(server.address) as client, Client(server.address, shared_memory=True) as shared:
-        floor, repeated = grpc_floor.caller(floor_channel), grpc_repeated.caller(repeated_channel)
-        for output in (client.evaluate(MLP, x).outputs, shared.evaluate(MLP, x).outputs, repeated(x)):
+        floor, minimal = grpc_floor.caller(floor_channel), grpc_minimal.caller(minimal_channel)
+        repeated = grpc_repeated.caller(repeated_channel)
+        for output in (client.evaluate(MLP, x).outputs, shared.evaluate(MLP, x).outputs, minimal(x), repeated(x)):
             assert output is not None and output.shape == (len(x), 10), "every design answers the batch's logits"
         timed, returned = rotate({
             "forward": lambda: forward(x),
             "floor": lambda: floor(payload),
+            "minimal": lambda: minimal(x),
             "evaluate": lambda: client.evaluate(MLP, x).compute_seconds,
             "shared": lambda: shared.evaluate(MLP, x).compute_seconds,
         }, repeat, warmup, budget)
         base = summed(timed["forward"], timed["floor"])
         table.figure("gRPC floor alone: 3.2 MB raw bytes in, 40 KB out", str(timed["floor"]))
+        table.figure("gRPC floor alone: an empty request in, 40 KB out (the fixed cost of any call)",
+                     str(measure(lambda: floor(b""), repeat=200, warmup=20, budget_s=budget / 10)))
         table.figure("Evaluate of one row (the fixed cost of a call)", str(measure(lambda: client.evaluate(MLP, one_row), repeat=200, warmup=20, budget_s=budget / 10)))
         table.figure("the server's own forward in those calls (`compute_seconds`), inline / shared memory",
                      " / ".join(format_ns(statistics.median(returned[side]) * 1e9) for side in ("evaluate", "shared")),
                      baseline=f"in process: {format_ns(timed['forward'].median_ns)}")
+        table.ratio("minimal hand-written grpcio service (raw bytes; the issue's reference) vs in-process forward", timed["forward"], timed["minimal"])
         table.ratio("Evaluate vs in-process forward", timed["forward"], timed["evaluate"], 2.2)
-        table.ratio("Evaluate vs forward + floor", base, timed["evaluate"], 1.15)
+        table.ratio("Evaluate vs the minimal hand-written service", timed["minimal"], timed["evaluate"], 1.1)
+        table.ratio("Evaluate vs forward + floor", base, timed["evaluate"])
         table.ratio("Evaluate, shared memory (`--shared-memory`) vs in-process forward", timed["forward"], timed["shared"], 1.2)
         table.ratio("Evaluate, shared memory vs forward + floor", base, timed["shared"], 1.0)
         designs, _ = rotate({"forward": lambda: forward(x), "repeated": lambda: repeated(x)}, max(2, repeat // 4), 1, budget / 3)
