@@ -25,7 +25,8 @@ from specbuilder.stats import ActivationMonitor, LayerState, LayerStats, merge_s
 from specbuilder.stats import native
 from specbuilder.stats.binning import BinScheme
 from specbuilder.stats.probe import Probe
-from specbuilder.stats.state import HISTOGRAM, M2, MAX, MEAN, MIN
+from specbuilder.stats.state import GRAD_NORM_SUM, GRAD_PASSES, HISTOGRAM, M2, MAX, MEAN, MIN
+from specbuilder.stats.update import add_gradient
 
 NEEDS_COMPILER = pytest.mark.skipif(
     native.compiler() is None or os.environ.get("SPECBUILDER_NATIVE") == "0", reason="no native kernel here: only the torch path runs"
@@ -417,3 +418,14 @@ def test_layer_selection_and_errors() -> None:
         ActivationMonitor(model, bins=1)
     with pytest.raises(TypeError, match="compile_spec"):
         ActivationMonitor(torch.nn.Sequential(torch.nn.ReLU()))
+
+
+def test_an_overflowed_scaled_gradient_is_left_out_of_the_norm_and_a_real_inf_is_not() -> None:
+    """Under fp16's loss scale an overflow is a step the scaler skips, not a gradient; without a scale an inf is real."""
+    scaled = LayerState.empty(bins=8, units=3)
+    add_gradient(scaled, torch.tensor([3.0, 4.0]) * 1024, torch.tensor(1024.0))
+    add_gradient(scaled, torch.tensor([math.inf, 1.0]), torch.tensor(1024.0))
+    assert scaled.counts[GRAD_PASSES] == 1 and scaled.moments[GRAD_NORM_SUM] == 5.0
+    plain = LayerState.empty(bins=8, units=3)
+    add_gradient(plain, torch.tensor([math.inf, 1.0]))
+    assert plain.counts[GRAD_PASSES] == 1 and math.isinf(plain.moments[GRAD_NORM_SUM])

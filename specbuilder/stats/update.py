@@ -112,8 +112,18 @@ def add_rows(probe: Probe, state: LayerState, y: torch.Tensor) -> None:
 
 def add_gradient(state: LayerState, grad: torch.Tensor, scale: torch.Tensor | float | None = None) -> None:
     """A backward pass reached the layer's output with gradient ``grad`` (times ``scale``, fp16's
-    loss scale, when given): add the true gradient's norm, in float64."""
+    loss scale, when given): add the true gradient's norm, in float64.
+
+    Under a loss scale, a scaled gradient that overflowed is no gradient: the scaler skips that
+    step and lowers the scale. Such a pass is left out (decided on the device: no sync), so one
+    overflow does not make the report's norm inf; without a scale an inf norm is real and counts.
+    """
     norm = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64)
-    state.moments[GRAD_NORM_SUM] += norm if scale is None else norm / scale
-    state.counts[GRAD_PASSES] += 1
+    if scale is None:
+        state.moments[GRAD_NORM_SUM] += norm
+        state.counts[GRAD_PASSES] += 1
+        return
+    finite = torch.isfinite(norm)
+    state.moments[GRAD_NORM_SUM] += torch.where(finite, norm / scale, 0.0)
+    state.counts[GRAD_PASSES] += finite
 
