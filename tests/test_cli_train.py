@@ -253,6 +253,19 @@ def test_eval_of_a_spec_uses_the_seed(folder: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.load(out), module(torch.from_numpy(X)).numpy())
 
 
+@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_eval_with_amp_runs_the_forward_under_autocast(folder: Path, tmp_path: Path, amp: str, dtype: torch.dtype) -> None:
+    out = tmp_path / "out.npy"
+    ran = run("eval", folder / "spec.json", "--input", folder / "x.npy", "--amp", amp, "--output", out, "--device", "cpu", "--stats")
+    assert ran.code == 0, ran.err
+    module = compile_spec(SPEC, device="cpu", seed=0).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype):
+        expected = module(torch.from_numpy(X))
+    assert expected.dtype == dtype  # the half type really reached the output
+    np.testing.assert_array_equal(np.load(out), expected.float().numpy() if dtype == torch.bfloat16 else expected.numpy())
+    assert [row[1] for row in section(ran.out, "#  layer")] == ["relu_1", "tanh_3"]
+
+
 @pytest.mark.parametrize(("array", "error"), [
     (np.zeros((5, 3), np.float32), "expected [N, 2] (a batch of the spec's input_shape [2]), got [5, 3]: "
                                    "each sample has 3 elements but the spec's input_shape needs 2; "
@@ -380,6 +393,11 @@ def test_remote_train_eval_show_and_rm(folder: Path, remote: RunningServer, trai
     with torch.inference_mode():
         np.testing.assert_allclose(np.load(out), module(torch.from_numpy(X)).numpy(), rtol=1e-6, atol=1e-6)
     assert [row[1] for row in section(ran.out, "#  layer")] == ["relu_1", "tanh_3"]
+    half, remote_half = tmp_path / "half.npy", tmp_path / "remote-half.npy"
+    assert run("eval", "--model", model_id, "--store", remote.config.store, "--input", folder / "x.npy", "--amp", "bf16", "--output", half,
+               "--device", "cpu").code == 0
+    assert run("eval", "--model", model_id, "--input", folder / "x.npy", "--amp", "bf16", "--output", remote_half, "--server", remote.address).code == 0
+    np.testing.assert_array_equal(np.load(remote_half), np.load(half))  # the server's autocast is the local one
 
     listed = run("models", "list", "--server", remote.address)
     assert next(line.split() for line in listed.out if line.startswith(model_id))[:4] == [model_id, "far", "completed", "354"]

@@ -120,6 +120,9 @@ def _register_eval(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     evaluate.add_argument("--seed", type=int, metavar="N", help="initialization of a SPEC (default 0)")
     evaluate.add_argument("--style", choices=STYLES, default="sequential", help="compile as nn.Sequential or a functional forward")
     evaluate.add_argument("--device", default="auto", help="'auto' (default), 'cpu', 'cuda' or 'cuda:N'")
+    evaluate.add_argument("--amp", choices=("bf16", "fp16"), help=(
+        "mixed precision: the forward under autocast in this dtype, outputs in it (bfloat16 saved as float32); "
+        "statistics stay float32"))
     add_store_option(evaluate)
     add_max_params(evaluate)
     add_server_options(evaluate)
@@ -381,11 +384,12 @@ def check_batch(shape: tuple[int, ...], spec: ModelSpec, path: Path) -> None:
         raise CommandError(f"{path}: {problem}")
 
 
-def forward(module: nn.Module, x: np.ndarray, stats: bool) -> tuple[np.ndarray, list[Any]]:
-    """``module`` in eval mode over ``x`` in chunks: the outputs, and activation statistics when asked."""
+def forward(module: nn.Module, x: np.ndarray, stats: bool, amp: str | None = None) -> tuple[np.ndarray, list[Any]]:
+    """``module`` in eval mode over ``x`` in chunks (under autocast with ``amp``): the outputs, and
+    activation statistics when asked."""
     import torch
 
-    from specbuilder.devices import to_device
+    from specbuilder.devices import amp_dtype, autocast, to_device
     from specbuilder.stats import ActivationMonitor
 
     parameter = next(module.parameters(), None)
@@ -395,7 +399,7 @@ def forward(module: nn.Module, x: np.ndarray, stats: bool) -> tuple[np.ndarray, 
     module.eval()
     with ExitStack() as scope:
         monitor = scope.enter_context(ActivationMonitor(module, grads=False)) if stats else None
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, amp_dtype(amp)):
             outputs = torch.cat([module(batch[i:i + EVAL_CHUNK]) for i in range(0, len(batch), EVAL_CHUNK)])
         layers = monitor.stats() if monitor is not None else []
     if outputs.dtype == torch.bfloat16:  # numpy has no bfloat16
@@ -445,12 +449,12 @@ def run_eval(args: argparse.Namespace) -> int:
             model = load_spec(args.spec, args.max_params)
             check_batch(x.shape, model, args.input)
         with connect(args) as client:
-            result = client.evaluate(model, x, statistics=args.stats)
+            result = client.evaluate(model, x, statistics=args.stats, amp=args.amp)
         outputs, stats = np.asarray(result.outputs), result.stats
         what = f"{args.spec or args.model} on {args.server}"
     else:
         module = _load_for_eval(args, x)
-        outputs, stats = forward(module, x, args.stats)
+        outputs, stats = forward(module, x, args.stats, args.amp)
         what = f"{args.spec or args.model} ({module.spec.name})"
     _print_outputs(what, x, outputs)
     if args.output is not None:
