@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server_helpers import (  # noqa: F401 - fixtures
-    ENDLESS, batch, connect, open_channel, rpc_error, server, server_process, serving, stub, train_request, wait_for,
+    ENDLESS, QUICK, batch, connect, open_channel, rpc_error, server, server_process, serving, stub, train_request, wait_for,
 )
 from specbuilder.cli import main
 from specbuilder.store import ModelStore
@@ -113,3 +113,21 @@ def test_serve_reports_what_keeps_it_from_starting(server: RunningServer, tmp_pa
     assert "tls_cert and tls_key go together" in capsys.readouterr().err
     assert main(["serve", "--port", "0", "--store", str(tmp_path / "c"), "--tls-cert", "x.pem", "--tls-key", "y.pem"]) == 1
     assert "cannot read the TLS files" in capsys.readouterr().err
+
+
+def test_connections_older_than_the_max_age_are_closed_between_calls_not_during_them(tmp_path: Path) -> None:
+    """``max_connection_age_seconds``: gRPC sends GOAWAY and the channel goes idle, a training stream longer
+    than the age runs to its end on the old connection, and the next call opens a new connection (where a
+    client re-resolves the server's name)."""
+    ready, idle = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE
+    with serving(tmp_path / "store", max_connection_age_seconds=0.3) as running, open_channel(running.address) as channel:
+        states: list[grpc.ChannelConnectivity] = []
+        channel.subscribe(states.append, try_to_connect=True)
+        stub = Stub(channel)
+        events = list(stub.Train(train_request(**{**QUICK, "epochs": 60})))  # a second or more: several ages
+        assert events[-1].finished.status == pb.RUN_STATUS_COMPLETED
+        wait_for(lambda: idle in states[states.index(ready):], "the GOAWAY after the connection's age")
+        answer = stub.Evaluate(pb.EvaluateRequest(model_id=events[0].run_id, input=batch(X)))
+        assert to_numpy(answer.output).shape == (5, 2)
+        wait_for(lambda: states.count(ready) == 2, "the call's new connection")  # callbacks come on gRPC's thread
+        channel.unsubscribe(states.append)

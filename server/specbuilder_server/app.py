@@ -106,6 +106,13 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
+def connection_age(seconds: float | None) -> list[tuple[str, int]]:
+    """gRPC's server options for ``max_connection_age_seconds``: a GOAWAY after about that long (gRPC adds
+    ±10% jitter). The age's grace stays gRPC's default, unbounded: a Train or StreamEvaluate call in
+    flight runs to its end on the old connection, while new calls go to a new one."""
+    return [] if seconds is None else [("grpc.max_connection_age_ms", max(1, round(seconds * 1000)))]
+
+
 def when_idle(trim: Callable[[], object] | None, regions: SharedRegions | None) -> Callable[[], None]:
     """What the pool does once it falls idle: let go of the shared-memory regions it kept mapped, then give freed memory back."""
 
@@ -142,6 +149,7 @@ def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+            *connection_age(config.max_connection_age_seconds),
         ],
     )
     servicer = ModelServicer(config, store, Models(store, device, config.cache_size, config.max_params), jobs, regions)

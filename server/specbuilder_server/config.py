@@ -48,6 +48,9 @@ class ServerConfig(BaseModel):
     cache_size: Annotated[int, Field(ge=1, description="compiled and loaded models kept ready")] = 32
     workers: Annotated[int, Field(ge=2, description="threads serving calls; each open stream holds one")] = 16
     grace_seconds: Annotated[float, Field(ge=0, description="how long in-flight calls may finish when stopping")] = 10.0
+    max_connection_age_seconds: Annotated[float | None, Field(gt=0, description=(
+        "close each client connection after about this long (calls in flight finish first), so clients reconnect and "
+        "re-resolve the server's name: new replicas get traffic"))] = None
     tune_malloc: bool = Field(True, description="raise glibc's mmap/trim thresholds so multi-MB messages reuse memory; trim it when idle")
 
     @model_validator(mode="after")

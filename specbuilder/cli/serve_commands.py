@@ -69,6 +69,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help=f"threads serving calls; each open stream holds one (default {default['workers']})")
     serve.add_argument("--grace", type=float, default=default["grace_seconds"], metavar="S",
                        help=f"seconds calls in flight get to finish on stop (default {default['grace_seconds']:g})")
+    serve.add_argument("--max-connection-age", type=_seconds, default=None, metavar="S", help=(
+        "close client connections after about S seconds (calls in flight finish first) so clients re-resolve the "
+        "server's name and reach new replicas (default: never)"))
     serve.set_defaults(run=run_serve)
 
 
@@ -82,7 +85,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
         "device": args.device, "shared_memory": args.shared_memory, "cache_size": args.cache_size,
-        "workers": args.workers, "grace_seconds": args.grace,
+        "workers": args.workers, "grace_seconds": args.grace, "max_connection_age_seconds": args.max_connection_age,
     }
     if args.store is not None:
         settings["store"] = args.store
