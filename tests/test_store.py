@@ -253,6 +253,28 @@ def test_a_run_that_failed_without_weights_says_why_it_cannot_load(store: ModelS
         store.export(run.id)
 
 
+def test_a_run_whose_process_was_killed_reads_interrupted_in_a_store_that_stayed_open(tmp_path: Path) -> None:
+    """Replicas share a store: one must not keep reporting a killed replica's run as running."""
+    with ModelStore(tmp_path) as store:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import sys, json; from specbuilder.store import ModelStore; "
+             f"s = ModelStore(sys.argv[1]); print(s.start_run(json.loads(sys.argv[2])).id, flush=True); sys.stdin.read()",
+             str(tmp_path), json.dumps(MLP)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert child.stdout is not None
+            run_id = child.stdout.readline().strip()
+            assert store.get(run_id).status == "running"  # its process is alive
+            child.kill()
+            child.wait()
+            record = store.get(run_id)
+            assert (record.status, record.reason) == ("interrupted", f"the process running it (pid {child.pid}) ended before it finished")
+            assert [r.status for r in store.list()] == ["interrupted"]
+        finally:
+            child.kill()
+
+
 def test_closing_marks_this_stores_unfinished_runs_interrupted(tmp_path: Path) -> None:
     with ModelStore(tmp_path) as store:
         run = store.start_run(MLP)

@@ -13,7 +13,8 @@ A model becomes visible only when complete: its weights file is written, fsynced
 into place, and only then is its row committed. Killing a process at any moment leaves no
 partial entry: at worst a temporary or unreferenced weights file, which the next open deletes
 (it waits for saves in flight anywhere to finish first). Runs left ``running`` by a store whose
-owner lock nobody holds any more (its process died) are marked ``interrupted`` on open.
+owner lock nobody holds any more (its process died) are marked ``interrupted`` on open, and
+by every ``get`` and ``list`` of a store open in another process.
 Weights are only ever read with safetensors; nothing is unpickled.
 """
 
@@ -470,8 +471,29 @@ class ModelStore:
                 raise ModelNotFound(f"no model or run with id {model_id} in the store")
             raise StoreError(f"run {model_id} ({row[0]!r}) is {row[1]!r}; only a running run can be {verb}")
 
+    def _interrupt_orphans(self) -> None:
+        """Mark ``interrupted`` the runs whose owner's lock nobody holds any more, as opening does.
+
+        Before a read, so a process sharing the store (a replica) reports a run whose process
+        was killed as it is, without waiting for some process to open the store again. One query
+        when no other process has a run going; a lock test per other owner that has one.
+        """
+        with self._lock:
+            owners = [row[0] for row in self._open_db().execute(
+                "SELECT DISTINCT owner_token FROM models WHERE status = 'running' AND owner_token != ?", (self._token,))]
+        dead = [token for token in owners if not is_held(self._locks / f"{token}.owner")]
+        if dead:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE models SET status = 'interrupted', updated_us = ?, "
+                    "reason = 'the process running it (pid ' || owner_pid || ') ended before it finished' "
+                    "WHERE status = 'running' AND owner_token = ?",
+                    [(_now_us(), token) for token in dead],
+                )
+
     def get(self, model_id: str) -> ModelRecord:
         """The record of one model or run; ``ModelNotFound`` if there is none with this id."""
+        self._interrupt_orphans()
         rows = self._rows("WHERE id = ?", (check_id(model_id),))
         if not rows:
             raise ModelNotFound(f"no model or run with id {model_id} in the store")
@@ -524,6 +546,7 @@ class ModelStore:
 
     def list(self, status: str | None = None) -> list[ModelRecord]:
         """Every model and run, oldest first; only those with ``status`` when given."""
+        self._interrupt_orphans()
         if status is None:
             rows = self._rows("ORDER BY created_us, rowid")
         else:
