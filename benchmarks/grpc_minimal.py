@@ -12,13 +12,12 @@ Run as ``python -m benchmarks.grpc_minimal --port 0 [--device cuda]`` (``benchma
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import grpc
 import numpy as np
 
-from benchmarks.serving import run_until_signalled
+from benchmarks.serving import serve_model
 
 METHOD = "/minimal.Model/Evaluate"
 
@@ -46,13 +45,5 @@ def caller(channel: grpc.Channel) -> Callable[[np.ndarray], np.ndarray]:
     return lambda array: np.frombuffer(call(np.ascontiguousarray(array, np.float32).tobytes()), np.float32).reshape(len(array), -1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    run_until_signalled([handler(args.device)], args.port)
-
-
 if __name__ == "__main__":
-    main()
+    serve_model(__doc__.split("\n\n")[0], handler)

@@ -10,7 +10,6 @@ Run as ``python -m benchmarks.grpc_repeated --port 0 [--device cuda]`` (``benchm
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from benchmarks.serving import run_until_signalled
+from benchmarks.serving import serve_model
 
 METHOD = "/repeated.Model/Evaluate"
 Field = descriptor_pb2.FieldDescriptorProto
@@ -73,13 +72,5 @@ def caller(channel: grpc.Channel) -> Callable[[np.ndarray], np.ndarray]:
     return lambda array: decode(call(encode(array)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    run_until_signalled([handler(args.device)], args.port)
-
-
 if __name__ == "__main__":
-    main()
+    serve_model(__doc__.split("\n\n")[0], handler)

@@ -8,10 +8,11 @@ Each baseline server module (``grpc_floor``, ``grpc_repeated``) is run as
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,15 @@ def run_until_signalled(handlers: list[grpc.GenericRpcHandler], port: int) -> No
     while not stop.wait(1.0):
         pass
     server.stop(1.0).wait()
+
+
+def serve_model(description: str, handler: Callable[[str], grpc.GenericRpcHandler]) -> None:
+    """The command line of a baseline server that runs the benchmark's model: ``--port`` and ``--device``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    run_until_signalled([handler(args.device)], args.port)
 
 
 @contextmanager
