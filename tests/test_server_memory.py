@@ -4,16 +4,20 @@ pressure is measured in ``tests/reliability/test_exhaustion.py``."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import torch
 
 from server_helpers import wait_for
+from specbuilder.regions import SharedRegions
 from specbuilder.spec import parse_spec
 from specbuilder.store import ModelStore
+from specbuilder_server.app import when_idle
 from specbuilder_server.models import Models
 from specbuilder_server.pool import TrimmingPool
 
@@ -54,3 +58,18 @@ def test_the_pool_trims_once_after_each_busy_spell() -> None:
         wait_for(lambda: len(trims) == 2, "the trim after the next call")
     finally:
         pool.shutdown()
+
+
+def test_falling_idle_lets_go_of_kept_shared_memory_mappings_before_trimming() -> None:
+    region = shared_memory.SharedMemory(name=f"specbuilder_test_{os.getpid()}_idle", create=True, size=4096)
+    try:
+        regions, done = SharedRegions(), []
+        with regions.view(region.name, 0, 16):
+            pass
+        assert len(regions) == 1
+        when_idle(lambda: done.append(len(regions)), regions)()
+        assert done == [0]  # the mappings went first, so the trim can give their pages' memory back
+        when_idle(None, None)()  # no glibc, no --shared-memory: nothing to do, and no error
+    finally:
+        region.close()
+        region.unlink()

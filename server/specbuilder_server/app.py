@@ -4,10 +4,10 @@ Wires the parts together: the model store, the model cache, the training pool, t
 regions (with ``--shared-memory``), the servicer, the standard health service (SERVING overall
 and per service) and server reflection, the token interceptor when a token is set, the
 request-parsing interceptor (``decoding``), TLS when a certificate is given, and the message
-size limits. ``RunningServer.stop(grace)`` is the
-graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running trainings
-are cancelled and recorded, in-flight calls get ``grace`` seconds to finish, then the store is
-closed.
+size limits, and the connections' age limit when one is set. ``RunningServer.stop(grace)`` is
+the graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running
+trainings are cancelled and recorded, in-flight calls get ``grace`` seconds to finish, then the
+store is closed.
 """
 
 from __future__ import annotations
