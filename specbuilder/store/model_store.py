@@ -84,6 +84,12 @@ SCHEMA = (
 COLUMNS = "id, name, status, spec, spec_hash, num_params, created_us, updated_us, config, history, stats, dataset, reason, has_weights"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 30.0
+INTERRUPT_ORPHANS = (
+    "UPDATE models SET status = 'interrupted', updated_us = ?, "
+    "reason = 'the process running it (pid ' || owner_pid || ') ended before it finished' "
+    "WHERE status = 'running' AND owner_token"
+)
+"""Marks a dead process's runs ``interrupted``; the caller ends it with which owners (``= ?``, ``NOT IN (...)``)."""
 
 
 def _micros(when: datetime) -> int:
@@ -222,12 +228,7 @@ class ModelStore:
             else:
                 dead.append(owner)
         with self._transaction() as db:
-            db.execute(
-                "UPDATE models SET status = 'interrupted', updated_us = ?, "
-                "reason = 'the process running it (pid ' || owner_pid || ') ended before it finished' "
-                f"WHERE status = 'running' AND owner_token NOT IN ({', '.join('?' * len(live))})",
-                (_now_us(), *live),
-            )
+            db.execute(f"{INTERRUPT_ORPHANS} NOT IN ({', '.join('?' * len(live))})", (_now_us(), *live))
             referenced = {row[0] for row in db.execute("SELECT id FROM models WHERE has_weights")}
         for owner in dead:
             owner.unlink(missing_ok=True)
@@ -484,12 +485,7 @@ class ModelStore:
         dead = [token for token in owners if not is_held(self._locks / f"{token}.owner")]
         if dead:
             with self._transaction() as db:
-                db.executemany(
-                    "UPDATE models SET status = 'interrupted', updated_us = ?, "
-                    "reason = 'the process running it (pid ' || owner_pid || ') ended before it finished' "
-                    "WHERE status = 'running' AND owner_token = ?",
-                    [(_now_us(), token) for token in dead],
-                )
+                db.executemany(f"{INTERRUPT_ORPHANS} = ?", [(_now_us(), token) for token in dead])
 
     def get(self, model_id: str) -> ModelRecord:
         """The record of one model or run; ``ModelNotFound`` if there is none with this id."""
