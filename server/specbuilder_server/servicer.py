@@ -29,7 +29,7 @@ from specbuilder_server.config import ServerConfig
 from specbuilder_server.decoding import Received
 from specbuilder_server.errors import handled, invalid
 from specbuilder_server.evaluation import Pass
-from specbuilder_server.jobs import RunFailed, TrainingJobs
+from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.models import Models, Ready
 from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
 
@@ -168,7 +168,7 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
         if not context.add_callback(stop):  # the call ended already
             stop()
         try:
-            for event in job.events():
+            for event in job.events(EVENT_INTERVAL):
                 yield convert.train_event(job.run_id, event)
         except DataError as error:
             raise invalid(data_field, str(error), "data") from None
