@@ -1,7 +1,7 @@
 """Starting and stopping a server: ``start_server(config)`` returns a ``RunningServer``.
 
 Wires the parts together: the model store, the model cache, the training pool, the shared-memory
-regions (with ``--shared-memory``), the servicer, the standard health service (SERVING overall
+regions and the local socket (with ``--shared-memory``), the servicer, the standard health service (SERVING overall
 and per service) and server reflection, the token interceptor when a token is set, the
 request-parsing interceptor (``decoding``), TLS when a certificate is given, and the message
 size limits, and the connections' age limit when one is set. ``RunningServer.stop(grace)`` is
@@ -31,6 +31,7 @@ from specbuilder_server.auth import TokenAuth
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.decoding import ParseRequests
 from specbuilder_server.jobs import TrainingJobs
+from specbuilder_server.local import LocalSocket
 from specbuilder_server.models import Models
 from specbuilder_server.pool import TrimmingPool
 from specbuilder_server.servicer import ModelServicer
@@ -53,7 +54,7 @@ class RunningServer:
     """A started server: where it listens, and how to stop it."""
 
     def __init__(self, config: ServerConfig, server: grpc.Server, executor: ThreadPoolExecutor, port: int,
-                 health_servicer: health.HealthServicer, jobs: TrainingJobs, store: ModelStore) -> None:
+                 health_servicer: health.HealthServicer, jobs: TrainingJobs, store: ModelStore, local: LocalSocket | None) -> None:
         self.config = config
         self.port = port
         """The bound port (the free one picked when the config says 0)."""
@@ -62,6 +63,9 @@ class RunningServer:
         self._health = health_servicer
         self._jobs = jobs
         self._store = store
+        self.local_socket = local.path if local is not None else None
+        """The local socket's path (``--shared-memory``), None without one."""
+        self._local = local
         self._stopped = threading.Event()
         self._stopping = threading.Lock()
 
@@ -78,6 +82,8 @@ class RunningServer:
             grace = self.config.grace_seconds if grace is None else grace
             self._health.enter_graceful_shutdown()
             self._jobs.cancel_all("the server is shutting down")
+            if self._local is not None:
+                self._local.close(grace)
             self._server.stop(grace).wait()
             self._executor.shutdown(wait=False)
             if not self._jobs.wait(RECORD_SECONDS):
@@ -153,6 +159,11 @@ def start_server(config: ServerConfig) -> RunningServer:
         ],
     )
     servicer = ModelServicer(config, store, Models(store, device, config.cache_size, config.max_params), jobs, regions)
+    local = None
+    if isinstance(executor, TrimmingPool) and regions is not None and config.local_socket:
+        local = LocalSocket(servicer.Evaluate, token=config.token, max_message_bytes=config.max_message_bytes,
+                            max_connections=config.workers, working=executor.working)
+        servicer.local_socket = local.path
     service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=executor)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -160,6 +171,8 @@ def start_server(config: ServerConfig) -> RunningServer:
     try:
         port = server.add_secure_port(config.address, credentials) if credentials else server.add_insecure_port(config.address)
     except RuntimeError as error:
+        if local is not None:
+            local.close(0)
         executor.shutdown(wait=False)
         store.close()
         raise ServerStartError(f"cannot listen on {config.address}: {error}") from None
@@ -167,4 +180,4 @@ def start_server(config: ServerConfig) -> RunningServer:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening on %s:%d (device %s, store %s)", config.host, port, device, config.store)
-    return RunningServer(config, server, executor, port, health_servicer, jobs, store)
+    return RunningServer(config, server, executor, port, health_servicer, jobs, store, local)

@@ -45,6 +45,9 @@ class ServerConfig(BaseModel):
     max_train_seconds: Annotated[float | None, Field(gt=0, description="a training run is cancelled after this long")] = None
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N': where models run")
     shared_memory: bool = Field(False, description="accept tensors in POSIX shared memory from same-host clients")
+    local_socket: bool = Field(True, description=(
+        "with shared_memory: also answer Evaluate on a Unix socket that same-host clients find in the trailing metadata of "
+        "their shared-memory calls (specbuilder.localsocket)"))
     cache_size: Annotated[int, Field(ge=1, description="compiled and loaded models kept ready")] = 32
     workers: Annotated[int, Field(ge=2, description="threads serving calls; each open stream holds one")] = 16
     grace_seconds: Annotated[float, Field(ge=0, description="how long in-flight calls may finish when stopping")] = 10.0

@@ -42,7 +42,7 @@ class Received(Generic[M]):
     data: memoryview | None
 
 
-def _parser(parse: Callable[[bytes], Any], method: MethodDescriptor) -> Callable[[bytes], Any]:
+def parser_for(parse: Callable[[bytes], Any], method: MethodDescriptor) -> Callable[[bytes], Any]:
     """``parse``, or for a method in ``BATCH_FIELDS`` a parse into ``Received``."""
     field = BATCH_FIELDS.get(method.name)
     if field is None:
@@ -56,7 +56,7 @@ def _parser(parse: Callable[[bytes], Any], method: MethodDescriptor) -> Callable
     return received
 
 
-def _malformed(type_name: str, which: str = "the request") -> RequestError:
+def malformed(type_name: str, which: str = "the request") -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{which} is not a serialized {type_name}: its bytes do not parse")
 
 
@@ -66,7 +66,7 @@ def _parsed(raw: Iterator[bytes], parse: Callable[[bytes], Any], type_name: str)
         try:
             yield parse(data)
         except DecodeError:
-            raise _malformed(type_name, f"message {index} of the request stream") from None
+            raise malformed(type_name, f"message {index} of the request stream") from None
 
 
 class ParseRequests(grpc.ServerInterceptor):
@@ -82,7 +82,7 @@ class ParseRequests(grpc.ServerInterceptor):
         if handler is None or handler.request_deserializer is None or service != SERVICE.full_name:
             return handler
         method = SERVICE.methods_by_name[name]
-        parse, type_name = _parser(handler.request_deserializer, method), method.input_type.full_name
+        parse, type_name = parser_for(handler.request_deserializer, method), method.input_type.full_name
         serialize = handler.response_serializer
         if handler.request_streaming:
             behavior = handler.stream_stream if handler.response_streaming else handler.stream_unary
@@ -98,7 +98,7 @@ class ParseRequests(grpc.ServerInterceptor):
             try:
                 request = parse(data)
             except DecodeError:
-                abort(context, _malformed(type_name))
+                abort(context, malformed(type_name))
             return behavior(request, context)
 
         make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler

@@ -15,6 +15,7 @@ import torch
 
 from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
+from specbuilder import localsocket
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
 from specbuilder.regions import SharedRegions
@@ -49,6 +50,8 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
         self._jobs = jobs
         self._regions = regions
         """Where shared-memory batches are read from; None: they are refused (no ``--shared-memory``)."""
+        self.local_socket: str | None = None
+        """The local socket's path (``local.py``), named to clients in the trailing metadata of shared-memory Evaluate calls."""
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -124,6 +127,8 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
         with Pass(ready, options) as run:
             response.stats.extend(convert.stats_list(on_compute_thread(self._evaluate_with_stats, run, request.input, received.data, response.output)))
         response.compute_seconds = run.seconds
+        if self.local_socket is not None and request.input.WhichOneof("payload") == "shared_memory":
+            context.set_trailing_metadata(((localsocket.METADATA_KEY, self.local_socket),))
         return response
 
     @handled

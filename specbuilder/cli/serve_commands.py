@@ -62,7 +62,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help=f"training runs at once; more are refused (default {default['max_concurrent_trains']})")
     serve.add_argument("--max-train-seconds", type=_seconds, default=None, metavar="S", help="cancel a training run after S seconds (default: no limit)")
     serve.add_argument("--device", default=default["device"], help="'auto' (default: CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    serve.add_argument("--shared-memory", action="store_true", help="accept tensors in POSIX shared memory from clients on this host")
+    serve.add_argument("--shared-memory", action="store_true", help=(
+        "accept tensors in POSIX shared memory from clients on this host, and answer their Evaluate calls on a Unix "
+        "socket too (gRPC's fixed cost is then most of a call)"))
+    serve.add_argument("--no-local-socket", dest="local_socket", action="store_false",
+                       help="with --shared-memory: no Unix socket, shared-memory calls stay on gRPC")
     serve.add_argument("--cache-size", type=_positive, default=default["cache_size"], metavar="N",
                        help=f"compiled and loaded models kept ready (default {default['cache_size']})")
     serve.add_argument("--workers", type=_positive, default=default["workers"], metavar="N",
@@ -84,7 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
-        "device": args.device, "shared_memory": args.shared_memory, "cache_size": args.cache_size,
+        "device": args.device, "shared_memory": args.shared_memory, "local_socket": args.local_socket, "cache_size": args.cache_size,
         "workers": args.workers, "grace_seconds": args.grace, "max_connection_age_seconds": args.max_connection_age,
     }
     if args.store is not None:

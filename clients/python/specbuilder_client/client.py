@@ -19,8 +19,10 @@ from specbuilder.proto import config_to_proto, spec_from_proto
 from specbuilder.spec import ModelSpec
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder.wire import to_numpy, to_proto
-from specbuilder_client.errors import from_rpc
+from specbuilder.localsocket import METADATA_KEY
+from specbuilder_client.errors import SpecbuilderError, from_rpc
 from specbuilder_client.framing import serialize_with_tensor
+from specbuilder_client.local import LocalConnection
 from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, Validation, layer_stats, status_value
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
@@ -58,8 +60,10 @@ class Client:
     path to them) turns on TLS. ``timeout`` is the default deadline of unary calls, in seconds.
     ``max_message_mb`` bounds messages both ways (the server has its own limit).
     ``shared_memory=True`` makes ``evaluate`` pass inputs through POSIX shared memory — for a
-    server on this host started with ``--shared-memory``. Use it as a context manager, or call
-    ``close()``.
+    server on this host started with ``--shared-memory`` — and, unless ``local_socket=False``,
+    send those calls over the Unix socket the server names, which skips gRPC's fixed cost
+    (``local.py``; gRPC whenever the socket cannot be reached). Use it as a context manager, or
+    call ``close()``.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Client:
         shared_memory: bool = False,
         load_balancing: str | None = None,
         authority: str | None = None,
+        local_socket: bool = True,
     ) -> None:
         where = channel_target(target, load_balancing, authority)
         limit = max_message_mb * 1024 * 1024
@@ -91,6 +96,10 @@ class Client:
         self.timeout = timeout
         self.shared_memory = shared_memory
         self._shared = SharedInputs()
+        self._token = token
+        self._use_local_socket = local_socket
+        self._local: LocalConnection | None = None
+        """The connection to the server's local socket, once a shared-memory answer has named it."""
 
     def __enter__(self) -> Client:
         return self
@@ -99,7 +108,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the channel and unlink the shared-memory region."""
+        """Close the channel and the local socket's connection, and unlink the shared-memory region."""
+        self._drop_local()
         self._shared.close()
         self._channel.close()
 
@@ -144,11 +154,42 @@ class Client:
         if self.shared_memory if shared_memory is None else shared_memory:
             with self._shared.place(x) as tensor:
                 request.input.CopyFrom(tensor)
-                response = self._call(self._stub.Evaluate, request, timeout)
+                response = self._evaluate_shared(request, timeout)
         else:
             response = self._call(self._evaluate_bytes, serialize_with_tensor(request, "input", x), timeout)
         outputs = to_numpy(response.output, "output") if response.HasField("output") else None
         return EvalResult(outputs=outputs, stats=layer_stats(response.stats), compute_seconds=response.compute_seconds)
+
+    @property
+    def local_socket(self) -> str | None:
+        """The server's local socket that this client's shared-memory calls go to; None while they go over gRPC."""
+        return self._local.path if self._local is not None else None
+
+    def _evaluate_shared(self, request: service_pb2.EvaluateRequest, timeout: float | None) -> service_pb2.EvaluateResponse:
+        """A shared-memory Evaluate: on the local socket once the server has named it, else over gRPC.
+        Runs with the region held (``SharedInputs.place``), which also keeps calls off the connection one at a time."""
+        timeout = timeout if timeout is not None else self.timeout
+        if self._local is not None:
+            try:
+                return self._local.evaluate(request, timeout)
+            except OSError:  # the connection broke (the server stopped, or closed it): the call goes to gRPC
+                self._drop_local()
+        try:
+            response, call = self._stub.Evaluate.with_call(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc(error) from None
+        path = dict(call.trailing_metadata() or ()).get(METADATA_KEY)
+        if self._use_local_socket and path:
+            try:
+                self._local = LocalConnection(path, self._token)
+            except (OSError, SpecbuilderError):  # not reachable from here (another host, a container): gRPC it is
+                self._use_local_socket = False
+        return response
+
+    def _drop_local(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
 
     def evaluate_stream(
         self,

@@ -1,7 +1,8 @@
 """The client's one exception family: every failed call raises a ``SpecbuilderError``.
 
-A ``grpc.RpcError`` is translated here and raised ``from None`` (as tritonclient does), so a user
-sees the status code and the server's message, never a raw gRPC traceback. ``INVALID_ARGUMENT``
+A ``grpc.RpcError`` (or the local socket's ``google.rpc.Status``) is translated here and raised
+``from None`` (as tritonclient does), so a user sees the status code and the server's message,
+never a raw gRPC traceback. ``INVALID_ARGUMENT``
 also carries the server's ``google.rpc.BadRequest`` field violations as ``violations``, each with
 its path (``layers[2].negative_slope``).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -81,13 +82,18 @@ _BY_CODE: dict[grpc.StatusCode, type[SpecbuilderError]] = {
 }
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def _violations(error: grpc.RpcError) -> list[Violation]:
     """The field violations of a ``google.rpc.BadRequest`` in the status details, if any."""
     if not isinstance(error, grpc.Call):
         return []
     status = rpc_status.from_call(error)
-    if status is None:
-        return []
+    return [] if status is None else _bad_request(status)
+
+
+def _bad_request(status: status_pb2.Status) -> list[Violation]:
     found: list[Violation] = []
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -104,7 +110,13 @@ def from_rpc(error: grpc.RpcError) -> SpecbuilderError:
     return _BY_CODE.get(code, SpecbuilderError)(code, message, _violations(error))
 
 
+def from_status(status: status_pb2.Status) -> SpecbuilderError:
+    """The client's exception for a ``google.rpc.Status`` (how the local socket ends a failed call)."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, SpecbuilderError)(code, status.message, _bad_request(status))
+
+
 __all__ = [
     "Cancelled", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "NotFound", "ResourceExhausted",
-    "SpecbuilderError", "Unauthenticated", "Unavailable", "Violation", "from_rpc",
+    "SpecbuilderError", "Unauthenticated", "Unavailable", "Violation", "from_rpc", "from_status",
 ]

@@ -1,0 +1,75 @@
+"""The local socket: shared-memory Evaluate calls over a Unix socket, for clients on the server's host.
+
+With shared memory the tensors no longer travel, and what is left of a call is gRPC's own fixed
+cost — on the 2-core box 0.4 ms for an empty call, a fifth of the benchmark MLP's 2.2 ms forward.
+A server started with ``--shared-memory`` therefore also listens on a Unix socket in a private
+directory (mode 0700) and names it in the initial metadata of shared-memory Evaluate calls
+(``METADATA_KEY``); the client then sends its shared-memory Evaluate calls there: the same
+``EvaluateRequest`` bytes, the same servicer, the same answers and statuses. Everything else
+(training, streams, the store) stays on gRPC, and a client that cannot reach the socket keeps
+using gRPC.
+
+Both directions are frames: one kind byte, a 4-byte little-endian length, the payload. A
+connection starts with ``HELLO`` (``PROTOCOL``, a NUL, the server's token if it has one) and is
+answered ``OK`` (empty) or ``STATUS``; after that each ``EVALUATE`` (an ``EvaluateRequest``) is
+answered ``OK`` (an ``EvaluateResponse``) or ``STATUS`` (a ``google.rpc.Status``, with the same
+code, message and ``BadRequest`` details a gRPC call would get). Frames are read whole before
+they are parsed; one over the server's message limit is answered ``STATUS`` and the connection
+closed.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+PROTOCOL = b"specbuilder-local/1"
+METADATA_KEY = "specbuilder-local-socket"
+"""The initial-metadata key under which the server names its socket's path."""
+
+HELLO, EVALUATE = 1, 2
+"""Kinds of the client's frames."""
+OK, STATUS = 0, 1
+"""Kinds of the server's frames."""
+
+_HEAD = struct.Struct("<BI")
+
+
+class ClosedError(ConnectionError):
+    """The other side closed the connection (between frames, or in the middle of one)."""
+
+
+def send_frame(sock: socket.socket, kind: int, payload: bytes) -> None:
+    """Write one frame."""
+    sock.sendall(_HEAD.pack(kind, len(payload)) + payload)
+
+
+def read_head(sock: socket.socket) -> tuple[int, int]:
+    """The next frame's kind and length; ``ClosedError`` if the connection ends first."""
+    kind, length = _HEAD.unpack(_read(sock, _HEAD.size))
+    return kind, length
+
+
+def read_payload(sock: socket.socket, length: int) -> bytes:
+    """A frame's ``length`` payload bytes, read into one buffer."""
+    return _read(sock, length)
+
+
+def _read(sock: socket.socket, length: int) -> bytes:
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    got = 0
+    while got < length:
+        count = sock.recv_into(view[got:])
+        if count == 0:
+            raise ClosedError("the connection closed" + (f" {got} bytes into a {length}-byte read" if got else ""))
+        got += count
+    return bytes(buffer)
+
+
+def hello(token: str | None) -> bytes:
+    """The payload of a client's ``HELLO``."""
+    return PROTOCOL + b"\0" + (token or "").encode()
+
+
+__all__ = ["EVALUATE", "HELLO", "METADATA_KEY", "OK", "PROTOCOL", "STATUS", "ClosedError", "hello", "read_head", "read_payload", "send_frame"]

@@ -1,0 +1,179 @@
+"""The local socket: shared-memory Evaluate calls leave gRPC for a Unix socket, with the same answers,
+the same errors, the same token, and gRPC again whenever the socket is gone."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server_helpers import SPIRALS, open_channel, serving, spec_source
+from specbuilder.localsocket import EVALUATE, HELLO, OK, STATUS, hello, read_head, read_payload, send_frame
+from specbuilder.v1 import service_pb2, tensor_pb2
+from specbuilder_client import Client, DeadlineExceeded, InvalidArgument, NotFound, SpecbuilderError
+from specbuilder_server import RunningServer
+
+TOKEN = "local-socket-token"
+X = np.random.default_rng(5).normal(size=(64, 2)).astype(np.float32)
+WORKERS = 8
+"""``serving`` starts servers with 8 workers: the local socket's connection limit."""
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, token=TOKEN) as server:
+        yield server
+
+
+def raw_connection(server: RunningServer) -> socket.socket:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(30)
+    assert server.local_socket is not None
+    connection.connect(server.local_socket)
+    return connection
+
+
+def exchange(connection: socket.socket, kind: int, payload: bytes) -> tuple[int, bytes]:
+    send_frame(connection, kind, payload)
+    got, length = read_head(connection)
+    return got, read_payload(connection, length)
+
+
+def status_of(payload: bytes) -> tuple[grpc.StatusCode, str]:
+    status = status_pb2.Status.FromString(payload)
+    return next(code for code in grpc.StatusCode if code.value[0] == status.code), status.message
+
+
+def closed(connection: socket.socket) -> bool:
+    """True if the server has closed ``connection`` (a reset: it left a refused frame unread)."""
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_shared_memory_calls_move_to_the_local_socket_with_the_same_answers(running: RunningServer) -> None:
+    with Client(running.address, token=TOKEN, shared_memory=True) as local, Client(running.address, token=TOKEN) as inline:
+        first = local.evaluate(SPIRALS, X, statistics=True)  # over gRPC: its answer names the socket
+        assert local.local_socket == running.local_socket
+        second = local.evaluate(SPIRALS, X, statistics=True)
+        expected = inline.evaluate(SPIRALS, X, statistics=True)
+        for result in (first, second):
+            np.testing.assert_array_equal(result.outputs, expected.outputs)
+            assert result.stats == expected.stats and result.compute_seconds > 0
+
+
+@pytest.mark.parametrize(("model", "x", "error", "paths"), [
+    (SPIRALS, X[:, :1], InvalidArgument, ["input.shape"]),
+    (SPIRALS, X.astype(np.int64)[:0], InvalidArgument, ["input.shape"]),
+    ({**SPIRALS, "layers": [{"type": "relu7"}]}, X, InvalidArgument, ["layers[0].type"]),
+    ("0123456789abcdef0123456789abcdef", X, NotFound, []),
+])
+def test_failures_on_the_local_socket_are_the_errors_grpc_gives(running: RunningServer, model: object, x: np.ndarray,
+                                                               error: type[SpecbuilderError], paths: list[str]) -> None:
+    failures = []
+    with Client(running.address, token=TOKEN, shared_memory=True) as local, \
+            Client(running.address, token=TOKEN, shared_memory=True, local_socket=False) as remote:
+        local.evaluate(SPIRALS, X)
+        for client in (local, remote):
+            with pytest.raises(error) as caught:
+                client.evaluate(model, x)  # type: ignore[arg-type]
+            failures.append((caught.value.code, caught.value.message, caught.value.violations))
+        assert local.local_socket is not None and remote.local_socket is None
+        assert local.evaluate(SPIRALS, X).outputs.shape == (len(X), 2)  # a failed call leaves the connection usable
+    assert failures[0] == failures[1]
+    assert [v.path for v in failures[0][2]] == paths
+
+
+def test_the_socket_sits_in_a_private_folder_that_goes_with_the_server(tmp_path: Path) -> None:
+    with serving(tmp_path / "store", shared_memory=True) as server:
+        assert server.local_socket is not None
+        path = Path(server.local_socket)
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert not path.parent.exists()
+    with serving(tmp_path / "plain", shared_memory=True, local_socket=False) as server, Client(server.address, shared_memory=True) as client:
+        client.evaluate(SPIRALS, X)
+        client.evaluate(SPIRALS, X)
+        assert server.local_socket is None and client.local_socket is None
+
+
+def evaluate_request() -> bytes:
+    return service_pb2.EvaluateRequest(spec=spec_source(SPIRALS), input=tensor_pb2.Tensor(
+        dtype=tensor_pb2.DTYPE_FLOAT32, shape=X.shape, data=X.tobytes())).SerializeToString()
+
+
+@pytest.mark.parametrize(("first", "code", "words"), [
+    ((HELLO, hello("not-it")), grpc.StatusCode.UNAUTHENTICATED, "not this server's token"),
+    ((HELLO, hello(None)), grpc.StatusCode.UNAUTHENTICATED, "needs a token"),
+    ((HELLO, b"other-protocol/9\0" + TOKEN.encode()), grpc.StatusCode.FAILED_PRECONDITION, "specbuilder-local/1"),
+    ((EVALUATE, evaluate_request()), grpc.StatusCode.INVALID_ARGUMENT, "hello"),
+    ((HELLO, b"x" * 5000), grpc.StatusCode.INVALID_ARGUMENT, "hello"),
+])
+def test_a_connection_without_the_right_hello_is_refused_and_closed(running: RunningServer, first: tuple[int, bytes],
+                                                                    code: grpc.StatusCode, words: str) -> None:
+    with raw_connection(running) as connection:
+        kind, payload = exchange(connection, *first)
+        assert kind == STATUS and status_of(payload)[0] == code and words in status_of(payload)[1]
+        assert closed(connection)
+
+
+def test_bad_frames_after_the_hello_get_statuses_and_the_server_keeps_serving(running: RunningServer) -> None:
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
+        kind, payload = exchange(connection, EVALUATE, b"\xff\xff\xff")  # not a message: the connection stays
+        assert kind == STATUS and status_of(payload) == (grpc.StatusCode.INVALID_ARGUMENT, "the request is not a serialized specbuilder.v1.EvaluateRequest: its bytes do not parse")
+        kind, payload = exchange(connection, EVALUATE, evaluate_request())
+        assert kind == OK and service_pb2.EvaluateResponse.FromString(payload).output.shape == [len(X), 2]
+        kind, payload = exchange(connection, HELLO, hello(TOKEN))  # a second hello: closed
+        assert kind == STATUS and status_of(payload)[0] == grpc.StatusCode.INVALID_ARGUMENT and closed(connection)
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
+        connection.sendall(bytes([EVALUATE]) + (2**31).to_bytes(4, "little"))  # over the 64 MB limit: refused unread
+        kind, length = read_head(connection)
+        assert kind == STATUS and status_of(read_payload(connection, length))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert closed(connection)
+    with open_channel(running.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_connections_over_the_limit_are_refused(running: RunningServer) -> None:
+    connections = [raw_connection(running) for _ in range(WORKERS)]
+    try:
+        for connection in connections:
+            assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
+        with raw_connection(running) as extra:
+            kind, length = read_head(extra)
+            assert kind == STATUS and status_of(read_payload(extra, length))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_a_timeout_on_the_local_socket_is_deadline_exceeded_and_the_next_call_works(running: RunningServer) -> None:
+    big = np.random.default_rng(6).normal(size=(400_000, 2)).astype(np.float32)
+    with Client(running.address, token=TOKEN, shared_memory=True) as client:
+        client.evaluate(SPIRALS, X)
+        assert client.local_socket is not None
+        with pytest.raises(DeadlineExceeded):
+            client.evaluate(SPIRALS, big, timeout=1e-4, statistics=True)
+        assert client.evaluate(SPIRALS, X).outputs.shape == (len(X), 2)
+        assert client.evaluate(SPIRALS, X).outputs.shape == (len(X), 2)
+        assert client.local_socket is not None
+
+
+def test_when_the_socket_goes_the_call_goes_over_grpc(tmp_path: Path) -> None:
+    with serving(tmp_path / "store", shared_memory=True) as server, Client(server.address, shared_memory=True) as client:
+        expected = client.evaluate(SPIRALS, X).outputs
+        assert client.local_socket is not None
+        server._local.close(0)  # type: ignore[union-attr] - the socket alone stops; gRPC still serves
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, expected)
+        assert client.local_socket is None
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, expected)
