@@ -10,7 +10,8 @@ the issue measured (``grpc_minimal``: raw bytes, the forward on gRPC's thread) a
 process, numpy in and out, under ``inference_mode``. "Forward + floor" is that forward and
 then a floor call with the same 3.2 MB, back to back: a service that added nothing to gRPC.
 Service calls go through ``specbuilder_client.Client``, the spec sent with every call, as
-users call it. Training compares ``Client.train`` with ``specbuilder.train`` in this process.
+users call it; shared-memory calls over gRPC and over the server's local socket, the batch
+copied into the client's region or filled in place (``Client.shared_array``). Training compares ``Client.train`` with ``specbuilder.train`` in this process.
 With ``--device cuda`` the server (``--device cuda``), the minimal and ``repeated float`` servers, the
 in-process forward (numpy in, ``.to(device)``, ``.cpu()`` out: synchronous) and both training
 sides run on the GPU; the floor has no model and stays as it is.
@@ -123,40 +124,51 @@ def unary(server: ServerProcess, folder: Path, threads: int, x: np.ndarray, quic
         note=("3.2 MB in, 40 KB out; every server in its own process. Plain side: the forward in this process; "
               "\"forward + floor\" adds, round by round, one call to gRPC's floor (a bare grpcio server in its own "
               "process taking raw bytes, answering 40 KB). The minimal service is the issue's reference: raw bytes in "
-              "and out, the forward on gRPC's thread, nothing checked. Forward, floor, minimal service, Evaluate and "
-              f"shared-memory Evaluate are timed in turn, round by round, each {BLOCK} calls in a row after one untimed call. Ratio = service call / plain side."),
+              "and out, the forward on gRPC's thread, nothing checked. Shared memory: over gRPC (`local_socket=False`), and "
+              "on the server's local Unix socket with the batch copied into the client's region or already in a "
+              "region (`Client.shared_array`). Forward, floor, minimal service and the four Evaluate designs are timed "
+              f"in turn, round by round, each {BLOCK} calls in a row after one untimed call. Ratio = service call / plain side."),
     )
     with baseline_server("grpc_floor", folder, threads) as floor_server, \
             baseline_server("grpc_minimal", folder, threads, "--device", str(device)) as minimal_server, \
             baseline_server("grpc_repeated", folder, threads, "--device", str(device)) as repeated_server, \
             channel(floor_server.address) as floor_channel, channel(minimal_server.address) as minimal_channel, \
             channel(repeated_server.address) as repeated_channel, \
-            Client(server.address) as client, Client(server.address, shared_memory=True) as shared:
+            Client(server.address) as client, Client(server.address, shared_memory=True, local_socket=False) as shared, \
+            Client(server.address, shared_memory=True) as local:
         floor, minimal = grpc_floor.caller(floor_channel), grpc_minimal.caller(minimal_channel)
         repeated = grpc_repeated.caller(repeated_channel)
-        for output in (client.evaluate(MLP, x).outputs, shared.evaluate(MLP, x).outputs, minimal(x), repeated(x)):
+        in_place = local.shared_array(x.shape, x.dtype)
+        in_place[...] = x
+        for output in (client.evaluate(MLP, x).outputs, shared.evaluate(MLP, x).outputs, local.evaluate(MLP, x).outputs, minimal(x), repeated(x)):
             assert output is not None and output.shape == (len(x), 10), "every design answers the batch's logits"
+        assert local.local_socket is not None and shared.local_socket is None, "one client on the local socket, one on gRPC"
         timed, returned = rotate({
             "forward": lambda: forward(x),
             "floor": lambda: floor(payload),
             "minimal": lambda: minimal(x),
             "evaluate": lambda: client.evaluate(MLP, x).compute_seconds,
             "shared": lambda: shared.evaluate(MLP, x).compute_seconds,
+            "local": lambda: local.evaluate(MLP, x).compute_seconds,
+            "in place": lambda: local.evaluate(MLP, in_place).compute_seconds,
         }, repeat, warmup, budget)
         base = summed(timed["forward"], timed["floor"])
         table.figure("gRPC floor alone: 3.2 MB raw bytes in, 40 KB out", str(timed["floor"]))
         table.figure("gRPC floor alone: an empty request in, 40 KB out (the fixed cost of any call)",
                      str(measure(lambda: floor(b""), repeat=200, warmup=20, budget_s=budget / 10)))
         table.figure("Evaluate of one row (the fixed cost of a call)", str(measure(lambda: client.evaluate(MLP, one_row), repeat=200, warmup=20, budget_s=budget / 10)))
-        table.figure("the server's own forward in those calls (`compute_seconds`), inline / shared memory",
-                     " / ".join(format_ns(statistics.median(returned[side]) * 1e9) for side in ("evaluate", "shared")),
+        table.figure("the server's own forward in those calls (`compute_seconds`), inline / shared memory / local socket / in place",
+                     " / ".join(format_ns(statistics.median(returned[side]) * 1e9) for side in ("evaluate", "shared", "local", "in place")),
                      baseline=f"in process: {format_ns(timed['forward'].median_ns)}")
         table.ratio("minimal hand-written grpcio service (raw bytes; the issue's reference) vs in-process forward", timed["forward"], timed["minimal"])
         table.ratio("Evaluate vs in-process forward", timed["forward"], timed["evaluate"], 2.2)
         table.ratio("Evaluate vs the minimal hand-written service", timed["minimal"], timed["evaluate"], 1.1)
         table.ratio("Evaluate vs forward + floor", base, timed["evaluate"])
-        table.ratio("Evaluate, shared memory (`--shared-memory`) vs in-process forward", timed["forward"], timed["shared"], 1.2)
-        table.ratio("Evaluate, shared memory vs forward + floor", base, timed["shared"], 1.0)
+        table.ratio("Evaluate, shared memory over gRPC (`local_socket=False`) vs in-process forward", timed["forward"], timed["shared"])
+        table.ratio("Evaluate, shared memory over gRPC vs forward + floor", base, timed["shared"], 1.0)
+        table.ratio("Evaluate, shared memory on the local socket (the batch copied into the region) vs in-process forward", timed["forward"], timed["local"])
+        table.ratio("Evaluate, shared memory on the local socket, the batch placed in the region (`Client.shared_array`) vs in-process forward",
+                    timed["forward"], timed["in place"], 1.2)
         designs, _ = rotate({"forward": lambda: forward(x), "repeated": lambda: repeated(x)}, max(2, repeat // 4), 1, budget / 3)
         table.ratio("`repeated float` design (hand-written grpcio service) vs in-process forward", designs["forward"], designs["repeated"])
     return table

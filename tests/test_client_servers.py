@@ -4,7 +4,9 @@ client process in which torch cannot be imported at all.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,6 +82,35 @@ def test_shared_memory_evaluate_equals_inline_and_the_region_goes_on_close(shm_s
         region = client._shared.name
     with pytest.raises(FileNotFoundError):
         shared_memory.SharedMemory(name=region)
+
+
+def test_a_shared_array_is_sent_where_it_lies_and_its_region_goes_with_its_last_view(shm_server: str) -> None:
+    x = np.random.default_rng(7).normal(size=(300, 2)).astype(np.float32)
+    with Client(shm_server, shared_memory=True) as client:
+        inline = client.evaluate(SPIRALS, x, shared_memory=False).outputs
+        array = client.shared_array(x.shape)
+        assert array.dtype == np.float32 and not array.any()
+        array[...] = x
+        (name,) = client._shared._owned
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, array).outputs, inline)
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, array[100:]).outputs, inline[100:])  # a view: sent at its offset
+        assert client._shared.name is None, "nothing was copied into the client's own region"
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, array[::2]).outputs, inline[::2])  # strided: copied
+        assert client._shared.name is not None
+        view = array[5:]
+        del array
+        gc.collect()
+        assert os.path.exists(f"/dev/shm/{name}"), "a live view keeps its region"
+        del view
+        gc.collect()
+        assert not os.path.exists(f"/dev/shm/{name}") and not client._shared._owned
+        kept = client.shared_array((4, 2), np.float64)
+        (name,) = client._shared._owned
+        with pytest.raises(TypeError, match="cannot travel"):
+            client.shared_array((4, 2), np.complex64)
+    assert not os.path.exists(f"/dev/shm/{name}"), "closing the client unlinks the regions of live arrays"
+    kept[...] = 1.0
+    assert kept.sum() == 8.0
 
 
 def test_a_shared_memory_client_is_the_default_and_a_server_without_it_refuses(shm_server: str, server: RunningServer) -> None:  # noqa: F811

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from specbuilder.proto import config_to_proto, spec_from_proto
 from specbuilder.spec import ModelSpec
@@ -159,6 +160,16 @@ class Client:
             response = self._call(self._evaluate_bytes, serialize_with_tensor(request, "input", x), timeout)
         outputs = to_numpy(response.output, "output") if response.HasField("output") else None
         return EvalResult(outputs=outputs, stats=layer_stats(response.stats), compute_seconds=response.compute_seconds)
+
+    def shared_array(self, shape: Sequence[int], dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+        """A zeroed array in shared memory that ``evaluate`` sends without copying it.
+
+        Fill it (read a batch straight into it) and evaluate it, or any contiguous view of it such as
+        ``array[:n]``, through shared memory (``shared_memory=True`` on the client or the call):
+        only its region's name and offset travel. The region lives as long as any view of the
+        array; after ``close`` the array stays usable here but can no longer be sent.
+        """
+        return self._shared.array(tuple(shape), dtype)
 
     @property
     def local_socket(self) -> str | None:
