@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -87,22 +88,29 @@ def test_evaluate_a_spec_gives_outputs_statistics_and_the_time_spent(stub: Stub)
     np.testing.assert_allclose(to_numpy(plain.output), to_numpy(answer.output), rtol=1e-6)
 
 
-def test_train_streams_started_epochs_stats_finished_and_stores_the_model(stub: Stub, trained: list[pb.TrainEvent]) -> None:
+def progress(messages: list[pb.TrainEvent], kind: str) -> list[Any]:
+    """The epochs (``kind`` "epoch") or statistics windows ("stats") of a Train stream's progress messages, in order."""
+    return [getattr(item, kind) for m in messages if m.HasField("progress") for item in m.progress.items if item.HasField(kind)]
+
+
+def test_train_streams_started_progress_finished_and_stores_the_model(stub: Stub, trained: list[pb.TrainEvent]) -> None:
     kinds = [event.WhichOneof("event") for event in trained]
-    assert kinds[0] == "started" and kinds[-1] == "finished" and kinds.count("epoch") == 3 and "stats" in kinds
+    assert kinds[0] == "started" and kinds[-1] == "finished" and set(kinds[1:-1]) == {"progress"}
+    assert all(m.progress.items for m in trained[1:-1])  # no empty progress message
+    assert [e.epoch for e in progress(trained, "epoch")] == [1, 2, 3] and progress(trained, "stats")
     run_id = trained[0].run_id
     assert len(run_id) == 32 and {event.run_id for event in trained} == {run_id}
     started, finished = trained[0].started, trained[-1].finished
     assert started.epochs == 3 and started.train_samples + started.val_samples > 0 and started.steps_per_epoch > 0
     assert finished.status == pb.RUN_STATUS_COMPLETED and finished.steps == 3 * started.steps_per_epoch
     assert [s.name for s in finished.stats] == ["tanh_1"]
-    window = next(event.stats for event in trained if event.HasField("stats"))
+    window = progress(trained, "stats")[0]
     assert window.step == 5 and window.stats[0].HasField("grad_norm")
 
     record = stub.GetModel(pb.GetModelRequest(model_id=run_id))
     assert record.status == pb.RUN_STATUS_COMPLETED and record.has_weights and record.dataset == "spirals"
     assert [e.epoch for e in record.history] == [1, 2, 3]
-    assert [e.loss for e in record.history] == [event.epoch.loss for event in trained if event.HasField("epoch")]
+    assert [e.loss for e in record.history] == [e.loss for e in progress(trained, "epoch")]
     assert record.config["epochs"].int_value == 3 and record.config["optimizer.type"].string_value == "adam"
     assert record.created.seconds > 0 and record.updated.ToDatetime() >= record.created.ToDatetime()
     assert [s.name for s in record.stats] == ["tanh_1"] and spec_from_proto(record.spec) == parse_spec(SPIRALS)
@@ -126,7 +134,7 @@ def test_a_stored_model_evaluates_exports_lists_and_deletes(stub: Stub, trained:
 
     config = stub.GetModel(pb.GetModelRequest(model_id=run_id)).config  # a record's config goes back as it is
     again = list(stub.Train(pb.TrainRequest(spec=spec_source(SPIRALS), dataset="spirals", name="to-delete", config=config)))
-    assert [e.epoch.loss for e in again if e.HasField("epoch")] == [e.epoch.loss for e in trained if e.HasField("epoch")]
+    assert [e.loss for e in progress(again, "epoch")] == [e.loss for e in progress(trained, "epoch")]
     copy = again[0].run_id
     newest = stub.ListModels(pb.ListModelsRequest()).models
     assert newest[0].id == copy and newest[0].name == "to-delete"  # newest first

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from specbuilder_server import convert
 from specbuilder_server.jobs import Job, TrainingJobs
 
 from specbuilder.spec import parse_spec
 from specbuilder.store import ModelStore
-from specbuilder.training import TrainConfig
+from specbuilder.training import Event, TrainConfig
 
 SPEC = parse_spec({"name": "tiny", "input_shape": [2], "layers": [{"type": "linear", "out_features": 8, "activation": "tanh"}, {"type": "linear", "out_features": 3}]})
 LONG = 600.0
@@ -23,51 +24,65 @@ def start(tmp_path: Path, epochs: int) -> Job:
     return jobs.start(SPEC, "spirals", TrainConfig(epochs=epochs, device="cpu", stats_every=2), "tiny")
 
 
-def next_in_thread(events: Iterator[object]) -> tuple[threading.Thread, list[object]]:
-    """``next(events)`` on a thread of its own, so the test can see whether it is still waiting."""
-    got: list[object] = []
-    thread = threading.Thread(target=lambda: got.extend(events), daemon=True)
+def rest_in_thread(bursts: Iterator[list[Event]]) -> tuple[threading.Thread, list[list[Event]]]:
+    """The remaining bursts, read on a thread of its own, so the test can see whether it is still waiting."""
+    got: list[list[Event]] = []
+    thread = threading.Thread(target=lambda: got.extend(bursts), daemon=True)
     thread.start()
     return thread, got
 
 
 def test_a_run_that_ends_is_delivered_whole_and_in_order_without_waiting_for_the_interval(tmp_path: Path) -> None:
     job = start(tmp_path, epochs=3)
-    events = job.events(LONG)
-    assert next(events).type == "started"  # the first event comes at once
-    thread, rest = next_in_thread(events)
+    bursts = job.bursts(LONG)
+    assert [event.type for event in next(bursts)] == ["started"]  # the first comes at once
+    thread, rest = rest_in_thread(bursts)
     thread.join(timeout=60)
     assert not thread.is_alive(), "the run's end waited for the delivery interval"
-    types = [event.type for event in rest]  # type: ignore[attr-defined]
+    events = [event for burst in rest for event in burst]
+    types = [event.type for event in events]
     assert types[-1] == "finished" and types.count("epoch") == 3 and "stats" in types
-    epochs = [event.metrics.epoch for event in rest if event.type == "epoch"]  # type: ignore[attr-defined]
-    assert epochs == sorted(epochs)
+    steps = [event.step if event.type == "stats" else event.metrics.step for event in events[:-1]]  # type: ignore[union-attr]
+    assert steps == sorted(steps)
 
 
 def test_events_after_the_first_wait_for_the_interval_and_come_together(tmp_path: Path) -> None:
     job = start(tmp_path, epochs=100_000)
-    events = job.events(LONG)
-    assert next(events).type == "started"
-    thread, rest = next_in_thread(events)
+    bursts = job.bursts(LONG)
+    assert [event.type for event in next(bursts)] == ["started"]
+    thread, rest = rest_in_thread(bursts)
     thread.join(timeout=0.5)
-    assert thread.is_alive() and not rest, "an event came before the interval had passed"
+    assert thread.is_alive() and not rest, "a burst came before the interval had passed"
     job.cancel("the test is done")
     thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert rest[-1].type == "finished" and rest[-1].status == "cancelled"  # type: ignore[attr-defined]
-    assert any(event.type == "epoch" for event in rest)  # type: ignore[attr-defined]
+    assert not thread.is_alive() and len(rest) == 1, "everything since the first burst came in one"
+    (burst,) = rest
+    assert burst[-1].type == "finished" and burst[-1].status == "cancelled"  # type: ignore[union-attr]
+    assert any(event.type == "epoch" for event in burst) and any(event.type == "stats" for event in burst)
 
 
-def test_without_an_interval_each_event_comes_as_it_is_made(tmp_path: Path) -> None:
+def test_without_an_interval_each_burst_is_what_was_there(tmp_path: Path) -> None:
     job = start(tmp_path, epochs=100_000)
-    events = job.events()
-    assert [next(events).type, next(events).type] == ["started", "stats"]
+    bursts = job.bursts()
+    assert [event.type for event in next(bursts)] == ["started"]
+    assert next(bursts)
     job.cancel("the test is done")
-    assert [event.type for event in events][-1] == "finished"
+    assert [event.type for burst in bursts for event in burst][-1] == "finished"
 
 
 def test_what_stops_a_run_before_it_starts_is_raised(tmp_path: Path) -> None:
     jobs = TrainingJobs(ModelStore(tmp_path / "store"), capacity=1, max_seconds=None)
     job = jobs.start(SPEC, "no-such-dataset", TrainConfig(device="cpu"), "tiny")
     with pytest.raises(Exception, match="no-such-dataset"):
-        next(job.events(LONG))
+        next(job.bursts(LONG))
+
+
+def test_a_burst_is_one_progress_message_between_started_and_finished(tmp_path: Path) -> None:
+    job = start(tmp_path, epochs=2)
+    events = [event for burst in job.bursts() for event in burst]
+    messages = convert.train_messages("run", events)
+    assert [m.WhichOneof("event") for m in messages] == ["started", "progress", "finished"]
+    items = messages[1].progress.items
+    assert [item.WhichOneof("item") for item in items] == [event.type for event in events[1:-1]]
+    assert [item.epoch.epoch for item in items if item.HasField("epoch")] == [1, 2]
+    assert {m.run_id for m in messages} == {"run"}

@@ -84,23 +84,36 @@ def model_record(record: ModelRecord, *, full: bool = True) -> service_pb2.Model
     return message
 
 
-def train_event(run_id: str, event: Event) -> service_pb2.TrainEvent:
-    """One training event, tagged with its run's id."""
-    message = service_pb2.TrainEvent(run_id=run_id)
-    if event.type == "started":
-        message.started.CopyFrom(service_pb2.TrainStarted(
-            epochs=event.config.epochs, steps_per_epoch=event.steps_per_epoch,
-            train_samples=event.train_samples, val_samples=event.val_samples,
-        ))
-    elif event.type == "epoch":
-        message.epoch.CopyFrom(epoch_metrics(event.metrics))
-    elif event.type == "stats":
-        message.stats.CopyFrom(service_pb2.StatsWindow(step=event.step, stats=stats_list(event.layers)))
-    else:
-        message.finished.CopyFrom(service_pb2.TrainFinished(
-            status=run_status(event.status), reason=event.reason, steps=event.steps, stats=stats_list(event.result.stats),
-        ))
-    return message
+def train_messages(run_id: str, events: Iterable[Event]) -> list[service_pb2.TrainEvent]:
+    """A burst of training events as Train stream messages, each tagged with its run's id: started
+    and finished one each, every stretch of epochs and statistics windows between them one progress."""
+    messages: list[service_pb2.TrainEvent] = []
+    progress: service_pb2.TrainProgress | None = None
+    for event in events:
+        if event.type in ("epoch", "stats"):
+            if progress is None:
+                message = service_pb2.TrainEvent(run_id=run_id)
+                progress = message.progress
+                progress.SetInParent()
+                messages.append(message)
+            item = progress.items.add()
+            if event.type == "epoch":
+                item.epoch.CopyFrom(epoch_metrics(event.metrics))
+            else:
+                item.stats.step = event.step
+                item.stats.stats.extend(stats_list(event.layers))
+            continue
+        progress = None
+        if event.type == "started":
+            messages.append(service_pb2.TrainEvent(run_id=run_id, started=service_pb2.TrainStarted(
+                epochs=event.config.epochs, steps_per_epoch=event.steps_per_epoch,
+                train_samples=event.train_samples, val_samples=event.val_samples,
+            )))
+        else:
+            messages.append(service_pb2.TrainEvent(run_id=run_id, finished=service_pb2.TrainFinished(
+                status=run_status(event.status), reason=event.reason, steps=event.steps, stats=stats_list(event.result.stats),
+            )))
+    return messages
 
 
 def failed_event(run_id: str, reason: str, steps: int) -> service_pb2.TrainEvent:

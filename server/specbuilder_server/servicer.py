@@ -173,8 +173,8 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
         if not context.add_callback(stop):  # the call ended already
             stop()
         try:
-            for event in job.events(EVENT_INTERVAL):
-                yield convert.train_event(job.run_id, event)
+            for burst in job.bursts(EVENT_INTERVAL):
+                yield from convert.train_messages(job.run_id, burst)
         except DataError as error:
             raise invalid(data_field, str(error), "data") from None
         except RunFailed as failure:  # recorded failed in the store: the stream ends normally, saying why

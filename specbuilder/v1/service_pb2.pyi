@@ -318,19 +318,31 @@ class TrainFinished(_message.Message):
     stats: _containers.RepeatedCompositeFieldContainer[LayerStats]
     def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., reason: _Optional[str] = ..., steps: _Optional[int] = ..., stats: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ...) -> None: ...
 
-class TrainEvent(_message.Message):
-    __slots__ = ("run_id", "started", "epoch", "stats", "finished")
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    STARTED_FIELD_NUMBER: _ClassVar[int]
+class ProgressItem(_message.Message):
+    __slots__ = ("epoch", "stats")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    epoch: EpochMetrics
+    stats: StatsWindow
+    def __init__(self, epoch: _Optional[_Union[EpochMetrics, _Mapping]] = ..., stats: _Optional[_Union[StatsWindow, _Mapping]] = ...) -> None: ...
+
+class TrainProgress(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ProgressItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ProgressItem, _Mapping]]] = ...) -> None: ...
+
+class TrainEvent(_message.Message):
+    __slots__ = ("run_id", "started", "progress", "finished")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     started: TrainStarted
-    epoch: EpochMetrics
-    stats: StatsWindow
+    progress: TrainProgress
     finished: TrainFinished
-    def __init__(self, run_id: _Optional[str] = ..., started: _Optional[_Union[TrainStarted, _Mapping]] = ..., epoch: _Optional[_Union[EpochMetrics, _Mapping]] = ..., stats: _Optional[_Union[StatsWindow, _Mapping]] = ..., finished: _Optional[_Union[TrainFinished, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., started: _Optional[_Union[TrainStarted, _Mapping]] = ..., progress: _Optional[_Union[TrainProgress, _Mapping]] = ..., finished: _Optional[_Union[TrainFinished, _Mapping]] = ...) -> None: ...
 
 class ModelRecord(_message.Message):
     __slots__ = ("id", "name", "status", "spec", "num_params", "spec_hash", "created", "updated", "config", "history", "stats", "dataset", "reason", "has_weights")

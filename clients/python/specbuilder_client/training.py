@@ -1,7 +1,8 @@
 """``TrainRun``: a Train call as events to iterate, a final ``TrainResult``, a progress bar and ``cancel()``.
 
-Events come as the server sends them: ``TrainStarted``, then ``EpochEvent`` and ``StatsEvent``
-as they happen, ``TrainFinished`` last. ``result()`` reads whatever is left and returns the
+Events come in the order the run made them: ``TrainStarted``, then ``EpochEvent`` and
+``StatsEvent`` (the server sends them in bursts every 0.1 s, a burst's in one message),
+``TrainFinished`` last. ``result()`` reads whatever is left and returns the
 run's outcome; the stored record, with its config and timestamps, is ``client.get_model(model_id)``.
 """
 
@@ -59,18 +60,20 @@ class TrainFinished(Result):
 TrainEvent = Union[TrainStarted, EpochEvent, StatsEvent, TrainFinished]
 
 
-def event_from_proto(message: service_pb2.TrainEvent) -> TrainEvent:
-    """One Train stream message as its event."""
+def events_from_proto(message: service_pb2.TrainEvent) -> list[TrainEvent]:
+    """One Train stream message as its events: one, or a progress message's epochs and windows in order."""
     run_id, kind = message.run_id, message.WhichOneof("event")
     if kind == "started":
         s = message.started
-        return TrainStarted(run_id=run_id, epochs=s.epochs, steps_per_epoch=s.steps_per_epoch, train_samples=s.train_samples, val_samples=s.val_samples)
-    if kind == "epoch":
-        return EpochEvent(run_id=run_id, **EpochMetrics.from_proto(message.epoch).model_dump())
-    if kind == "stats":
-        return StatsEvent(run_id=run_id, step=message.stats.step, stats=layer_stats(message.stats.stats))
+        return [TrainStarted(run_id=run_id, epochs=s.epochs, steps_per_epoch=s.steps_per_epoch, train_samples=s.train_samples, val_samples=s.val_samples)]
+    if kind == "progress":
+        return [
+            EpochEvent(run_id=run_id, **EpochMetrics.from_proto(item.epoch).model_dump()) if item.HasField("epoch")
+            else StatsEvent(run_id=run_id, step=item.stats.step, stats=layer_stats(item.stats.stats))
+            for item in message.progress.items
+        ]
     f = message.finished
-    return TrainFinished(run_id=run_id, status=status_name(f.status), reason=f.reason, steps=f.steps, stats=layer_stats(f.stats))
+    return [TrainFinished(run_id=run_id, status=status_name(f.status), reason=f.reason, steps=f.steps, stats=layer_stats(f.stats))]
 
 
 class TrainResult(Result):
@@ -117,22 +120,22 @@ class TrainRun:
         bar = None
         try:
             for message in self._call:
-                event = event_from_proto(message)
-                self.run_id = event.run_id
-                if isinstance(event, TrainStarted) and self._progress:
-                    from tqdm.auto import tqdm
+                for event in events_from_proto(message):
+                    self.run_id = event.run_id
+                    if isinstance(event, TrainStarted) and self._progress:
+                        from tqdm.auto import tqdm
 
-                    bar = tqdm(total=event.epochs, unit="epoch", desc=f"train {event.run_id[:8]}")
-                elif isinstance(event, EpochEvent):
-                    self.history.append(EpochMetrics(**event.model_dump(exclude={"type", "run_id"})))
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in (("loss", event.loss), ("val_loss", event.val_loss), ("accuracy", event.accuracy)) if v is not None})
-                        bar.update(1)
-                elif isinstance(event, StatsEvent):
-                    self._stats = event.stats
-                elif isinstance(event, TrainFinished):
-                    self._finished = event
-                yield event
+                        bar = tqdm(total=event.epochs, unit="epoch", desc=f"train {event.run_id[:8]}")
+                    elif isinstance(event, EpochEvent):
+                        self.history.append(EpochMetrics(**event.model_dump(exclude={"type", "run_id"})))
+                        if bar is not None:
+                            bar.set_postfix({k: f"{v:.4g}" for k, v in (("loss", event.loss), ("val_loss", event.val_loss), ("accuracy", event.accuracy)) if v is not None})
+                            bar.update(1)
+                    elif isinstance(event, StatsEvent):
+                        self._stats = event.stats
+                    elif isinstance(event, TrainFinished):
+                        self._finished = event
+                    yield event
         except grpc.RpcError as error:
             if not (self._cancelled and error.code() == grpc.StatusCode.CANCELLED):
                 raise from_rpc(error) from None
