@@ -113,6 +113,19 @@ def test_a_shared_array_is_sent_where_it_lies_and_its_region_goes_with_its_last_
     assert kept.sum() == 8.0
 
 
+def test_serve_answers_shared_memory_calls_on_its_local_socket_unless_told_not_to(shm_server: str, tmp_path: Path) -> None:
+    with Client(shm_server, shared_memory=True) as client:
+        first = client.evaluate(SPIRALS, X).outputs
+        assert client.local_socket is not None and Path(client.local_socket).is_socket()
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, first)
+    with server_process(tmp_path / "store", "--shared-memory", "--no-local-socket") as running, \
+            Client(running.address, shared_memory=True) as client:
+        inline = client.evaluate(SPIRALS, X, shared_memory=False).outputs  # another process: other initial weights
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, inline)
+        np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, inline)
+        assert client.local_socket is None
+
+
 def test_a_shared_memory_client_is_the_default_and_a_server_without_it_refuses(shm_server: str, server: RunningServer) -> None:  # noqa: F811
     with Client(shm_server, shared_memory=True) as client:
         assert client.evaluate(SPIRALS, X).outputs.shape == (5, 2)
