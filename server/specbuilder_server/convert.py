@@ -94,7 +94,6 @@ def train_messages(run_id: str, events: Iterable[Event]) -> list[service_pb2.Tra
             if progress is None:
                 message = service_pb2.TrainEvent(run_id=run_id)
                 progress = message.progress
-                progress.SetInParent()
                 messages.append(message)
             item = progress.items.add()
             if event.type == "epoch":

@@ -21,7 +21,7 @@ from specbuilder.spec import ModelSpec
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder.wire import to_numpy, to_proto
 from specbuilder.localsocket import METADATA_KEY
-from specbuilder_client.errors import SpecbuilderError, from_rpc
+from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.local import LocalConnection
 from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, Validation, layer_stats, status_value
@@ -183,6 +183,9 @@ class Client:
         if self._local is not None:
             try:
                 return self._local.evaluate(request, timeout)
+            except DeadlineExceeded:  # its answer may still come: the connection cannot be used again
+                self._drop_local()
+                raise
             except OSError:  # the connection broke (the server stopped, or closed it): the call goes to gRPC
                 self._drop_local()
         try:

@@ -5,8 +5,8 @@ shared-memory Evaluate call over gRPC, connects, and sends the following ones th
 request bytes, the same answers, failures raised as the same typed errors. A connection that
 breaks is dropped, and the call it was making goes to gRPC instead (Evaluate changes nothing on
 the server, so sending it again is safe); the next gRPC answer names the socket again. A call
-whose timeout passes raises ``DeadlineExceeded`` and drops the connection, since its answer
-would still be on the way.
+whose timeout passes raises ``DeadlineExceeded``, and the client drops the connection, since
+its answer would still be on the way.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ class LocalConnection:
             send_frame(self._socket, EVALUATE, request.SerializeToString())
             return service_pb2.EvaluateResponse.FromString(self._reply(deadline))
         except TimeoutError:
-            self.close()
             raise DeadlineExceeded(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer on the local socket within {timeout:g} s") from None
 
     def _reply(self, deadline: float | None) -> bytes:

@@ -111,7 +111,7 @@ class SharedInputs:
 
     def array(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """A zeroed array in a region of its own, which ``place`` sends without copying (see the module's docstring)."""
-        code, wire = wire_dtype(np.empty(0, dtype))
+        _, wire = wire_dtype(np.empty(0, dtype))
         count = math.prod(shape)
         region = _new_region(max(count * wire.itemsize, 1))  # registered with the resource tracker, as the shared region is
         try:
@@ -128,7 +128,8 @@ class SharedInputs:
         return np.frombuffer(memory, wire, count=count).reshape(shape)
 
     def _owner(self, array: np.ndarray) -> tuple[str, int] | None:
-        """The region of ``array`` (one of ``array``'s) and its offset there, if it can be sent as it lies."""
+        """The region made by ``array`` (the method) that holds ``array``'s elements packed, and their
+        offset in it; None if there is none, and the elements must be copied to be sent."""
         for owned in list(self._owned.values()):
             offset = owned.offset_of(array)
             if offset is not None:
