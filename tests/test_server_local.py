@@ -4,6 +4,7 @@ the same errors, the same token, and gRPC again whenever the socket is gone."""
 from __future__ import annotations
 
 import socket
+import threading
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,32 @@ def test_when_the_socket_goes_the_call_goes_over_grpc(tmp_path: Path) -> None:
         np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, expected)
         assert client.local_socket is None
         np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, expected)
+
+
+def test_concurrent_clients_and_threads_on_the_local_socket_all_get_their_own_answers(running: RunningServer) -> None:
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(size=(int(n), 2)).astype(np.float32) for n in rng.integers(1, 300, size=8)]
+    with Client(running.address, token=TOKEN) as inline:
+        expected = [inline.evaluate(SPIRALS, x).outputs for x in batches]
+    clients = [Client(running.address, token=TOKEN, shared_memory=True) for _ in range(3)]
+    failures: list[str] = []
+
+    def work(client: Client, offset: int) -> None:
+        for round_ in range(10):
+            index = (offset + round_) % len(batches)
+            got = client.evaluate(SPIRALS, batches[index]).outputs
+            if not np.array_equal(got, expected[index]):
+                failures.append(f"batch {index} came back wrong")
+
+    try:
+        threads = [threading.Thread(target=work, args=(client, offset)) for offset, client in
+                   enumerate([client for client in clients for _ in range(2)])]  # two threads share each client
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads) and not failures
+        assert all(client.local_socket == running.local_socket for client in clients)
+    finally:
+        for client in clients:
+            client.close()
