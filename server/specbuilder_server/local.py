@@ -20,6 +20,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn
@@ -36,6 +37,8 @@ log = logging.getLogger("specbuilder_server")
 
 HELLO_BYTES = 4096
 """Largest hello accepted: the protocol name and a token."""
+HELLO_SECONDS = 10.0
+"""How long a new connection may take to say hello before it is closed: a silent one holds a slot."""
 _METHOD = SERVICE.methods_by_name["Evaluate"]
 _parse = parser_for(service_pb2.EvaluateRequest.FromString, _METHOD)
 """Bytes to ``Received``, as the gRPC path parses them (``decoding``)."""
@@ -98,6 +101,7 @@ class LocalSocket:
 
     def close(self, grace: float) -> None:
         """Stop accepting, let calls in flight finish (up to ``grace`` seconds), remove the socket."""
+        deadline = time.monotonic() + grace
         with self._lock:
             if self._closed:
                 return
@@ -111,7 +115,7 @@ class LocalSocket:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RD)  # an idle one wakes to EOF; one in a call still answers it
         for thread in connections.values():
-            thread.join(grace)
+            thread.join(max(deadline - time.monotonic(), 0))
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _accept(self) -> None:
@@ -148,6 +152,7 @@ class LocalSocket:
     def _welcome(self, connection: socket.socket) -> bool:
         """Check the peer and its hello; answer OK or why not. True if the connection may go on."""
         _, uid, _ = _CREDENTIALS.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+        connection.settimeout(HELLO_SECONDS)
         kind, length = read_head(connection)
         if uid not in (os.getuid(), 0):
             problem = _status(grpc.StatusCode.PERMISSION_DENIED, "the local socket serves its own user only")
@@ -161,6 +166,7 @@ class LocalSocket:
                 problem = _status(grpc.StatusCode.UNAUTHENTICATED, "the token sent in the hello is not this server's token"
                                   if token else "this server needs a token: send it in the hello")
             else:
+                connection.settimeout(None)  # a connection may then wait as long as it likes between calls
                 send_frame(connection, OK, b"")
                 return True
         send_frame(connection, STATUS, problem)
