@@ -61,10 +61,10 @@ class _Context:
 
     def abort_with_status(self, status: grpc.Status) -> NoReturn:
         details = dict(status.trailing_metadata or ()).get(_DETAILS_KEY)
-        raise _Ended(status_pb2.Status.FromString(details) if details else status_pb2.Status(code=status.code.value[0], message=status.details))
+        raise _Ended(status_pb2.Status.FromString(details) if details else _status_message(status.code, status.details))
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise _Ended(status_pb2.Status(code=code.value[0], message=details))
+        raise _Ended(_status_message(code, details))
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         """Nothing travels beside the answer here."""
@@ -73,8 +73,13 @@ class _Context:
         return True
 
 
+def _status_message(code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    return status_pb2.Status(code=code.value[0], message=message)
+
+
 def _status(code: grpc.StatusCode, message: str) -> bytes:
-    return status_pb2.Status(code=code.value[0], message=message).SerializeToString()
+    """A ``STATUS`` frame's payload."""
+    return _status_message(code, message).SerializeToString()
 
 
 class LocalSocket:

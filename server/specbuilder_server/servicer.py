@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import torch
 
+from specbuilder import localsocket
 from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
-from specbuilder import localsocket
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
 from specbuilder.regions import SharedRegions
