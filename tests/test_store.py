@@ -246,6 +246,31 @@ def test_a_run_is_recorded_updated_and_finished(store: ModelStore) -> None:
         store.update_run(run.id, history=[])
 
 
+def test_a_runs_start_and_progress_commit_without_fsync_and_everything_else_with_it(store: ModelStore) -> None:
+    """A training loop must not wait on the disk for progress; an outcome is durable when the call returns."""
+    levels: list[str] = []  # the synchronous level each COMMIT ran under
+    level = ["FULL"]
+
+    def trace(statement: str) -> None:
+        if statement.startswith("PRAGMA synchronous="):
+            level[0] = statement.removeprefix("PRAGMA synchronous=")
+        elif statement == "COMMIT":
+            levels.append(level[0])
+
+    store._db.set_trace_callback(trace)
+    run = store.start_run(MLP)
+    store.update_run(run.id, history=[{"epoch": 0, "loss": 1.0}])
+    assert levels == ["NORMAL", "NORMAL"]
+    levels.clear()
+    store.finish_run(run.id, "completed", compile_spec(MLP, device="cpu"))
+    store.finish_run(store.start_run(MLP).id, "failed", reason="out of memory")
+    store.delete(store.save(compile_spec(MLP, device="cpu")).id)
+    assert levels == ["FULL", "NORMAL", "FULL", "FULL", "FULL"]
+    with pytest.raises(StoreError, match="only a running run can be updated"):
+        store.update_run(run.id, history=[])  # rolled back
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again for whatever comes next
+
+
 def test_a_run_that_failed_without_weights_says_why_it_cannot_load(store: ModelStore) -> None:
     run = store.start_run(MLP)
     store.finish_run(run.id, "failed", reason="out of memory")

@@ -15,6 +15,9 @@ partial entry: at worst a temporary or unreferenced weights file, which the next
 (it waits for saves in flight anywhere to finish first). Runs left ``running`` by a store whose
 owner lock nobody holds any more (its process died) are marked ``interrupted`` on open, and
 by every ``get`` and ``list`` of a store open in another process.
+Finished models and outcomes are fsynced before the call returns; a run's start and progress are
+committed without an fsync of their own (the next durable commit makes them durable), so a
+training loop does not wait on the disk for them.
 Weights are only ever read with safetensors; nothing is unpickled.
 """
 
@@ -29,7 +32,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import numpy as np
@@ -119,14 +122,21 @@ def _spec_of(model: nn.Module | Mapping[str, torch.Tensor], spec: SpecLike | Non
     return spec if isinstance(spec, ModelSpec) else parse_spec(spec)
 
 
-def _expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every state_dict key the spec compiles to, with its shape (built on the meta device: no memory)."""
+def _expected_shapes(spec: ModelSpec) -> Mapping[str, tuple[int, ...]]:
+    """Every state_dict key the spec compiles to, with its shape."""
+    return _shapes_of(spec.canonical_json())
+
+
+@lru_cache(maxsize=256)
+def _shapes_of(canonical: str) -> Mapping[str, tuple[int, ...]]:
+    """``_expected_shapes`` once per distinct spec: the modules are built on the meta device (no
+    memory), which still costs 0.3–0.8 ms a spec, a sixth of storing a small model."""
     with torch.device("meta"):
-        return {
+        return MappingProxyType({
             f"{node.name}.{key}": tuple(value.shape)
-            for node in spec.nodes if node.kind.stateful
+            for node in _spec_from_json(canonical).nodes if node.kind.stateful
             for key, value in build_module(node).state_dict().items()
-        }
+        })
 
 
 def _tensors(model: nn.Module | Mapping[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
@@ -272,18 +282,30 @@ class ModelStore:
     # -- index access -----------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back on error."""
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back on error.
+
+        A durable commit is fsynced before it returns. A progress commit (``durable=False``: a run
+        starting, its history so far) is not: it survives the process dying at once, and a power loss
+        from the next durable commit on, which fsyncs the log it is in. It saves a training run an
+        fsync per write (0.4 ms each on an idle disk, more on a busy one).
+        """
         with self._lock:
             db = self._open_db()
-            db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous=FULL")
 
     def _open_db(self) -> sqlite3.Connection:
         """The index connection (the caller holds ``self._lock``); ``StoreError`` once closed."""
@@ -417,18 +439,20 @@ class ModelStore:
         """Record a training run now starting: status ``running``, no weights yet.
 
         Finish it with ``finish_run``. If this process dies first, the next store opened on the
-        directory marks it ``interrupted``; closing this store does so at once.
+        directory marks it ``interrupted``; closing this store does so at once. Committed without
+        an fsync (a progress commit, see ``_transaction``).
         """
         spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
         record = self._new_record(spec, name, "running", config=config, dataset=dataset, has_weights=False)
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             self._insert(db, record)
         return record
 
     def update_run(self, model_id: str, *, history: Any = None, stats: Any = None) -> ModelRecord:
-        """Replace a running run's ``history`` and/or ``stats`` (progress a client can read later)."""
+        """Replace a running run's ``history`` and/or ``stats`` (progress a client can read later; a
+        progress commit, without an fsync)."""
         check_id(model_id)
-        with self._transaction() as db:
+        with self._transaction(durable=False) as db:
             self._change_running(db, model_id, {"updated_us": _now_us(), **_progress(history, stats)}, "updated")
         return self.get(model_id)
 
