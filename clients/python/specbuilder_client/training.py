@@ -2,13 +2,14 @@
 
 Events come in the order the run made them: ``TrainStarted``, then ``EpochEvent`` and
 ``StatsEvent`` (the server sends them in bursts every 0.1 s, a burst's in one message),
-``TrainFinished`` last. ``result()`` reads whatever is left and returns the
-run's outcome; the stored record, with its config and timestamps, is ``client.get_model(model_id)``.
+``TrainFinished`` last. ``result()`` reads whatever is left (the statistics windows it will not
+return are not made into events) and returns the run's outcome; the stored record, with its config
+and timestamps, is ``client.get_model(model_id)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Union
 
 import grpc
@@ -102,7 +103,11 @@ class TrainRun:
         """The run's id (also the stored model's), from the first event on."""
         self.history: list[EpochMetrics] = []
         """Epoch metrics received so far."""
-        self._stats: list[LayerStats] = []
+        self._window: Sequence[LayerStats | service_pb2.LayerStats] = []
+        """The last statistics window received: read, or still as it came when ``result()`` skimmed it."""
+        self._skimming = False
+        """Set by ``result()``: windows that nobody will see are no longer turned into events."""
+        self._bar: Any = None
         self._finished: TrainFinished | None = None
         self._events = self._read()
 
@@ -117,22 +122,21 @@ class TrainRun:
             self.cancel()
 
     def _read(self) -> Iterator[TrainEvent]:
-        bar = None
         try:
             for message in self._call:
+                self.run_id = message.run_id
+                if self._skimming and message.WhichOneof("event") == "progress":
+                    self._skim(message.progress)
+                    continue
                 for event in events_from_proto(message):
-                    self.run_id = event.run_id
                     if isinstance(event, TrainStarted) and self._progress:
                         from tqdm.auto import tqdm
 
-                        bar = tqdm(total=event.epochs, unit="epoch", desc=f"train {event.run_id[:8]}")
+                        self._bar = tqdm(total=event.epochs, unit="epoch", desc=f"train {event.run_id[:8]}")
                     elif isinstance(event, EpochEvent):
-                        self.history.append(EpochMetrics(**event.model_dump(exclude={"type", "run_id"})))
-                        if bar is not None:
-                            bar.set_postfix({k: f"{v:.4g}" for k, v in (("loss", event.loss), ("val_loss", event.val_loss), ("accuracy", event.accuracy)) if v is not None})
-                            bar.update(1)
+                        self._epoch(EpochMetrics(**event.model_dump(exclude={"type", "run_id"})))
                     elif isinstance(event, StatsEvent):
-                        self._stats = event.stats
+                        self._window = event.stats
                     elif isinstance(event, TrainFinished):
                         self._finished = event
                     yield event
@@ -140,11 +144,30 @@ class TrainRun:
             if not (self._cancelled and error.code() == grpc.StatusCode.CANCELLED):
                 raise from_rpc(error) from None
         finally:
-            if bar is not None:
-                bar.close()
+            if self._bar is not None:
+                self._bar.close()
+
+    def _skim(self, progress: service_pb2.TrainProgress) -> None:
+        """A progress message read for ``result()``: its epochs, and its last window kept as it came.
+
+        A run with statistics every few steps sends thousands of windows; turning each into
+        ``LayerStats`` only to drop it was half the CPU the client's thread spent on a run (3.5 of
+        7.1 ms for the benchmark's 0.35 s run), taken from the cores a same-host run trains on."""
+        for item in progress.items:
+            if item.HasField("epoch"):
+                self._epoch(EpochMetrics.from_proto(item.epoch))
+            else:
+                self._window = item.stats.stats
+
+    def _epoch(self, metrics: EpochMetrics) -> None:
+        self.history.append(metrics)
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in (("loss", metrics.loss), ("val_loss", metrics.val_loss), ("accuracy", metrics.accuracy)) if v is not None})
+            self._bar.update(1)
 
     def result(self) -> TrainResult:
         """Wait for the run to end (reading the events left) and return its outcome."""
+        self._skimming = True
         for _ in self._events:
             pass
         if self._finished is not None:
@@ -152,7 +175,8 @@ class TrainRun:
             return TrainResult(model_id=f.run_id, status=f.status, reason=f.reason, steps=f.steps, history=list(self.history), stats=f.stats)
         if self.run_id is None:
             raise Cancelled(grpc.StatusCode.CANCELLED, "the run was cancelled before it started; nothing was stored")
-        return TrainResult(model_id=self.run_id, status="cancelled", reason="cancelled by the client", steps=None, history=list(self.history), stats=self._stats)
+        stats = [s if isinstance(s, LayerStats) else LayerStats.from_proto(s) for s in self._window]
+        return TrainResult(model_id=self.run_id, status="cancelled", reason="cancelled by the client", steps=None, history=list(self.history), stats=stats)
 
     def cancel(self) -> None:
         """Stop the run: the server stops within one step and stores it as cancelled."""
