@@ -62,7 +62,7 @@ TRAIN_SPEC: dict[str, Any] = {
 }
 LONGER_EPOCHS = 60
 """A second run, three times as long: it tells what the service adds once per run (the call, the
-store's records, the weights' fsynced file: about 10 ms) from what grows with the run (the client,
+store's records, the weights' fsynced file: about 8 ms) from what grows with the run (the client,
 gRPC and the event stream taking turns on the cores the training's OpenMP team keeps busy)."""
 TRAIN_CONFIG: dict[str, Any] = {"epochs": 20, "batch_size": 64, "lr": 0.01, "seed": SEED, "device": "cpu", "stats_every": 10}
 
