@@ -247,7 +247,10 @@ def test_a_run_is_recorded_updated_and_finished(store: ModelStore) -> None:
 
 
 def test_a_runs_start_and_progress_commit_without_fsync_and_everything_else_with_it(store: ModelStore) -> None:
-    """A training loop must not wait on the disk for progress; an outcome is durable when the call returns."""
+    """A training loop must not wait on the disk for progress; an outcome is durable when the call returns.
+
+    SQLite fsyncs in C, out of Python's sight: the index connection's statement trace is where the
+    level each commit ran under shows."""
     levels: list[str] = []  # the synchronous level each COMMIT ran under
     level = ["FULL"]
 
