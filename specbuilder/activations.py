@@ -6,6 +6,10 @@ and the docs all read it; tests parametrize over it.
 
 Flat regions follow one rule: where the derivative is below 1% of its maximum. That is where a
 unit stops passing gradient back (a dead ReLU, a saturated sigmoid).
+
+Estimated cost (``Inferred.macs``): one multiply-add per element, the default, except identity
+(0: it passes its input through), the softmax-like kinds (``SOFTMAX_MACS_PER_ELEMENT``) and glu
+(one per input element: a sigmoid of one half, a product with the other).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from specbuilder.kinds import (
 F = "torch.nn.functional."
 NN = "torch.nn."
 INF = math.inf
+SOFTMAX_MACS_PER_ELEMENT = 3
+"""Softmax, log_softmax and softmin pass over each element three times: for the maximum, for the sum
+of exponentials, and to normalize."""
 
 
 def _nowhere(x: Any) -> Any:
@@ -33,9 +40,13 @@ def _everywhere(x: Any) -> Any:
     return (x != x) | (x == x)
 
 
-def _dim_preserving(params: Mapping[str, Any], shape: Shape) -> Inferred:
+def _identity(params: Mapping[str, Any], shape: Shape) -> Inferred:
+    return Inferred(shape, dict(params), macs=0)
+
+
+def _softmax_like(params: Mapping[str, Any], shape: Shape) -> Inferred:
     check_dim(params["dim"], shape)
-    return Inferred(shape, dict(params))
+    return Inferred(shape, dict(params), macs=SOFTMAX_MACS_PER_ELEMENT * math.prod(shape))
 
 
 def _glu(params: Mapping[str, Any], shape: Shape) -> Inferred:
@@ -47,7 +58,7 @@ def _glu(params: Mapping[str, Any], shape: Shape) -> Inferred:
         raise LayerError(f"glu halves dimension {params['dim']}, which has odd size {size}", "dim")
     out = list(shape)
     out[dim - 1] = size // 2
-    return Inferred(tuple(out), dict(params))
+    return Inferred(tuple(out), dict(params), macs=math.prod(shape))
 
 
 def _prelu(params: Mapping[str, Any], shape: Shape) -> Inferred:
@@ -91,7 +102,7 @@ def _kinds() -> list[ActivationKind]:
     return [
         ActivationKind(
             name="identity", summary="Passes its input through unchanged: a network of these is one linear map.",
-            params={}, module=NN + "Identity", functional=PASS_THROUGH, formula="x",
+            params={}, module=NN + "Identity", functional=PASS_THROUGH, infer=_identity, formula="x",
             flat=None,
         ),
         ActivationKind(
@@ -262,20 +273,20 @@ def _kinds() -> list[ActivationKind]:
         ActivationKind(
             name="softmax", summary="Normalized exponentials along dim: a probability distribution.",
             params={"dim": (int, Dim)}, module=NN + "Softmax", functional=F + "softmax", positional=("dim",),
-            infer=_dim_preserving, formula="exp(x_i) / sum_j exp(x_j)", output_range=(0.0, 1.0), probability=True,
+            infer=_softmax_like, formula="exp(x_i) / sum_j exp(x_j)", output_range=(0.0, 1.0), probability=True,
             example={"dim": 1},
             flat=FlatRegion("p(1 - p) < 0.0025 (p within 0.25% of 0 or 1)", lambda x, y, p: _saturated_probability(y)),
         ),
         ActivationKind(
             name="log_softmax", summary="Logarithm of softmax, computed stably.",
             params={"dim": (int, Dim)}, module=NN + "LogSoftmax", functional=F + "log_softmax",
-            positional=("dim",), infer=_dim_preserving, formula="x_i - log(sum_j exp(x_j))",
+            positional=("dim",), infer=_softmax_like, formula="x_i - log(sum_j exp(x_j))",
             output_range=(-INF, 0.0), probability=True, example={"dim": 1},
             flat=FlatRegion("p > 0.99", lambda x, y, p: y > math.log(0.99)),
         ),
         ActivationKind(
             name="softmin", summary="Softmax of -x.", params={"dim": (int, Dim)}, module=NN + "Softmin",
-            functional=F + "softmin", positional=("dim",), infer=_dim_preserving,
+            functional=F + "softmin", positional=("dim",), infer=_softmax_like,
             formula="exp(-x_i) / sum_j exp(-x_j)", output_range=(0.0, 1.0), probability=True, example={"dim": 1},
             flat=FlatRegion("p(1 - p) < 0.0025", lambda x, y, p: _saturated_probability(y)),
         ),

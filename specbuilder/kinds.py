@@ -38,6 +38,11 @@ class Inferred:
     kwargs: Mapping[str, Any]
     """Keyword arguments for the torch module, inferred sizes filled in."""
     num_params: int = 0
+    macs: int | None = None
+    """Estimated multiply-adds of the forward pass for one sample; None: one per output element,
+    the cost of an element-wise layer whatever its function (``exp`` and ``max`` count as one).
+    An estimate to weigh a call against a budget before running it, not a profile: bias additions
+    are left out, as torch's ``FlopCounterMode`` leaves them out."""
 
 
 InferFn = Callable[[Mapping[str, Any], Shape], Inferred]

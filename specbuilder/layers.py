@@ -3,6 +3,13 @@
 Parameter names are PyTorch's own. Sizes that follow from the input (``in_features``,
 ``in_channels``, ``num_features``) are inferred; a given value must agree. Shapes are per
 sample: ``[C, H, W]`` for images, ``[C, L]`` for sequences, ``[F]`` for features.
+
+Estimated multiply-adds per sample (``Inferred.macs``): linear, ``prod(in_shape[:-1]) *
+in_features * out_features``; convolution, ``prod(out_shape) * in_channels / groups *
+prod(kernel_size)``; pooling, ``prod(out_shape) * prod(kernel_size)`` (a compare or an add per
+window element); adaptive pooling, ``prod(in_shape)`` (about one read per input element);
+normalization, ``NORM_MACS_PER_ELEMENT`` per element; flatten and unflatten, 0 (views: no
+arithmetic); dropout, one per element (a mask and a multiply while training).
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ F = "torch.nn.functional."
 MAX_SIZE = 2**31 - 1
 PositiveInt = Annotated[int, Field(ge=1, le=MAX_SIZE)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+NORM_MACS_PER_ELEMENT = 4
+"""Estimated multiply-adds per element of batch and layer normalization: one each for the mean and
+the variance (batch norm reads its running ones in evaluation; counted anyway), one to normalize,
+one for the affine map (counted whether or not the layer has one)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -82,7 +93,8 @@ def _linear(params: Mapping[str, Any], shape: Shape) -> Inferred:
     n_in = _infer_size(params, "in_features", shape[-1], "features (its last dimension)")
     n_out = params["out_features"]
     kwargs = {"in_features": n_in, "out_features": n_out, "bias": params["bias"]}
-    return Inferred((*shape[:-1], n_out), kwargs, n_in * n_out + (n_out if params["bias"] else 0))
+    num_params = n_in * n_out + (n_out if params["bias"] else 0)
+    return Inferred((*shape[:-1], n_out), kwargs, num_params, macs=math.prod(shape[:-1]) * n_in * n_out)
 
 
 def _window_out(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool, field: str, what: str) -> int:
@@ -126,7 +138,9 @@ def _conv(n: int):
         kwargs = {key: params[key] for key in ("out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias")}
         kwargs = {"in_channels": c_in, **kwargs}
         weights = c_out * (c_in // groups) * math.prod(kernel)
-        return Inferred((c_out, *spatial), kwargs, weights + (c_out if params["bias"] else 0))
+        out_shape = (c_out, *spatial)
+        macs = math.prod(out_shape) * (c_in // groups) * math.prod(kernel)
+        return Inferred(out_shape, kwargs, weights + (c_out if params["bias"] else 0), macs=macs)
 
     return infer
 
@@ -147,14 +161,15 @@ def _pool(n: int, kind: str, dilated: bool):
             _window_out(size, k, s, p, d, params["ceil_mode"], "kernel_size", "spatial")
             for size, k, s, p, d in zip(shape[1:], kernel, stride, pads, dilation)
         )
-        return Inferred((shape[0], *spatial), dict(params))
+        out_shape = (shape[0], *spatial)
+        return Inferred(out_shape, dict(params), macs=math.prod(out_shape) * math.prod(kernel))
 
     return infer
 
 
 def _adaptive(params: Mapping[str, Any], shape: Shape) -> Inferred:
     _need_rank("adaptive_avg_pool2d", shape, (3,), "[C, H, W]")
-    return Inferred((shape[0], *_pair(params["output_size"], 2)), dict(params))
+    return Inferred((shape[0], *_pair(params["output_size"], 2)), dict(params), macs=math.prod(shape))
 
 
 def _batch_norm(n: int):
@@ -163,7 +178,8 @@ def _batch_norm(n: int):
     def infer(params: Mapping[str, Any], shape: Shape) -> Inferred:
         _need_rank(f"batch_norm{n}d", shape, ranks, layout)
         c = _infer_size(params, "num_features", shape[0], "channels (its first dimension)")
-        return Inferred(shape, {**params, "num_features": c}, 2 * c if params["affine"] else 0)
+        macs = NORM_MACS_PER_ELEMENT * math.prod(shape)
+        return Inferred(shape, {**params, "num_features": c}, 2 * c if params["affine"] else 0, macs=macs)
 
     return infer
 
@@ -184,7 +200,7 @@ def _layer_norm(params: Mapping[str, Any], shape: Shape) -> Inferred:
     size = math.prod(normalized)
     affine = params["elementwise_affine"]
     count = (size if affine else 0) + (size if affine and params["bias"] else 0)
-    return Inferred(shape, {**params, "normalized_shape": normalized}, count)
+    return Inferred(shape, {**params, "normalized_shape": normalized}, count, macs=NORM_MACS_PER_ELEMENT * math.prod(shape))
 
 
 def _flatten(params: Mapping[str, Any], shape: Shape) -> Inferred:
@@ -195,7 +211,7 @@ def _flatten(params: Mapping[str, Any], shape: Shape) -> Inferred:
     if end < start:
         raise LayerError(f"must not come before start_dim ({params['start_dim']}), got {params['end_dim']}", "end_dim")
     merged = math.prod(shape[start - 1 : end])
-    return Inferred((*shape[: start - 1], merged, *shape[end:]), dict(params))
+    return Inferred((*shape[: start - 1], merged, *shape[end:]), dict(params), macs=0)
 
 
 def _unflatten(params: Mapping[str, Any], shape: Shape) -> Inferred:
@@ -213,7 +229,7 @@ def _unflatten(params: Mapping[str, Any], shape: Shape) -> Inferred:
         sizes[sizes.index(-1)] = size // known
     elif known != size:
         raise LayerError(f"must multiply to {size}, the size of dimension {params['dim']}, got {sizes}", "unflattened_size")
-    return Inferred((*shape[: dim - 1], *sizes, *shape[dim:]), dict(params))
+    return Inferred((*shape[: dim - 1], *sizes, *shape[dim:]), dict(params), macs=0)
 
 
 def _conv_params() -> dict[str, tuple[Any, Any]]:
