@@ -187,6 +187,8 @@ class Node:
     kwargs: Mapping[str, Any]
     """Keyword arguments of the torch module, inferred sizes filled in."""
     num_params: int
+    macs: int
+    """Estimated multiply-adds of the forward pass for one sample: ``Inferred.macs``, or one per output element."""
 
     @property
     def kind(self) -> LayerKind:
@@ -209,6 +211,7 @@ class ModelSpec(_Strict):
     layers: Annotated[list[AnyLayer], Field(min_length=1, max_length=MAX_LAYERS)]
 
     _nodes: tuple[Node, ...] = PrivateAttr(default=())
+    _macs: int = PrivateAttr(default=0)
     FIELDS: ClassVar[tuple[str, ...]] = ("name", "input_shape", "layers")
 
     @model_validator(mode="wrap")
@@ -223,6 +226,7 @@ class ModelSpec(_Strict):
         if problems:
             raise reraise(cls.__name__, problems)
         spec._nodes = tuple(nodes)
+        spec._macs = sum(node.macs for node in nodes)
         return spec
 
     @property
@@ -237,6 +241,26 @@ class ModelSpec(_Strict):
     @property
     def num_params(self) -> int:
         return sum(node.num_params for node in self._nodes)
+
+    @property
+    def macs_per_sample(self) -> int:
+        """Estimated multiply-adds of one sample's forward pass: the nodes' ``macs`` summed once, at validation.
+
+        Read from shape inference alone, so a spec too large to build is priced without building it.
+        """
+        return self._macs
+
+    def flops(self, rows: int) -> int:
+        """Estimated FLOPs of a forward pass over ``rows`` samples: ``2 * macs_per_sample * rows``.
+
+        One multiply-add is 2 FLOPs, as torch's ``FlopCounterMode`` counts matmuls and convolutions;
+        element-wise work is one multiply-add per element (see ``Inferred.macs``). An estimate to hold
+        a call against a budget before running it, not a profile. Forward pass only: a training
+        step's backward pass is not counted.
+        """
+        if rows < 0:
+            raise ValueError(f"rows must be >= 0, got {rows}")
+        return 2 * self._macs * rows
 
     def canonical_json(self) -> str:
         """Every field spelled out, keys sorted: equal for specs that compile to the same model."""
@@ -347,7 +371,8 @@ def _analyze(spec: ModelSpec, max_params: int | None) -> tuple[list[Node], list[
         if size > MAX_SAMPLE_ELEMENTS:
             problems.append((loc, "too_large", f"outputs {size:,} elements per sample, over the limit of {MAX_SAMPLE_ELEMENTS:,}", layer.type))
             return nodes, problems
-        nodes.append(Node(index, loc, names[index], layer, shape, inferred.out_shape, inferred.kwargs, inferred.num_params))
+        macs = size if inferred.macs is None else inferred.macs
+        nodes.append(Node(index, loc, names[index], layer, shape, inferred.out_shape, inferred.kwargs, inferred.num_params, macs))
         shape = inferred.out_shape
     total = sum(node.num_params for node in nodes)
     if max_params is not None and total > max_params:
