@@ -3,7 +3,7 @@
 With shared memory the tensors no longer travel, and what is left of a call is gRPC's own fixed
 cost — on the 2-core box 0.4 ms for an empty call, a fifth of the benchmark MLP's 2.2 ms forward.
 A server started with ``--shared-memory`` therefore also listens on a Unix socket in a private
-directory (mode 0700) and names it in the initial metadata of shared-memory Evaluate calls
+directory (mode 0700) and names it in the trailing metadata of shared-memory Evaluate calls
 (``METADATA_KEY``); the client then sends its shared-memory Evaluate calls there: the same
 ``EvaluateRequest`` bytes, the same servicer, the same answers and statuses. Everything else
 (training, streams, the store) stays on gRPC, and a client that cannot reach the socket keeps
@@ -25,28 +25,34 @@ import struct
 
 PROTOCOL = b"specbuilder-local/1"
 METADATA_KEY = "specbuilder-local-socket"
-"""The initial-metadata key under which the server names its socket's path."""
+"""The trailing-metadata key under which the server names its socket's path."""
 
 HELLO, EVALUATE = 1, 2
 """Kinds of the client's frames."""
 OK, STATUS = 0, 1
 """Kinds of the server's frames."""
 
-_HEAD = struct.Struct("<BI")
+HEAD = struct.Struct("<BI")
+"""A frame's head: its kind, then its payload's length."""
 
 
 class ClosedError(ConnectionError):
     """The other side closed the connection (between frames, or in the middle of one)."""
 
 
+def frame(kind: int, payload: bytes) -> bytes:
+    """One frame's bytes."""
+    return HEAD.pack(kind, len(payload)) + payload
+
+
 def send_frame(sock: socket.socket, kind: int, payload: bytes) -> None:
     """Write one frame."""
-    sock.sendall(_HEAD.pack(kind, len(payload)) + payload)
+    sock.sendall(frame(kind, payload))
 
 
 def read_head(sock: socket.socket) -> tuple[int, int]:
     """The next frame's kind and length; ``ClosedError`` if the connection ends first."""
-    kind, length = _HEAD.unpack(_read(sock, _HEAD.size))
+    kind, length = HEAD.unpack(_read(sock, HEAD.size))
     return kind, length
 
 
@@ -72,4 +78,4 @@ def hello(token: str | None) -> bytes:
     return PROTOCOL + b"\0" + (token or "").encode()
 
 
-__all__ = ["EVALUATE", "HELLO", "METADATA_KEY", "OK", "PROTOCOL", "STATUS", "ClosedError", "hello", "read_head", "read_payload", "send_frame"]
+__all__ = ["EVALUATE", "HEAD", "HELLO", "METADATA_KEY", "OK", "PROTOCOL", "STATUS", "ClosedError", "frame", "hello", "read_head", "read_payload", "send_frame"]

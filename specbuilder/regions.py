@@ -14,6 +14,14 @@ kept is bounded — at most ``max_regions`` mappings and ``max_bytes`` in all, l
 dropped first; a region bigger than ``max_bytes`` is mapped for its call only — and the server
 drops all of them when it falls idle (``clear``). A mapping dropped while a call still reads it
 is unmapped when that call lets go of its view.
+
+A region is read only on behalf of the user who owns it: ``readable_by(uid)`` gives the reader
+for a caller whose user is known (the local socket's ``SO_PEERCRED``), which refuses any region
+whose owner (``fstat``) is another user before mapping it (``RegionDenied``). Names in
+``/dev/shm`` are visible to every user of the host and the server's own rights may reach a
+region its caller's do not, so a path that cannot tell who the caller is reads none
+(``Refused``), unless the operator trusts every caller with the server's rights (``SharedRegions``
+itself, for a single-tenant host).
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import _posixshmem
 
@@ -39,6 +48,18 @@ class RegionError(ValueError):
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
         self.field = field
+
+
+class RegionDenied(RegionError):
+    """A region the caller may not have read: another user's, or any, where the caller's user is unknown."""
+
+
+class RegionReader(Protocol):
+    """Where a call's shared-memory tensors are read from."""
+
+    def view(self, name: str, offset: int, nbytes: int) -> AbstractContextManager[memoryview]:
+        """A read-only view of ``nbytes`` at ``offset`` in region ``name``, valid until the block ends."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -57,14 +78,18 @@ class SharedRegions:
         self._kept: OrderedDict[str, _Mapping] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _mapping(self, name: str) -> _Mapping:
-        """The current mapping of region ``name``: the kept one if the name still opens that region."""
+    def _mapping(self, name: str, owner: int | None) -> _Mapping:
+        """The current mapping of region ``name``: the kept one if the name still opens that region;
+        ``RegionDenied`` unless user ``owner`` owns it (None: any owner)."""
         try:
             fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
         except FileNotFoundError:
             raise RegionError(f"no shared-memory region named {name!r} on this host", "name") from None
         try:
             stat = os.fstat(fd)
+            if owner is not None and stat.st_uid != owner:
+                raise RegionDenied(f"the shared-memory region {name!r} belongs to another user than the caller's; "
+                                   "a caller may send only regions its own user created", "name")
             identity = (stat.st_dev, stat.st_ino, stat.st_size)
             with self._lock:
                 kept = self._kept.get(name)
@@ -84,10 +109,17 @@ class SharedRegions:
                 self._kept.popitem(last=False)
         return mapping
 
+    def view(self, name: str, offset: int, nbytes: int) -> AbstractContextManager[memoryview]:
+        """A read-only view of ``nbytes`` bytes at ``offset`` in region ``name``, whoever owns it, valid until the block ends."""
+        return self._view(name, offset, nbytes, None)
+
+    def readable_by(self, uid: int) -> RegionReader:
+        """The reader for a caller running as user ``uid``: only regions that user owns."""
+        return _Owned(self, uid)
+
     @contextmanager
-    def view(self, name: str, offset: int, nbytes: int) -> Iterator[memoryview]:
-        """A read-only view of ``nbytes`` bytes at ``offset`` in region ``name``, valid until the block ends."""
-        mapping = self._mapping(name)
+    def _view(self, name: str, offset: int, nbytes: int, owner: int | None) -> Iterator[memoryview]:
+        mapping = self._mapping(name, owner)
         size = mapping.identity[2]
         if offset + nbytes > size:
             raise RegionError(f"offset {offset} + {nbytes} bytes runs past the region's {size} bytes")
@@ -109,4 +141,23 @@ class SharedRegions:
             return len(self._kept)
 
 
-__all__ = ["RegionError", "SharedRegions"]
+@dataclass(frozen=True)
+class _Owned:
+    regions: SharedRegions
+    uid: int
+
+    def view(self, name: str, offset: int, nbytes: int) -> AbstractContextManager[memoryview]:
+        return self.regions._view(name, offset, nbytes, self.uid)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The reader where no region may be read; ``why`` says so and what to do instead."""
+
+    why: str
+
+    def view(self, name: str, offset: int, nbytes: int) -> AbstractContextManager[memoryview]:
+        raise RegionDenied(self.why)
+
+
+__all__ = ["RegionDenied", "RegionError", "RegionReader", "Refused", "SharedRegions"]

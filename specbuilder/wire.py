@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from specbuilder.regions import RegionError, SharedRegions
+from specbuilder.regions import RegionDenied, RegionError, RegionReader
 from specbuilder.v1 import tensor_pb2
 
 DType = tensor_pb2.DType
@@ -42,7 +42,7 @@ WIRE_TYPES: dict[int, WireType] = {
 """Every dtype the wire carries, by enum value."""
 _BY_KIND = {(wire.numpy.kind, wire.itemsize): code for code, wire in WIRE_TYPES.items() if wire.numpy is not None}
 
-SHARED_MEMORY_NAME = re.compile(r"^specbuilder_[A-Za-z0-9_-]{1,64}$")
+SHARED_MEMORY_NAME = re.compile(r"specbuilder_[A-Za-z0-9_-]{1,64}")
 """Shared-memory regions a client may name: only ones made for specbuilder."""
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**60
@@ -56,6 +56,10 @@ class TensorError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+
+
+class TensorDenied(TensorError):
+    """A shared-memory tensor the caller may not have read (``specbuilder.regions.RegionDenied``)."""
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
@@ -117,7 +121,7 @@ def _check_length(length: int, wire: WireType, shape: tuple[int, ...], path: str
 
 @contextmanager
 def attached(
-    tensor: tensor_pb2.Tensor, path: str, *, regions: SharedRegions | None, data: memoryview | None = None,
+    tensor: tensor_pb2.Tensor, path: str, *, regions: RegionReader | None, data: memoryview | None = None,
 ) -> Iterator[tuple[WireType, tuple[int, ...], memoryview]]:
     """Like ``payload``, also for shared-memory tensors, read through ``regions`` (None: refused);
     the view lives until the block ends."""
@@ -128,11 +132,13 @@ def attached(
     ref = tensor.shared_memory
     if regions is None:
         raise TensorError(f"{path}.shared_memory", "this server does not accept shared-memory tensors (start it with --shared-memory)")
-    if not SHARED_MEMORY_NAME.match(ref.name):
+    if not SHARED_MEMORY_NAME.fullmatch(ref.name):
         raise TensorError(f"{path}.shared_memory.name", f"must match {SHARED_MEMORY_NAME.pattern}, got {ref.name!r}")
     with ExitStack() as stack:
         try:
             view = stack.enter_context(regions.view(ref.name, ref.offset, math.prod(shape) * wire.itemsize))
+        except RegionDenied as error:
+            raise TensorDenied(f"{path}.shared_memory.name", str(error)) from None
         except RegionError as error:
             raise TensorError(".".join(filter(None, (path, "shared_memory", error.field))), str(error)) from None
         yield wire, shape, view

@@ -118,7 +118,7 @@ def test_serve_answers_shared_memory_calls_on_its_local_socket_unless_told_not_t
         first = client.evaluate(SPIRALS, X).outputs
         assert client.local_socket is not None and Path(client.local_socket).is_socket()
         np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, first)
-    with server_process(tmp_path / "store", "--shared-memory", "--no-local-socket") as running, \
+    with server_process(tmp_path / "store", "--shared-memory", "--shared-memory-over-grpc", "--no-local-socket") as running, \
             Client(running.address, shared_memory=True) as client:
         inline = client.evaluate(SPIRALS, X, shared_memory=False).outputs  # another process: other initial weights
         np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, inline)

@@ -193,7 +193,7 @@ def test_shared_memory_batches_are_read_in_place_when_the_server_allows_them(tmp
         np.ndarray(X.shape, X.dtype, buffer=region.buf, offset=64)[:] = X
         tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=X.shape,
                                    shared_memory=tensor_pb2.SharedMemoryRef(name=region.name, offset=64))
-        with serving(tmp_path / "store", shared_memory=True) as running, connect(running.address) as shared:
+        with serving(tmp_path / "store", shared_memory=True, shared_memory_over_grpc=True) as running, connect(running.address) as shared:
             by_reference = shared.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=tensor))
             inline = shared.Evaluate(pb.EvaluateRequest(spec=spec_source(SPIRALS), input=batch(X)))
             np.testing.assert_array_equal(to_numpy(by_reference.output), to_numpy(inline.output))

@@ -1,9 +1,10 @@
-"""Training jobs hand their events to the Train call in bursts, in order, and never hold back the end."""
+"""Training jobs hand their events to the Train call in bursts, in order, and never hold back the end;
+a call that stops taking them costs a bounded buffer."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,27 +20,26 @@ LONG = 600.0
 """An interval no test waits out: where a burst must come at once, a hang shows it did not."""
 
 
-def start(tmp_path: Path, epochs: int) -> Job:
-    jobs = TrainingJobs(ModelStore(tmp_path / "store"), capacity=1, max_seconds=None)
-    return jobs.start(SPEC, "spirals", TrainConfig(epochs=epochs, device="cpu", stats_every=2), "tiny")
+def start(tmp_path: Path, epochs: int, max_pending: int = 10_000) -> tuple[Job, ModelStore]:
+    store = ModelStore(tmp_path / "store")
+    jobs = TrainingJobs(store, capacity=1, max_seconds=None, max_pending=max_pending)
+    return jobs.start(SPEC, "spirals", TrainConfig(epochs=epochs, device="cpu", stats_every=2), "tiny"), store
 
 
-def rest_in_thread(bursts: Iterator[list[Event]]) -> tuple[threading.Thread, list[list[Event]]]:
-    """The remaining bursts, read on a thread of its own, so the test can see whether it is still waiting."""
-    got: list[list[Event]] = []
-    thread = threading.Thread(target=lambda: got.extend(bursts), daemon=True)
-    thread.start()
-    return thread, got
+async def rest(bursts: AsyncIterator[list[Event]]) -> list[list[Event]]:
+    return [burst async for burst in bursts]
 
 
 def test_a_run_that_ends_is_delivered_whole_and_in_order_without_waiting_for_the_interval(tmp_path: Path) -> None:
-    job = start(tmp_path, epochs=3)
-    bursts = job.bursts(LONG)
-    first = next(bursts)  # at once, with whatever the run made before it was asked for
-    thread, rest = rest_in_thread(bursts)
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the run's end waited for the delivery interval"
-    events = first + [event for burst in rest for event in burst]
+    job, _ = start(tmp_path, epochs=3)
+
+    async def read() -> list[Event]:
+        bursts = job.bursts(LONG)
+        first = await asyncio.wait_for(anext(bursts), 60)  # at once, with whatever the run made before it was asked for
+        later = await asyncio.wait_for(rest(bursts), 60)  # "the run's end waited for the delivery interval" if this times out
+        return first + [event for burst in later for event in burst]
+
+    events = asyncio.run(read())
     types = [event.type for event in events]
     assert types[0] == "started" and types[-1] == "finished" and types.count("epoch") == 3 and "stats" in types
     steps = [event.step if event.type == "stats" else event.metrics.step for event in events[1:-1]]  # type: ignore[union-attr]
@@ -47,39 +47,65 @@ def test_a_run_that_ends_is_delivered_whole_and_in_order_without_waiting_for_the
 
 
 def test_events_after_the_first_wait_for_the_interval_and_come_together(tmp_path: Path) -> None:
-    job = start(tmp_path, epochs=100_000)
-    bursts = job.bursts(LONG)
-    assert next(bursts)[0].type == "started"  # at once, with whatever the run made before it was asked for
-    thread, rest = rest_in_thread(bursts)
-    thread.join(timeout=0.5)
-    assert thread.is_alive() and not rest, "a burst came before the interval had passed"
-    job.cancel("the test is done")
-    thread.join(timeout=60)
-    assert not thread.is_alive() and len(rest) == 1, "everything since the first burst came in one"
-    (burst,) = rest
+    job, _ = start(tmp_path, epochs=100_000)
+
+    async def read() -> list[list[Event]]:
+        bursts = job.bursts(LONG)
+        assert (await anext(bursts))[0].type == "started"  # at once, with whatever the run made before it was asked for
+        later = asyncio.ensure_future(rest(bursts))
+        await asyncio.sleep(0.5)
+        assert not later.done(), "a burst came before the interval had passed"
+        job.cancel("the test is done")
+        return await asyncio.wait_for(later, 60)
+
+    later = asyncio.run(read())
+    assert len(later) == 1, "everything since the first burst came in one"
+    (burst,) = later
     assert burst[-1].type == "finished" and burst[-1].status == "cancelled"  # type: ignore[union-attr]
     assert any(event.type == "epoch" for event in burst) and any(event.type == "stats" for event in burst)
 
 
 def test_without_an_interval_each_burst_is_what_was_there(tmp_path: Path) -> None:
-    job = start(tmp_path, epochs=100_000)
-    bursts = job.bursts()
-    assert next(bursts)[0].type == "started"  # at once, with whatever the run made before it was asked for
-    assert next(bursts)
-    job.cancel("the test is done")
-    assert [event.type for burst in bursts for event in burst][-1] == "finished"
+    job, _ = start(tmp_path, epochs=100_000)
+
+    async def read() -> list[Event]:
+        bursts = job.bursts()
+        assert (await anext(bursts))[0].type == "started"  # at once, with whatever the run made before it was asked for
+        assert await anext(bursts)
+        job.cancel("the test is done")
+        return [event for burst in await asyncio.wait_for(rest(bursts), 60) for event in burst]
+
+    assert asyncio.run(read())[-1].type == "finished"
 
 
 def test_what_stops_a_run_before_it_starts_is_raised(tmp_path: Path) -> None:
-    jobs = TrainingJobs(ModelStore(tmp_path / "store"), capacity=1, max_seconds=None)
+    jobs = TrainingJobs(ModelStore(tmp_path / "store"), capacity=1, max_seconds=None, max_pending=100)
     job = jobs.start(SPEC, "no-such-dataset", TrainConfig(device="cpu"), "tiny")
     with pytest.raises(Exception, match="no-such-dataset"):
-        next(job.bursts(LONG))
+        asyncio.run(asyncio.wait_for(anext(job.bursts(LONG)), 60))
+
+
+def test_a_run_whose_events_nobody_takes_is_cancelled_past_the_buffer_limit(tmp_path: Path) -> None:
+    job, store = start(tmp_path, epochs=100_000, max_pending=50)
+    assert job.done.wait(60), "a run nobody reads kept going"
+    assert job.run_id
+    record = store.get(job.run_id)
+    assert record.status == "cancelled" and "max_pending_events" in (record.reason or "") and "stopped reading" in (record.reason or "")
+
+
+def test_a_run_cancelled_before_its_first_step_keeps_no_weights(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    jobs = TrainingJobs(store, capacity=1, max_seconds=None, max_pending=100)
+    job = jobs.start(SPEC, "spirals", TrainConfig(epochs=5, device="cpu"), "tiny")
+    job.cancel("cancelled at once")
+    assert job.done.wait(60)
+    record = store.get(job.run_id)
+    assert record.status == "cancelled" and not record.has_weights
 
 
 def test_a_burst_is_one_progress_message_between_started_and_finished(tmp_path: Path) -> None:
-    job = start(tmp_path, epochs=2)
-    events = [event for burst in job.bursts() for event in burst]
+    job, _ = start(tmp_path, epochs=2)
+    events = [event for burst in asyncio.run(asyncio.wait_for(rest(job.bursts()), 60)) for event in burst]
     messages = convert.train_messages("run", events)
     assert [m.WhichOneof("event") for m in messages] == ["started", "progress", "finished"]
     items = messages[1].progress.items

@@ -23,13 +23,20 @@ from specbuilder_server import RunningServer, local
 
 TOKEN = "local-socket-token"
 X = np.random.default_rng(5).normal(size=(64, 2)).astype(np.float32)
-WORKERS = 8
-"""``serving`` starts servers with 8 workers: the local socket's connection limit."""
+CONNECTIONS = 8
+"""The local socket's connection limit (the server's ``max_streams``) in these tests."""
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, token=TOKEN) as server:
+    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, token=TOKEN, max_streams=CONNECTIONS) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def trusting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server that also reads shared memory named in gRPC calls (single-tenant)."""
+    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, shared_memory_over_grpc=True, token=TOKEN) as server:
         yield server
 
 
@@ -77,11 +84,11 @@ def test_shared_memory_calls_move_to_the_local_socket_with_the_same_answers(runn
     ({**SPIRALS, "layers": [{"type": "relu7"}]}, X, InvalidArgument, ["layers[0].type"]),
     ("0123456789abcdef0123456789abcdef", X, NotFound, []),
 ])
-def test_failures_on_the_local_socket_are_the_errors_grpc_gives(running: RunningServer, model: object, x: np.ndarray,
+def test_failures_on_the_local_socket_are_the_errors_grpc_gives(trusting: RunningServer, model: object, x: np.ndarray,
                                                                error: type[SpecbuilderError], paths: list[str]) -> None:
     failures = []
-    with Client(running.address, token=TOKEN, shared_memory=True) as local, \
-            Client(running.address, token=TOKEN, shared_memory=True, local_socket=False) as remote:
+    with Client(trusting.address, token=TOKEN, shared_memory=True) as local, \
+            Client(trusting.address, token=TOKEN, shared_memory=True, local_socket=False) as remote:
         local.evaluate(SPIRALS, X)
         for client in (local, remote):
             with pytest.raises(error) as caught:
@@ -99,7 +106,8 @@ def test_the_socket_sits_in_a_private_folder_that_goes_with_the_server(tmp_path:
         path = Path(server.local_socket)
         assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert not path.parent.exists()
-    with serving(tmp_path / "plain", shared_memory=True, local_socket=False) as server, Client(server.address, shared_memory=True) as client:
+    with serving(tmp_path / "plain", shared_memory=True, shared_memory_over_grpc=True, local_socket=False) as server, \
+            Client(server.address, shared_memory=True) as client:
         client.evaluate(SPIRALS, X)
         client.evaluate(SPIRALS, X)
         assert server.local_socket is None and client.local_socket is None
@@ -146,7 +154,7 @@ def test_bad_frames_after_the_hello_get_statuses_and_the_server_keeps_serving(ru
 
 
 def test_connections_over_the_limit_are_refused(running: RunningServer) -> None:
-    connections = [raw_connection(running) for _ in range(WORKERS)]
+    connections = [raw_connection(running) for _ in range(CONNECTIONS)]
     try:
         for connection in connections:
             assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
@@ -171,10 +179,10 @@ def test_a_timeout_on_the_local_socket_is_deadline_exceeded_and_the_next_call_wo
 
 
 def test_when_the_socket_goes_the_call_goes_over_grpc(tmp_path: Path) -> None:
-    with serving(tmp_path / "store", shared_memory=True) as server, Client(server.address, shared_memory=True) as client:
+    with serving(tmp_path / "store", shared_memory=True, shared_memory_over_grpc=True) as server, Client(server.address, shared_memory=True) as client:
         expected = client.evaluate(SPIRALS, X).outputs
         assert client.local_socket is not None
-        server._local.close(0)  # type: ignore[union-attr] - the socket alone stops; gRPC still serves
+        server._loop.run(server._local.close(0))  # type: ignore[union-attr] - the socket alone stops; gRPC still serves
         np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, expected)
         assert client.local_socket is None
         np.testing.assert_array_equal(client.evaluate(SPIRALS, X).outputs, expected)

@@ -18,7 +18,7 @@ from specbuilder.regions import SharedRegions
 from specbuilder.spec import parse_spec
 from specbuilder.store import ModelStore
 from specbuilder_server.app import when_idle
-from specbuilder_server.models import Models
+from specbuilder_server.models import ModelCache, Models
 from specbuilder_server.pool import TrimmingPool
 
 QUIET = 0.3
@@ -27,7 +27,7 @@ QUIET = 0.3
 
 def test_models_the_caches_dropped_are_freed(tmp_path: Path) -> None:
     with ModelStore(tmp_path / "store") as store:
-        models = Models(store, torch.device("cpu"), cache_size=2, max_params=10**6)
+        models = Models(store, torch.device("cpu"), ModelCache(2, 1 << 30), max_params=10**6)
         compiled = []
         for width in range(10, 16):
             ready = models.compiled(parse_spec({"input_shape": [4], "layers": [{"type": "linear", "out_features": width}]}))
@@ -37,6 +37,21 @@ def test_models_the_caches_dropped_are_freed(tmp_path: Path) -> None:
         spec = parse_spec({"input_shape": [4], "layers": [{"type": "linear", "out_features": 15}]})
         first, again = models.compiled(spec), models.compiled(spec)
         assert first.module is again.module and first.lock is again.lock  # one module, one lock for every call
+
+
+def test_the_model_cache_is_bounded_in_bytes_and_keeps_nothing_larger_than_its_budget(tmp_path: Path) -> None:
+    def spec(width: int) -> object:
+        return parse_spec({"input_shape": [1000], "layers": [{"type": "linear", "out_features": width, "bias": False}]})
+
+    with ModelStore(tmp_path / "store") as store:
+        cache = ModelCache(100, 3 * 4000 * 105)  # room for three of the models below (4 bytes x 1000 x width), whatever the count
+        models = Models(store, torch.device("cpu"), cache, max_params=10**7)
+        kept = [weakref.ref(models.compiled(spec(width)).module) for width in range(100, 106)]  # type: ignore[arg-type]
+        assert len(cache) == 3 and cache.nbytes <= cache.max_bytes
+        assert [module() is not None for module in kept] == [False] * 3 + [True] * 3  # the least recently used went
+        huge = models.compiled(spec(2000))  # type: ignore[arg-type]
+        assert huge.module(torch.zeros(1, 1000)).shape == (1, 2000)  # served for its call
+        assert cache.get(("spec", huge.spec.spec_hash(), "sequential")) is None and cache.nbytes <= cache.max_bytes
 
 
 def test_the_pool_trims_once_after_each_busy_spell() -> None:

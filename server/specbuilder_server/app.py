@@ -1,38 +1,44 @@
 """Starting and stopping a server: ``start_server(config)`` returns a ``RunningServer``.
 
-Wires the parts together: the model store, the model cache, the training pool, the shared-memory
-regions and the local socket (with ``--shared-memory``), the servicer, the standard health service (SERVING overall
-and per service) and server reflection, the token interceptor when a token is set, the
-request-parsing interceptor (``decoding``), TLS when a certificate is given, and the message
-size limits, and the connections' age limit when one is set. ``RunningServer.stop(grace)`` is
-the graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running
+The server is a ``grpc.aio`` server on an event loop of its own (a thread, ``specbuilder-loop``):
+calls waiting for a message, for their turn or for a slow reader are coroutines there and hold
+no thread. Wires the parts together: the model store, the model cache, the training jobs, the
+worker threads for blocking work (``pool.TrimmingPool``, which gives memory back when idle),
+the compute lanes, the shared-memory regions and the local socket (with ``--shared-memory``),
+the servicer, the standard health service (SERVING overall and per service) and server
+reflection, the token interceptor when a token is set, TLS when a certificate is given, the
+message size limits, and the connections' age limit when one is set. ``RunningServer.stop(grace)``
+is the graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running
 trainings are cancelled and recorded, in-flight calls get ``grace`` seconds to finish, then the
 store is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specbuilder.devices import resolve_device
 from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
-from specbuilder.v1 import service_pb2, service_pb2_grpc
+from specbuilder.v1 import service_pb2
 from specbuilder_server.auth import TokenAuth
+from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
-from specbuilder_server.decoding import ParseRequests
+from specbuilder_server.decoding import model_service
 from specbuilder_server.jobs import TrainingJobs
 from specbuilder_server.local import LocalSocket
-from specbuilder_server.models import Models
+from specbuilder_server.models import ModelCache, Models
 from specbuilder_server.pool import TrimmingPool
 from specbuilder_server.servicer import ModelServicer
 from specbuilder_server.tensors import UNWRITABLE
@@ -44,22 +50,44 @@ SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 """``specbuilder.v1.ModelService``: the name health checks and reflection know it by."""
 RECORD_SECONDS = 10.0
 """After the grace period, how long a stop waits for cancelled trainings to be recorded."""
+T = TypeVar("T")
 
 
 class ServerStartError(Exception):
     """The server could not start (a port in use, unreadable TLS files, a device that is not there)."""
 
 
+class _Loop:
+    """An event loop running in a thread of its own until ``close``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="specbuilder-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
 class RunningServer:
     """A started server: where it listens, and how to stop it."""
 
-    def __init__(self, config: ServerConfig, server: grpc.Server, executor: ThreadPoolExecutor, port: int,
-                 health_servicer: health.HealthServicer, jobs: TrainingJobs, store: ModelStore, local: LocalSocket | None) -> None:
+    def __init__(self, config: ServerConfig, loop: _Loop, server: grpc.aio.Server, pool: TrimmingPool, port: int,
+                 health_servicer: health.aio.HealthServicer, jobs: TrainingJobs, store: ModelStore, local: LocalSocket | None,
+                 servicer: ModelServicer) -> None:
         self.config = config
         self.port = port
         """The bound port (the free one picked when the config says 0)."""
+        self.servicer = servicer
+        self._loop = loop
         self._server = server
-        self._executor = executor
+        self._pool = pool
         self._health = health_servicer
         self._jobs = jobs
         self._store = store
@@ -80,16 +108,20 @@ class RunningServer:
             if self._stopped.is_set():
                 return
             grace = self.config.grace_seconds if grace is None else grace
-            self._health.enter_graceful_shutdown()
-            self._jobs.cancel_all("the server is shutting down")
-            if self._local is not None:
-                self._local.close(grace)
-            self._server.stop(grace).wait()
-            self._executor.shutdown(wait=False)
+            self._loop.run(self._stop_serving(grace))
+            self._loop.close()
+            self._pool.shutdown(wait=False)
             if not self._jobs.wait(RECORD_SECONDS):
                 log.warning("some training runs did not end in time; the store marks them interrupted")
             self._store.close()
             self._stopped.set()
+
+    async def _stop_serving(self, grace: float) -> None:
+        await self._health.enter_graceful_shutdown()
+        self._jobs.cancel_all("the server is shutting down")
+        if self._local is not None:
+            await self._local.close(grace)
+        await self._server.stop(grace)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped (or ``timeout`` passed); True if it has."""
@@ -145,12 +177,27 @@ def start_server(config: ServerConfig) -> RunningServer:
         store = ModelStore(config.store)
     except (StoreError, OSError) as error:
         raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
-    jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds)
-    executor = (ThreadPoolExecutor(config.workers, thread_name_prefix="specbuilder-rpc") if trim is None and regions is None
-                else TrimmingPool(config.workers, when_idle(trim, regions), thread_name_prefix="specbuilder-rpc"))
-    server = grpc.server(
-        executor,
-        interceptors=[*([TokenAuth(config.token)] if config.token else []), ParseRequests()],
+    jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds, config.max_pending_events)
+    pool = TrimmingPool(config.workers, when_idle(trim, regions), thread_name_prefix="specbuilder-work")
+    models = Models(store, device, ModelCache(config.cache_size, config.cache_mb * 1024 * 1024), config.max_params)
+    servicer = ModelServicer(config, store, models, jobs, regions, Lanes(config.large_call_flops), pool)
+    loop = _Loop()
+    try:
+        server, port, health_servicer, local = loop.run(_serve(config, servicer, credentials, regions))
+    except BaseException:
+        loop.close()
+        pool.shutdown(wait=False)
+        store.close()
+        raise
+    log.info("listening on %s:%d (device %s, store %s; %s)", config.host, port, device, config.store, config.protection)
+    return RunningServer(config, loop, server, pool, port, health_servicer, jobs, store, local, servicer)
+
+
+async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grpc.ServerCredentials | None,
+                 regions: SharedRegions | None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, LocalSocket | None]:
+    """On the loop: the gRPC server (and the local socket) bound and started."""
+    server = grpc.aio.server(
+        interceptors=[TokenAuth(config.token)] if config.token else [],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -158,26 +205,21 @@ def start_server(config: ServerConfig) -> RunningServer:
             *connection_age(config.max_connection_age_seconds),
         ],
     )
-    servicer = ModelServicer(config, store, Models(store, device, config.cache_size, config.max_params), jobs, regions)
-    local = None
-    if isinstance(executor, TrimmingPool) and regions is not None and config.local_socket:
-        local = LocalSocket(servicer.Evaluate, token=config.token, max_message_bytes=config.max_message_bytes,
-                            max_connections=config.workers, working=executor.working)
-        servicer.local_socket = local.path
-    service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=executor)
+    server.add_generic_rpc_handlers((model_service(servicer, servicer.blocking, config.stream_idle_seconds),))
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = server.add_secure_port(config.address, credentials) if credentials else server.add_insecure_port(config.address)
     except RuntimeError as error:
-        if local is not None:
-            local.close(0)
-        executor.shutdown(wait=False)
-        store.close()
         raise ServerStartError(f"cannot listen on {config.address}: {error}") from None
-    server.start()
+    local = None
+    if regions is not None and config.local_socket:
+        local = LocalSocket(servicer, regions, token=config.token, max_message_bytes=config.max_message_bytes,
+                            max_connections=config.max_streams)
+        await local.start()
+        servicer.local_socket = local.path
+    await server.start()
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("listening on %s:%d (device %s, store %s)", config.host, port, device, config.store)
-    return RunningServer(config, server, executor, port, health_servicer, jobs, store, local)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer, local

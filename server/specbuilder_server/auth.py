@@ -1,52 +1,49 @@
 """Bearer-token authentication: one server interceptor in front of every service but health.
 
 A server started with a token answers UNAUTHENTICATED to any call whose metadata lacks
-``authorization: Bearer <token>`` or carries another token, before the request is even
-deserialized. Health checks need no token, so load balancers and orchestrators can probe.
-Tokens are compared in constant time.
+``authorization: Bearer <token>`` or carries another token. The refusal is decided from the
+call's headers alone and answered at once: it does not wait for the request message, so a
+client that opens calls and never sends them holds nothing. Health checks need no token, so load
+balancers and orchestrators can probe. Tokens are compared in constant time.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import grpc.aio
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 def _denied(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that only answers UNAUTHENTICATED."""
+    """A handler that answers UNAUTHENTICATED without reading a request: it takes the request as a stream it never reads."""
 
-    def deny(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def deny(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+    make = grpc.stream_stream_rpc_method_handler if handler.response_streaming else grpc.stream_unary_rpc_method_handler
+    return make(deny)
 
 
-class TokenAuth(grpc.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):
     """Lets a call through only with the server's bearer token (health checks always)."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
+        handler = await continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
-        sent = [value for key, value in details.invocation_metadata if key == "authorization"]
+        sent = [value for key, value in details.invocation_metadata or () if key == "authorization"]
         if not sent:
             return _denied(handler, "this server needs a token: send metadata 'authorization: Bearer <token>'")
         value = sent[0].encode() if isinstance(sent[0], str) else sent[0]

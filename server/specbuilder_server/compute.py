@@ -1,34 +1,29 @@
 """The threads that run the server's torch work: as few as the work needs, so OpenMP stays fast.
 
 libgomp, the OpenMP runtime of torch's Linux wheels, gives every thread that enters a parallel
-region a team of worker threads of its own, kept until that thread exits. Once a process has
-more OpenMP threads than CPUs (two teams of 2 on 2 CPUs already), libgomp stops letting idle
-workers spin between parallel regions and puts them to sleep: every operation then pays a
-wake-up, in every team, even while the other teams sit idle. Measured on the 2-core box in one
-process: the MLP 784-256-256-10's forward went from 5.1 ms to 9.3 ms, and a training run from
-872 ms to 1,082 ms, as soon as a second thread had run one parallel region; both came back when
-that thread ended (with the box quiet: under heavy load from other processes a spinning worker
-loses its core, and training then did better with two teams; docs/benchmarks.md). A server that
-ran each call's forward on whichever gRPC thread took it held 8 teams after 8 concurrent
-clients (forward 10.7-11.1 ms against 5.7-6.0 ms here), and each training pool thread kept another.
+region a team of worker threads of its own; once a process has more OpenMP threads than CPUs,
+idle workers sleep instead of spinning and every operation pays a wake-up (docs/benchmarks.md
+measures it). So torch work runs on ``ComputeThreads``, which keeps at most one thread idle: a
+process that does one thing at a time holds one team, whatever it did before.
 
-So all of it runs here. Forwards and statistics (``on_compute_thread``) take turns, one at a
-time — calls on one model were serialized by its lock already, and on a CPU concurrent
-forwards only split the same cores. Training runs (``start_on_compute_thread``) run alongside.
-Each piece of work goes to the idle thread, or to a new one when none is idle; a thread that
-finishes while another is idle ends, and its team with it. So the server holds one team when it
-does one thing at a time, whatever it did before: a training run after a burst of Evaluate calls
-runs on the thread that served them. Work done at once still makes as many teams as it needs
-(an Evaluate during a training run starts a second thread, once).
+Forwards and statistics run in ``Lane``s: each lane runs its tasks one at a time, in the order
+they came, so calls on one lane take turns instead of splitting the cores. The server has two
+(``Lanes``): one for small calls and one for large ones, by each call's estimated cost, so a
+small call never waits behind a large one (it shares the cores with it instead). Training runs
+(``ComputeThreads.submit``) run alongside. Callers on the event loop await a lane's future; a
+task cancelled before it starts never runs, and one that runs stops at its ``Budget``'s next
+check (``evaluation``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -59,31 +54,30 @@ class ComputeThreads:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: _Worker | None = None
-        self._turn = threading.Lock()
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """``fn(*args, **kwargs)`` on the idle thread, or on a new one; its future."""
         future: Future[T] = Future()
 
         def task() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
             try:
                 future.set_result(fn(*args, **kwargs))
             except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
                 future.set_exception(error)
 
+        self.start(task)
+        return future
+
+    def start(self, task: Task) -> None:
+        """Run ``task`` (which handles its own errors) on the idle thread, or on a new one."""
         with self._lock:
             worker, self._idle = self._idle, None
         if worker is None:
             worker = _Worker(self)
             worker.start()
         worker.give(task)
-        return future
-
-    def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(*args, **kwargs)`` on a compute thread, one such call at a time; waits, returns its
-        result or raises its exception. ``fn`` must not call this itself (it would wait for itself)."""
-        with self._turn:
-            return self.submit(fn, *args, **kwargs).result()
 
     def rested(self, worker: _Worker) -> bool:
         """After a task: ``worker`` becomes the idle thread (True), or ends when there is one already (False)."""
@@ -98,9 +92,56 @@ THREADS = ComputeThreads()
 """The process's compute threads, shared by every server in it: libgomp counts its threads per process."""
 
 
-def on_compute_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """``THREADS.run``: a forward or statistics, in turn with every other."""
-    return THREADS.run(fn, *args, **kwargs)
+class Lane:
+    """Runs tasks on ``threads`` one at a time, first come first served; a task cancelled while it waits is skipped."""
+
+    def __init__(self, threads: ComputeThreads = THREADS) -> None:
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._busy = False
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """``fn(*args, **kwargs)`` once every task submitted before it has run; its future."""
+        future: Future[T] = Future()
+        with self._lock:
+            self._waiting.append((lambda: fn(*args, **kwargs), future))
+            if self._busy:
+                return future
+            self._busy = True
+        self._threads.start(self._drain)
+        return future
+
+    def _drain(self) -> None:
+        """Run the waiting tasks until none is left, on one compute thread."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._busy = False
+                    return
+                fn, future = self._waiting.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(error)
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` in its turn; cancelling the await before its turn means it never runs."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+
+class Lanes:
+    """A lane for small calls and one for large: a call over ``large_flops`` estimated FLOPs takes the large one."""
+
+    def __init__(self, large_flops: int, threads: ComputeThreads = THREADS) -> None:
+        self.large_flops = large_flops
+        self.small = Lane(threads)
+        self.large = Lane(threads)
+
+    def for_cost(self, flops: int) -> Lane:
+        return self.large if flops > self.large_flops else self.small
 
 
 def start_on_compute_thread(fn: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -109,4 +150,4 @@ def start_on_compute_thread(fn: Callable[P, object], /, *args: P.args, **kwargs:
     THREADS.submit(fn, *args, **kwargs)
 
 
-__all__ = ["THREADS", "ComputeThreads", "on_compute_thread", "start_on_compute_thread"]
+__all__ = ["THREADS", "ComputeThreads", "Lane", "Lanes", "start_on_compute_thread"]

@@ -6,6 +6,7 @@ client can run into lives here, so what the server refuses is decided in one pla
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
@@ -33,9 +34,10 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 or [::] listens on every interface")
+    insecure: bool = Field(False, description="allow a non-loopback host without a token (anyone who reaches the port may call every RPC)")
     port: Annotated[int, Field(ge=0, le=65535, description="port to bind; 0 picks a free one")] = DEFAULT_PORT
     store: Path = Field(default_factory=default_store, description="model store directory (created if missing)")
-    token: Annotated[str | None, Field(min_length=1, description="bearer token every RPC but health must carry")] = None
+    token: Annotated[str | None, Field(min_length=1, pattern=r"\S", description="bearer token every RPC but health must carry")] = None
     tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, the server speaks TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     max_message_mb: Annotated[int, Field(ge=1, le=MAX_MESSAGE_MB, description="largest message, either direction")] = 64
@@ -44,12 +46,28 @@ class ServerConfig(BaseModel):
     max_concurrent_trains: Annotated[int, Field(ge=1, description="training runs at once; more are refused")] = 2
     max_train_seconds: Annotated[float | None, Field(gt=0, description="a training run is cancelled after this long")] = None
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N': where models run")
-    shared_memory: bool = Field(False, description="accept tensors in POSIX shared memory from same-host clients")
+    shared_memory: bool = Field(False, description=(
+        "accept tensors in POSIX shared memory from same-host clients, on the local socket, where the region must belong "
+        "to the caller's own user"))
+    shared_memory_over_grpc: bool = Field(False, description=(
+        "with shared_memory, single-tenant hosts only: also accept shared-memory references on gRPC calls, where the "
+        "caller's user cannot be known, so the server reads any region its own user can"))
     local_socket: bool = Field(True, description=(
         "with shared_memory: also answer Evaluate on a Unix socket that same-host clients find in the trailing metadata of "
         "their shared-memory calls (specbuilder.localsocket)"))
     cache_size: Annotated[int, Field(ge=1, description="compiled and loaded models kept ready")] = 32
-    workers: Annotated[int, Field(ge=2, description="threads serving calls; each open stream holds one")] = 16
+    cache_mb: Annotated[int, Field(ge=1, description="megabytes of parameters and buffers the kept models may hold in all")] = 1024
+    workers: Annotated[int, Field(ge=2, description="threads for blocking work (parsing, compiling, the store); calls waiting for a message hold none")] = 16
+    max_flops_per_call: Annotated[int, Field(ge=1, description="refuse an evaluation whose estimated cost (2 x multiply-adds x rows) is larger")] = 10**12
+    max_compute_seconds: Annotated[float, Field(gt=0, description="stop a call's compute after this long (RESOURCE_EXHAUSTED)")] = 60.0
+    large_call_flops: Annotated[int, Field(ge=1, description=(
+        "calls estimated above this many FLOPs compute in a lane of their own, so smaller calls never wait behind them"))] = 2 * 10**9
+    stream_idle_seconds: Annotated[float, Field(gt=0, description=(
+        "close a stream that sent no message, or read none of the server's, for this long (DEADLINE_EXCEEDED)"))] = 60.0
+    max_streams: Annotated[int, Field(ge=1, description="open StreamEvaluate and Train calls in all; more are refused")] = 256
+    max_streams_per_connection: Annotated[int, Field(ge=1, description="open StreamEvaluate and Train calls on one connection")] = 32
+    max_pending_events: Annotated[int, Field(ge=1, description=(
+        "a training run's events its Train call has not sent yet; past this the client is not reading, and the run is cancelled"))] = 4096
     grace_seconds: Annotated[float, Field(ge=0, description="how long in-flight calls may finish when stopping")] = 10.0
     max_connection_age_seconds: Annotated[float | None, Field(gt=0, description=(
         "close each client connection after about this long (calls in flight finish first), so clients reconnect and "
@@ -62,6 +80,24 @@ class ServerConfig(BaseModel):
             raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
         return self
 
+    @model_validator(mode="after")
+    def _closed_by_default(self) -> ServerConfig:
+        if self.token is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines and no token is set: give a token (--token or "
+                "$SPECBUILDER_TOKEN), bind 127.0.0.1, or pass --insecure to serve everyone who reaches the port")
+        if self.shared_memory_over_grpc and not self.shared_memory:
+            raise ValueError("shared_memory_over_grpc needs shared_memory")
+        return self
+
+    @property
+    def protection(self) -> str:
+        """What protects the server, in words, for its start-up line."""
+        parts = ["TLS" if self.tls_cert else "plaintext", "token required" if self.token else "NO TOKEN: every caller is trusted"]
+        if self.shared_memory_over_grpc:
+            parts.append("shared memory over gRPC read with the server's rights (single-tenant)")
+        return ", ".join(parts)
+
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
@@ -71,3 +107,14 @@ class ServerConfig(BaseModel):
         """``host:port`` as gRPC binds it (IPv6 hosts bracketed)."""
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 possibly bracketed) is this machine's loopback only."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -1,21 +1,24 @@
-"""ModelService requests parsed by the service itself, so bytes that are no request get INVALID_ARGUMENT.
+"""ModelService's method handlers: requests parsed by the service itself, so bytes that are no request get INVALID_ARGUMENT.
 
-gRPC parses a request before any servicer code runs and answers bytes that do not parse
+gRPC would parse a request before any servicer code runs and answer bytes that do not parse
 (random bytes, a truncated message, a string field that is not UTF-8) with INTERNAL, as if the
-server had failed. ``ParseRequests`` hands the ModelService's methods the raw bytes instead and
-parses them in the call: a message that does not parse is the client's error, INVALID_ARGUMENT,
-naming the message type it should have been. Other services (health, reflection) keep gRPC's
-own parsing. Evaluate and StreamEvaluate get their requests as ``Received``: the batch's
-elements are left where they arrived, unparsed and uncopied.
+server had failed. ``model_service`` registers the ModelService's methods with no deserializer
+and parses the raw bytes in the call: a message that does not parse is the client's error,
+INVALID_ARGUMENT, naming the message type it should have been. Evaluate and StreamEvaluate get
+their requests as ``Received``: the batch's elements are left where they arrived, unparsed and
+uncopied. A request stream is read through ``Incoming``, which waits for each message at most
+the server's idle limit. Other services (health, reflection) keep gRPC's own parsing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+import grpc.aio
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
@@ -26,7 +29,12 @@ from specbuilder_server.errors import RequestError, abort
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}
 """The methods whose requests carry a batch, and its field: the servicer reads its elements where they arrived."""
+INLINE_PARSE_BYTES = 1 << 20
+"""Requests up to this size are parsed on the event loop; larger ones on a worker thread, so one
+huge message does not stall every other call."""
 M = TypeVar("M")
+Blocking = Callable[..., Awaitable[Any]]
+"""``await blocking(fn, *args)``: ``fn(*args)`` on the server's worker threads."""
 
 
 @dataclass(frozen=True)
@@ -60,46 +68,72 @@ def malformed(type_name: str, which: str = "the request") -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{which} is not a serialized {type_name}: its bytes do not parse")
 
 
-def _parsed(raw: Iterator[bytes], parse: Callable[[bytes], Any], type_name: str) -> Iterator[Any]:
-    """The messages of a request stream; a ``RequestError`` (which the servicer's ``handled`` answers) at the first that does not parse."""
-    for index, data in enumerate(raw):
+class Incoming:
+    """The messages of a request stream, parsed, each waited for at most ``idle_seconds``."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, parse: Callable[[bytes], Any], type_name: str,
+                 blocking: Blocking, idle_seconds: float) -> None:
+        self._context = context
+        self._parse = parse
+        self._type_name = type_name
+        self._blocking = blocking
+        self._idle_seconds = idle_seconds
+        self._count = 0
+
+    async def next(self) -> Any | None:
+        """The next message, None once the client has closed its side; ``RequestError`` for one that does
+        not parse (INVALID_ARGUMENT) or that does not come within ``idle_seconds`` (DEADLINE_EXCEEDED)."""
         try:
-            yield parse(data)
+            raw = await asyncio.wait_for(self._context.read(), self._idle_seconds)
+        except TimeoutError:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+                f"the stream sent no message for {self._idle_seconds:g} s, this server's limit (stream_idle_seconds); "
+                "send the next message sooner, or close the stream and open a new one when there is more")) from None
+        if raw is grpc.aio.EOF:
+            return None
+        index, self._count = self._count, self._count + 1
+        try:
+            return await _parsed(raw, self._parse, self._blocking)
         except DecodeError:
-            raise malformed(type_name, f"message {index} of the request stream") from None
+            raise malformed(self._type_name, f"message {index} of the request stream") from None
 
 
-class ParseRequests(grpc.ServerInterceptor):
-    """Parses ModelService requests inside the call, answering bytes that do not parse INVALID_ARGUMENT."""
+async def _parsed(raw: bytes, parse: Callable[[bytes], Any], blocking: Blocking) -> Any:
+    return parse(raw) if len(raw) <= INLINE_PARSE_BYTES else await blocking(parse, raw)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
-        service, _, name = details.method.lstrip("/").partition("/")
-        if handler is None or handler.request_deserializer is None or service != SERVICE.full_name:
-            return handler
-        method = SERVICE.methods_by_name[name]
-        parse, type_name = parser_for(handler.request_deserializer, method), method.input_type.full_name
-        serialize = handler.response_serializer
-        if handler.request_streaming:
-            behavior = handler.stream_stream if handler.response_streaming else handler.stream_unary
 
-            def many(raw: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                return behavior(_parsed(raw, parse, type_name), context)
+def model_service(servicer: Any, blocking: Blocking, idle_seconds: float) -> grpc.GenericRpcHandler:
+    """The ModelService's handlers over ``servicer``: one coroutine per RPC, taking the parsed request
+    (an ``Incoming`` for a request stream) and the context, and writing a response stream with
+    ``context.write``."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in SERVICE.methods:
+        request_type = getattr(service_pb2, method.input_type.name)
+        serialize = getattr(service_pb2, method.output_type.name).SerializeToString
+        handlers[method.name] = _handler(method, getattr(servicer, method.name), parser_for(request_type.FromString, method),
+                                         serialize, blocking, idle_seconds)
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
-            make = grpc.stream_stream_rpc_method_handler if handler.response_streaming else grpc.stream_unary_rpc_method_handler
-            return make(many, response_serializer=serialize)
-        behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
 
-        def one(data: bytes, context: grpc.ServicerContext) -> Any:
-            try:
-                request = parse(data)
-            except DecodeError:
-                abort(context, malformed(type_name))
-            return behavior(request, context)
+def _handler(method: MethodDescriptor, behavior: Callable[..., Any], parse: Callable[[bytes], Any],
+             serialize: Callable[[Any], bytes], blocking: Blocking, idle_seconds: float) -> grpc.RpcMethodHandler:
+    type_name = method.input_type.full_name
+    if method.client_streaming:
 
-        make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
-        return make(one, response_serializer=serialize)
+        async def many(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(Incoming(context, parse, type_name, blocking, idle_seconds), context)
+
+        make = grpc.stream_stream_rpc_method_handler if method.server_streaming else grpc.stream_unary_rpc_method_handler
+        return make(many, response_serializer=serialize)
+
+    async def request(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await _parsed(raw, parse, blocking)
+        except DecodeError:
+            await abort(context, malformed(type_name))
+
+    async def one(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(await request(raw, context), context)
+
+    make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+    return make(one, response_serializer=serialize)

@@ -14,9 +14,8 @@ a thousand problems: ``rich_status`` keeps the message and the details within bu
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -28,7 +27,7 @@ from specbuilder.datasets import DataError
 from specbuilder.errors import Problem, SpecError
 from specbuilder.store import ModelNotFound, NoWeights
 from specbuilder.training.config import ConfigError
-from specbuilder.wire import TensorError
+from specbuilder.wire import TensorDenied, TensorError
 
 log = logging.getLogger("specbuilder_server")
 
@@ -45,11 +44,14 @@ MAX_FIELD_BYTES = 256
 class RequestError(Exception):
     """A call that cannot be served, as the status the client gets; ``problems`` name fields."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, problems: Sequence[Problem] = ()) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, problems: Sequence[Problem] = (),
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.problems = list(problems)
+        self.metadata = metadata
+        """Trailing metadata that travels with the status (beside its details)."""
 
 
 def invalid(path: str, message: str, kind: str = "invalid") -> RequestError:
@@ -94,6 +96,8 @@ def as_request_error(error: Exception) -> RequestError:
         return spec_problems(error, "config")
     if isinstance(error, SpecError):
         return spec_problems(error)
+    if isinstance(error, TensorDenied):
+        return RequestError(grpc.StatusCode.PERMISSION_DENIED, str(error), [Problem(error.path, error.message, "permission")])
     if isinstance(error, TensorError):
         return invalid(error.path, error.message, "tensor")
     if isinstance(error, DataError):
@@ -133,38 +137,29 @@ def rich_status(error: RequestError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
     """End the call with the status ``error`` stands for (raises, as ``context.abort`` does)."""
-    context.abort_with_status(rich_status(as_request_error(error)))
+    request_error = as_request_error(error)
+    status = rich_status(request_error)
+    await context.abort(status.code, status.details, (*status.trailing_metadata, *request_error.metadata))
+    raise AssertionError("context.abort returned")  # it always raises
 
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def handled(method: Method) -> Method:
-    """Wrap a servicer method (unary, or a generator for a response stream) so every failure
-    becomes a proper status."""
-    if inspect.isgeneratorfunction(method):
-
-        @functools.wraps(method)
-        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from method(self, request, context)
-            except Exception as error:  # noqa: BLE001 - every failure becomes a status
-                failure = error
-            else:
-                return
-            if context.is_active():  # else the client cancelled or its deadline passed: nobody to answer,
-                abort(context, failure)  # and what failed (reading its requests, most often) is no server error
-
-        return streaming  # type: ignore[return-value]
+    """Wrap a servicer coroutine so every failure becomes a proper status; a call whose client has
+    gone (cancelled, deadline passed) is not answered: nobody is there to read it."""
 
     @functools.wraps(method)
-    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             failure = error
-        abort(context, failure)
+        if not context.done():
+            await abort(context, failure)
+        return None
 
-    return unary  # type: ignore[return-value]
+    return call  # type: ignore[return-value]

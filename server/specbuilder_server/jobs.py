@@ -7,23 +7,28 @@ soon as the run has started (the spec, config and data were accepted), so ``GetM
 ``finished`` event is handed on, so a client that sees ``finished`` finds the record final.
 The Train call receives the events in order, the first at once and the rest in bursts every
 ``EVENT_INTERVAL`` (the run's end without delay), each burst's epochs and statistics windows in one
-message: one wake-up and one message per burst, not per event.
+message: one wake-up and one message per burst, not per event. The call waits for them on the
+event loop, holding no thread; a run whose call has not taken ``max_pending`` of its events (the
+client stopped reading) is cancelled, so a reader that stops costs a bounded buffer.
 Validation errors raised before the start leave nothing in the store and reach the caller.
 A started run whose outcome cannot be stored (the disk is full, a write fails) is recorded
 ``failed`` and ends with ``RunFailed``, which the Train call answers as a finished event.
 
 A job stops within one step when its ``CancelToken`` is cancelled: by the Train call ending
-early (the client cancelled, its deadline passed), by the server's time limit, or by the
-server shutting down. A stopped run is stored ``cancelled`` with its reason.
+early (the client cancelled, its deadline passed), by the server's time limit, by its client not
+reading, or by the server shutting down. A stopped run is stored ``cancelled`` with its reason,
+and without weights if it was stopped before its first step (it learned nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from specbuilder.datasets import Dataset
@@ -46,7 +51,8 @@ sent one by one and 1.07× in bursts every 0.1 s (one A/B); in two interleaved A
 runs a side) bursts of one message per event took 1.11× both times, a burst in one message 1.10×
 and 1.09×. A tenth of a second is also as often as a progress bar redraws."""
 WEIGHTLESS = frozenset({"diverged"})
-"""Outcomes stored without weights: a diverged model's are NaN. Cancelled runs keep what they learned."""
+"""Outcomes stored without weights: a diverged model's are NaN. Cancelled runs keep what they learned,
+if they took a step."""
 _END = object()
 
 
@@ -59,6 +65,52 @@ class RunFailed(Exception):
         self.steps = steps
 
 
+class Outbox:
+    """A run's events on their way from its training thread to its Train call on the event loop."""
+
+    def __init__(self, max_pending: int, on_overflow: Callable[[int], None]) -> None:
+        self._items: deque[object] = deque()
+        self._lock = threading.Lock()
+        self._max_pending = max_pending
+        self._on_overflow = on_overflow
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event, bool] | None = None
+        """The loop and event a ``take`` waits on, and whether any item wakes it (else only the last)."""
+        self._closed = False
+
+    def put(self, item: object, *, last: bool = False) -> None:
+        """Hand ``item`` on (from any thread), ``last`` if nothing follows; past ``max_pending`` items not yet
+        taken, ``on_overflow`` is told how many."""
+        with self._lock:
+            self._items.append(item)
+            self._closed = self._closed or last
+            pending, waiter = len(self._items), self._waiter
+        if waiter is not None and (waiter[2] or last):
+            loop, event, _ = waiter
+            loop.call_soon_threadsafe(event.set)
+        if pending > self._max_pending:
+            self._on_overflow(pending)
+
+    async def take(self, hold: float = 0.0) -> list[object]:
+        """Every item handed on so far, after ``hold`` seconds (cut short when the last item comes), waiting
+        on the event loop until there is one."""
+        until = time.monotonic() + hold
+        while True:
+            with self._lock:
+                left = until - time.monotonic()
+                if self._items and (left <= 0 or self._closed):
+                    items = list(self._items)
+                    self._items.clear()
+                    self._waiter = None
+                    return items
+                event = asyncio.Event()
+                self._waiter = (asyncio.get_running_loop(), event, left <= 0)
+            if left > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
+            else:
+                await event.wait()
+
+
 @dataclass(eq=False)
 class Job:
     """One training run: what to train, how to stop it, and the events it has produced so far."""
@@ -67,29 +119,33 @@ class Job:
     data: str | Dataset
     config: TrainConfig
     name: str
+    max_pending: int
     cancel_token: CancelToken = field(default_factory=CancelToken)
     run_id: str = ""
     """The store record's id, set when the run has started."""
     done: threading.Event = field(default_factory=threading.Event)
-    outbox: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
-    """Events, then an exception if one stopped the run, then the end mark: written by the job, read by ``events``."""
+    outbox: Outbox = field(init=False)
+    """Events, then an exception if one stopped the run, then the end mark: written by the job, read by ``bursts``."""
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.max_pending, self._unread)
+
+    def _unread(self, pending: int) -> None:
+        self.cancel(f"its Train call left {pending:,} events unread, over this server's limit (max_pending_events): the client stopped reading")
 
     def cancel(self, reason: str) -> None:
         """Stop the run before its next step; the first reason given is the one recorded."""
         self.cancel_token.cancel(reason)
 
-    def bursts(self, interval: float = 0.0) -> Iterator[list[Event]]:
+    async def bursts(self, interval: float = 0.0) -> AsyncIterator[list[Event]]:
         """The run's events in order, in bursts at most every ``interval`` seconds: the first at once,
         each later one with everything that came since; the run's end never waits for the interval.
         Raises what stopped the run (a bad config or bad data before it started, ``RunFailed`` after),
         once the events before it are delivered."""
         due = 0.0
         while True:
-            wait = due - time.monotonic()
-            if wait > 0:
-                self.done.wait(wait)
             events: list[Event] = []
-            for item in self._burst():  # the end mark, and an exception before it, come last
+            for item in await self.outbox.take(due - time.monotonic()):  # the end mark, and an exception before it, come last
                 if item is _END or isinstance(item, BaseException):
                     if events:
                         yield events
@@ -100,21 +156,13 @@ class Job:
             due = time.monotonic() + interval
             yield events
 
-    def _burst(self) -> list[object]:
-        """The next item from the outbox, waiting for it, and every item already behind it."""
-        burst = [self.outbox.get()]
-        while True:
-            try:
-                burst.append(self.outbox.get_nowait())
-            except queue.Empty:
-                return burst
-
 
 class TrainingJobs:
     """At most ``capacity`` runs at once; one more is refused (RESOURCE_EXHAUSTED), never queued."""
 
-    def __init__(self, store: ModelStore, capacity: int, max_seconds: float | None) -> None:
+    def __init__(self, store: ModelStore, capacity: int, max_seconds: float | None, max_pending: int) -> None:
         self._store = store
+        self._max_pending = max_pending
         self._capacity = capacity
         self._max_seconds = max_seconds
         self._active: set[Job] = set()
@@ -123,7 +171,7 @@ class TrainingJobs:
 
     def start(self, spec: ModelSpec, data: str | Dataset, config: TrainConfig, name: str) -> Job:
         """Start a run now, or refuse: the pool is full, or the server is stopping."""
-        job = Job(spec, data, config, name)
+        job = Job(spec, data, config, name, self._max_pending)
         with self._lock:
             if self._closed:
                 raise exhausted("the server is shutting down and starts no more training runs")
@@ -150,7 +198,7 @@ class TrainingJobs:
         finally:
             if timer is not None:
                 timer.cancel()
-            job.outbox.put(_END)
+            job.outbox.put(_END, last=True)
             with self._lock:
                 self._active.discard(job)
             job.done.set()
@@ -175,8 +223,9 @@ class TrainingJobs:
                         written = time.monotonic()
                 elif event.type == "finished":
                     result, steps = event.result, event.steps
+                    weightless = result.status in WEIGHTLESS or (result.status == "cancelled" and not steps)
                     self._store.finish_run(
-                        record.id, result.status, None if result.status in WEIGHTLESS else result.module,
+                        record.id, result.status, None if weightless else result.module,
                         history=result.history, stats=result.stats, reason=result.reason or None,
                     )
                     finished = True

@@ -1,31 +1,36 @@
-"""Models ready to evaluate: specs compiled once per hash, stored models loaded once per id.
+"""Models ready to evaluate: specs compiled once per hash, stored models loaded once per id, in one cache bounded in bytes.
 
-Compiled specs come from the core's ``CompileCache`` (a bounded LRU by canonical hash), found
-directly by the bytes of the spec a request sends when it was sent before; stored
-models from a bounded LRU of their own, keyed by id (their weights differ from a fresh
-compile's) and dropped when the model is deleted. A cached stored model is served only after
-the store confirms its id still exists (one indexed lookup), so a model deleted through another
-server sharing the store is not evaluated here either. Cached modules are shared by every call,
-so each carries a lock: a forward pass and the attaching of a statistics monitor happen under
-it, and a monitor only ever sees the batches of the call that attached it.
+``ModelCache`` keeps compiled specs (keyed by canonical hash and style) and stored models (keyed
+by id: their weights differ from a fresh compile's) in one least-recently-used order, bounded by
+count and by the bytes of their parameters and buffers: a model larger than the whole budget is
+served for its call and not kept. The bytes of the request sources that lead to a compiled spec
+(``Models.for_source``: a client sends the same spec call after call, and validating and hashing
+it again would cost more than a small model's forward) count against the same budget. A cached
+stored model is served only after the store confirms its id still exists (one indexed lookup), so
+a model deleted through another server sharing the store is not evaluated here either. Cached
+modules are shared by every call, so each carries a lock: a forward pass and the attaching of a
+statistics monitor happen under it, and a monitor only ever sees the batches of the call that
+attached it.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from specbuilder.compiler import CompileCache
+from specbuilder.compiler import compile_spec
 from specbuilder.spec import ModelSpec, Style
 from specbuilder.store import ModelStore
 from specbuilder.v1 import service_pb2
 from specbuilder_server import requests
+
+Key = tuple[str, str, str]
+"""``("spec", spec_hash, style)`` or ``("model", model_id, "")``."""
 
 
 @dataclass(eq=False)
@@ -39,55 +44,108 @@ class Ready:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def of(cls, module: nn.Module, device: torch.device, lock: threading.Lock | None = None) -> Ready:
+    def of(cls, module: nn.Module, device: torch.device) -> Ready:
         """``module`` (compiled by specbuilder: it carries ``.spec``); a stateless one computes in float32."""
         first = next(itertools.chain(module.parameters(), module.buffers()), None)
-        return cls(module.spec, module, device, torch.float32 if first is None else first.dtype, lock or threading.Lock())
+        return cls(module.spec, module, device, torch.float32 if first is None else first.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the module's parameters and buffers."""
+        return sum(t.numel() * t.element_size() for t in itertools.chain(self.module.parameters(), self.module.buffers()))
+
+
+class ModelCache:
+    """A least-recently-used map of ``Ready`` models, at most ``max_items`` of them and ``max_bytes`` in all; thread-safe."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Key, tuple[Ready, int]] = OrderedDict()
+        self._sources: OrderedDict[bytes, Key] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the kept models' parameters and buffers, and the remembered sources."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Key) -> Ready | None:
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is None:
+                return None
+            self._items.move_to_end(key)
+            return kept[0]
+
+    def by_source(self, source: bytes) -> Ready | None:
+        """The model a remembered request source led to, while it is kept."""
+        with self._lock:
+            key = self._sources.get(source)
+        return None if key is None else self.get(key)
+
+    def put(self, key: Key, ready: Ready, source: bytes | None = None) -> Ready:
+        """Keep ``ready`` under ``key`` (the one kept already wins), and ``source`` as a way to it; the one kept."""
+        size = ready.nbytes
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is not None:
+                ready = kept[0]
+            elif size <= self.max_bytes:
+                self._items[key] = (ready, size)
+                self._bytes += size
+            if source is not None and key in self._items and len(source) <= self.max_bytes:
+                if self._sources.pop(source, None) is not None:
+                    self._bytes -= len(source)
+                self._sources[source] = key
+                self._bytes += len(source)
+            self._evict()
+        return ready
+
+    def drop(self, key: Key) -> None:
+        with self._lock:
+            kept = self._items.pop(key, None)
+            if kept is not None:
+                self._bytes -= kept[1]
+
+    def _evict(self) -> None:
+        while len(self._sources) > self.max_items or (self._bytes > self.max_bytes and self._sources):
+            self._bytes -= len(self._sources.popitem(last=False)[0])
+        while len(self._items) > self.max_items or self._bytes > self.max_bytes:
+            self._bytes -= self._items.popitem(last=False)[1][1]
 
 
 class Models:
     """Where Evaluate and StreamEvaluate get their modules from."""
 
-    def __init__(self, store: ModelStore, device: torch.device, cache_size: int, max_params: int) -> None:
+    def __init__(self, store: ModelStore, device: torch.device, cache: ModelCache, max_params: int) -> None:
         self._store = store
-        self._device = device
+        self.device = device
+        """Where every model computes: the server's device."""
         self._max_params = max_params
-        self._sources: OrderedDict[bytes, Ready] = OrderedDict()
-        self._compiled = CompileCache(cache_size)
-        self._locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
-        """The lock of each compiled module in use: a lock, not a ``Ready``, which would hold its key and so keep
-        every module ever compiled alive after the caches let it go."""
-        self._stored: OrderedDict[str, Ready] = OrderedDict()
-        self._size = cache_size
-        self._lock = threading.Lock()
+        self.cache = cache
 
-    def compiled(self, spec: ModelSpec, style: Style = "sequential") -> Ready:
+    def compiled(self, spec: ModelSpec, style: Style = "sequential", source: bytes | None = None) -> Ready:
         """The spec compiled (freshly initialized weights), shared by every call with the same spec and style."""
-        module = self._compiled.get(spec, style, self._device)
-        with self._lock:
-            lock = self._locks.get(module)
-            if lock is None:
-                lock = self._locks[module] = threading.Lock()
-        return Ready.of(module, self._device, lock)
+        key: Key = ("spec", spec.spec_hash(), style)
+        ready = self.cache.get(key)
+        if ready is None:
+            ready = Ready.of(compile_spec(spec, style, self.device).eval(), self.device)
+        return self.cache.put(key, ready, source)
+
+    @staticmethod
+    def source_key(source: service_pb2.SpecSource) -> bytes:
+        """What a request's spec source is remembered by."""
+        return source.SerializeToString(deterministic=True)
 
     def for_source(self, source: service_pb2.SpecSource, path: str) -> Ready:
-        """``compiled`` for the spec a request sends, remembered by the source's bytes.
-
-        A client sends the same spec call after call; validating and hashing it again each time
-        would cost more than the forward pass of a small model.
-        """
-        key = source.SerializeToString(deterministic=True)
-        with self._lock:
-            ready = self._sources.get(key)
-            if ready is not None:
-                self._sources.move_to_end(key)
-                return ready
-        ready = self.compiled(requests.spec_of(source, path, self._max_params))
-        with self._lock:
-            self._sources[key] = ready
-            while len(self._sources) > self._size:
-                self._sources.popitem(last=False)
-        return ready
+        """``compiled`` for the spec a request sends, remembered by the source's bytes."""
+        key = self.source_key(source)
+        return self.cache.by_source(key) or self.compiled(requests.spec_of(source, path, self._max_params), source=key)
 
     def stored(self, model_id: str) -> Ready:
         """A stored model with its weights; ``ModelNotFound`` / ``NoWeights`` from the store.
@@ -95,23 +153,14 @@ class Models:
         A cached one is returned only while the store still has its id: replicas share the
         store, not this cache, and another may have deleted it.
         """
-        with self._lock:
-            ready = self._stored.get(model_id)
+        key: Key = ("model", model_id, "")
+        ready = self.cache.get(key)
         if ready is not None:
             if self._store.exists(model_id):
-                with self._lock:
-                    if model_id in self._stored:
-                        self._stored.move_to_end(model_id)
                 return ready
             self.forget(model_id)
-        module = self._store.load(model_id, self._device).eval()
-        with self._lock:
-            ready = self._stored.setdefault(model_id, Ready.of(module, self._device))
-            while len(self._stored) > self._size:
-                self._stored.popitem(last=False)
-            return ready
+        return self.cache.put(key, Ready.of(self._store.load(model_id, self.device).eval(), self.device))
 
     def forget(self, model_id: str) -> None:
         """Drop a deleted model, so it cannot be evaluated from the cache."""
-        with self._lock:
-            self._stored.pop(model_id, None)
+        self.cache.drop(("model", model_id, ""))

@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from specbuilder.datasets import DATASETS, DataError, Dataset, from_arrays
 from specbuilder.devices import AMP_DTYPES
 from specbuilder.errors import Problem, SpecError, suggest
 from specbuilder.proto import decode_value, spec_from_proto
-from specbuilder.regions import SharedRegions
+from specbuilder.regions import RegionReader
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
@@ -85,12 +87,15 @@ def options_of(options: service_pb2.EvaluateOptions, spec: ModelSpec, path: str 
     if options.bins and not MIN_BINS <= options.bins <= MAX_BINS:
         raise invalid(f"{path}.bins", f"must be between {MIN_BINS} and {MAX_BINS}, or 0 for the default ({DEFAULT_BINS}); got {options.bins}", "range")
     names = [node.name for node in spec.nodes]
+    if len(options.layers) > len(names):
+        raise invalid(f"{path}.layers", f"names {len(options.layers):,} modules; the model has {len(names)}, so name each at most once", "too_many")
+    known = set(names)
     for index, name in enumerate(options.layers):
-        if name not in names:
+        if name not in known:
             raise invalid(f"{path}.layers[{index}]", f"no module named '{name}'{suggest(name, names)}; the model's modules are {', '.join(names)}", "unknown_layer")
     layers: str | list[str] | None = None
     if options.statistics:
-        layers = list(options.layers) if options.layers else ("all" if options.all_layers else "activations")
+        layers = list(dict.fromkeys(options.layers)) if options.layers else ("all" if options.all_layers else "activations")
     return Options(skip_output=options.skip_output, layers=layers, bins=options.bins or DEFAULT_BINS, amp=options.amp or None)
 
 
@@ -115,9 +120,10 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, Any]) -> TrainConfig:
-    """The validated ``TrainConfig`` of a request; keys it leaves out take ``defaults``, then the config's own.
+def train_config(config: Mapping[str, spec_pb2.Value], device: torch.device) -> TrainConfig:
+    """The validated ``TrainConfig`` of a request, trained on the server's ``device``.
 
+    The operator's device wins: a config may name a device only if it is that one (``auto`` is).
     A config larger than any real one is refused before its settings are read one by one.
     """
     if len(config) > MAX_CONFIG_KEYS:
@@ -132,8 +138,11 @@ def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, An
         except SpecError as error:  # paths are "value", "value[2]": put the key there
             raise spec_problems(SpecError([Problem(f"config.{key}" + p.path.removeprefix("value"), p.message, p.type) for p in error.problems])) from None
     values = _unflatten(values)
+    asked = values.get("device", "auto")
+    if asked != "auto" and (not isinstance(asked, str) or _resolved(asked) != _resolved(str(device))):
+        raise invalid("config.device", f"this server trains on {device} (its --device); a run may ask for 'auto' or '{device}', got {asked!r}", "device")
     try:
-        parsed = parse_config({**defaults, **values})
+        parsed = parse_config({**values, "device": str(device)})
     except ConfigError as error:
         raise spec_problems(error, "config") from None
     if parsed.world_size > 1:  # a job is one thread of the server; distributed runs launch processes of their own
@@ -144,7 +153,16 @@ def train_config(config: Mapping[str, spec_pb2.Value], defaults: Mapping[str, An
     return parsed
 
 
-def train_data(request: service_pb2.TrainRequest, *, regions: SharedRegions | None) -> tuple[str | Dataset, str]:
+def _resolved(device: str) -> torch.device | None:
+    """``device`` as torch names it (``cuda`` is ``cuda:0``), None if it is no device name."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return None
+    return torch.device(parsed.type, 0) if parsed.type == "cuda" and parsed.index is None else parsed
+
+
+def train_data(request: service_pb2.TrainRequest, *, regions: RegionReader | None) -> tuple[str | Dataset, str]:
     """A built-in dataset's name, or a ``Dataset`` of the arrays sent; and the field it came from.
 
     Only built-in names are accepted: a client never names a file on the server.

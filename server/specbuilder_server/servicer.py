@@ -1,96 +1,220 @@
 """``ModelService``: each RPC reads its request into core objects, calls the core, answers in protobuf.
 
-No model logic lives here: validation is ``parse_spec``, compiling ``CompileCache``, training
-``train_events`` (through ``jobs``), storage ``ModelStore``. Every method is wrapped by
-``errors.handled``, so whatever goes wrong becomes a proper gRPC status.
+No model logic lives here: validation is ``parse_spec``, compiling and caching ``models``,
+training ``train_events`` (through ``jobs``), storage ``ModelStore``. Every method is a coroutine
+on the server's event loop wrapped by ``errors.handled``, so whatever goes wrong becomes a proper
+gRPC status. A call holds no thread while it waits (for a message, for its turn, for a slow
+reader): blocking work (parsing large specs, compiling, the store) runs on the worker threads
+(``blocking``), forwards and statistics in a compute lane (``compute``), each within a
+``Budget`` (deadline, cancel, compute seconds), after the call's estimated cost was checked
+against the server's limit. Streams are capped in number, in all and per connection, and one
+that neither sends nor reads for ``stream_idle_seconds`` is ended.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+import functools
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
-import torch
+import grpc.aio
 
 from specbuilder import localsocket
 from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
-from specbuilder.regions import SharedRegions
+from specbuilder.regions import RegionReader, Refused, SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2, service_pb2_grpc
+from specbuilder.v1 import service_pb2, tensor_pb2
 from specbuilder.wire import to_proto
 from specbuilder_server import convert, requests
-from specbuilder_server.compute import on_compute_thread
+from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
-from specbuilder_server.decoding import Received
-from specbuilder_server.errors import handled, invalid
-from specbuilder_server.evaluation import Pass
+from specbuilder_server.decoding import Incoming, Received
+from specbuilder_server.errors import RequestError, exhausted, handled, invalid
+from specbuilder_server.evaluation import Budget, Pass
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.models import Models, Ready
+from specbuilder_server.pool import TrimmingPool
 from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
-
 
 DEADLINE_SLACK = 0.25
 """A call that ends this close to its deadline ended by it: the client's own timer usually cancels it
 a moment before the server's deadline (which is later by the transit time) passes."""
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-class ModelServicer(service_pb2_grpc.ModelServiceServicer):
+class StreamSlots:
+    """Open streams, counted in all and per connection (its peer address); used on the event loop only."""
+
+    def __init__(self, total: int, per_connection: int) -> None:
+        self._total = total
+        self._per_connection = per_connection
+        self._open: Counter[str] = Counter()
+
+    @contextmanager
+    def held(self, peer: str) -> Iterator[None]:
+        """One slot while the block runs; RESOURCE_EXHAUSTED naming the limit when none is free."""
+        if sum(self._open.values()) >= self._total:
+            raise exhausted(f"{self._total} streams are open on this server, its limit (max_streams); try again when one has ended")
+        if self._open[peer] >= self._per_connection:
+            raise exhausted(f"{self._per_connection} streams are open on this connection, the server's limit per connection "
+                            "(max_streams_per_connection); close one, or open another connection")
+        self._open[peer] += 1
+        try:
+            yield
+        finally:
+            self._open[peer] -= 1
+            if not self._open[peer]:
+                del self._open[peer]
+
+    def __len__(self) -> int:
+        return sum(self._open.values())
+
+
+def _rows(tensor: tensor_pb2.Tensor) -> int:
+    """The batch's first dimension as sent (checked against the spec later, with the data)."""
+    return max(tensor.shape[0], 0) if tensor.shape else 0
+
+
+class ModelServicer:
     """The service over one store, one model cache, one pool of training jobs and the shared-memory regions it reads."""
 
-    def __init__(self, config: ServerConfig, store: ModelStore, models: Models, jobs: TrainingJobs, regions: SharedRegions | None) -> None:
+    def __init__(self, config: ServerConfig, store: ModelStore, models: Models, jobs: TrainingJobs, regions: SharedRegions | None,
+                 lanes: Lanes, pool: TrimmingPool) -> None:
         self._config = config
         self._store = store
         self._models = models
         self._jobs = jobs
         self._regions = regions
         """Where shared-memory batches are read from; None: they are refused (no ``--shared-memory``)."""
+        self._lanes = lanes
+        self._pool = pool
+        self.streams = StreamSlots(config.max_streams, config.max_streams_per_connection)
         self.local_socket: str | None = None
         """The local socket's path (``local.py``), named to clients in the trailing metadata of shared-memory Evaluate calls."""
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _spec(self, source: service_pb2.SpecSource, path: str = "spec") -> ModelSpec:
-        return requests.spec_of(source, path, self._config.max_params)
+    async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` on the worker threads, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    def _ready(self, request: Any) -> Ready:
+    async def _compute(self, flops: int, budget: Budget, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in its compute lane; a call that ends meanwhile (cancelled, deadline) stops its compute."""
+        future = self._lanes.for_cost(flops).submit(fn, *args)
+        with self._pool.working():
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                budget.cancel("the client cancelled the call")
+                future.cancel()
+                raise
+
+    def budget(self, context: grpc.aio.ServicerContext | None) -> Budget:
+        """The compute budget of a call: its deadline (none without a context) and the server's cap on compute seconds."""
+        remaining = context.time_remaining() if context is not None else None
+        return Budget(None if remaining is None else time.monotonic() + remaining, self._config.max_compute_seconds)
+
+    def _check_cost(self, spec: ModelSpec, rows: int, path: str) -> int:
+        """The estimated FLOPs of ``rows`` samples through ``spec``; RESOURCE_EXHAUSTED over the server's limit."""
+        flops = spec.flops(rows)
+        limit = self._config.max_flops_per_call
+        if flops > limit:
+            per_row = max(spec.flops(1), 1)
+            raise exhausted(
+                f"{path}: {rows:,} samples through this model cost about {flops:.3g} FLOPs, over this server's limit of "
+                f"{limit:.3g} per call (max_flops_per_call); send at most {max(limit // per_row, 1):,} samples per call")
+        return flops
+
+    def _grpc_regions(self, tensor: tensor_pb2.Tensor, path: str) -> RegionReader | None:
+        """Where a gRPC call's shared-memory tensors are read from. gRPC cannot tell the caller's user, so
+        unless the operator trusts every caller (``shared_memory_over_grpc``) a shared-memory tensor is
+        refused, naming the local socket, where the caller's user is checked."""
+        if self._regions is None or self._config.shared_memory_over_grpc:
+            return self._regions
+        why = ("shared memory is read only on the server's local socket, where the caller's user is checked against the "
+               "region's owner; gRPC cannot tell who the caller is")
+        if tensor.WhichOneof("payload") != "shared_memory":
+            return Refused(why)
+        metadata = ((localsocket.METADATA_KEY, self.local_socket),) if self.local_socket else ()
+        where = "send it there (its path is in this status's trailing metadata)" if self.local_socket else "this server has no local socket"
+        raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"{path}.shared_memory: {why}; {where}", metadata=metadata)
+
+    async def _ready(self, request: Any) -> Ready:
         """The model a request names (``spec`` or ``model_id``, a oneof called ``model``)."""
         kind = request.WhichOneof("model")
         if kind == "spec":
-            return self._models.for_source(request.spec, "spec")
+            ready = self._models.cache.by_source(self._models.source_key(request.spec))
+            return ready or await self.blocking(self._models.for_source, request.spec, "spec")
         if kind == "model_id":
-            return self._models.stored(requests.model_id(request.model_id))
+            return await self.blocking(self._models.stored, requests.model_id(request.model_id))
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
 
-    def _evaluate(self, run: Pass, tensor: Any, data: memoryview | None, path: str, output: Any) -> None:
+    def _batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, path: str, output: tensor_pb2.Tensor,
+               regions: RegionReader | None, budget: Budget) -> None:
         """One batch through the pass (``data``: its elements, cut from the request's bytes); its output
-        written into ``output`` unless outputs are skipped. Runs on the compute thread (``compute.py``),
-        as all model work does."""
+        written into ``output`` unless outputs are skipped. Runs in a compute lane."""
 
-        def compute(batch: torch.Tensor) -> None:
-            result = run.run(batch)
+        def compute(batch: Any) -> None:
+            result = run.run(batch, budget)
             if not run.options.skip_output:
                 check_output_size(result, self._config.max_message_bytes, path)
                 write_tensor(result, output)
 
         ready = run.ready
         with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
-                   max_elements=self._config.max_batch_elements, regions=self._regions, data=data)
+                   max_elements=self._config.max_batch_elements, regions=regions, data=data)
 
-    def _evaluate_with_stats(self, run: Pass, tensor: Any, data: memoryview | None, output: Any) -> list[LayerStats]:
-        """Evaluate's one batch, then the statistics: a single turn on the compute thread."""
-        self._evaluate(run, tensor, data, "input", output)
-        return run.stats()
+    def _one_pass(self, ready: Ready, options: requests.Options, tensor: tensor_pb2.Tensor, data: memoryview | None,
+                  output: tensor_pb2.Tensor, regions: RegionReader | None, budget: Budget) -> tuple[list[LayerStats], float]:
+        """Evaluate's whole pass in one turn of a compute lane: the batch, then the statistics, and the compute time."""
+        with Pass(ready, options) as run:
+            self._batch(run, tensor, data, "input", output, regions, budget)
+            return run.stats(), run.seconds
+
+    async def evaluate(self, received: Received[service_pb2.EvaluateRequest], regions: RegionReader | None,
+                       budget: Budget) -> service_pb2.EvaluateResponse:
+        """Evaluate, for gRPC and the local socket alike; raises what the call fails with."""
+        request = received.message
+        ready = await self._ready(request)
+        options = requests.options_of(request.options, ready.spec)
+        if not request.HasField("input"):
+            raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
+        flops = self._check_cost(ready.spec, _rows(request.input), "input")
+        response = service_pb2.EvaluateResponse()
+        stats, seconds = await self._compute(flops, budget, self._one_pass, ready, options, request.input, received.data,
+                                             response.output, regions, budget)
+        response.stats.extend(convert.stats_list(stats))
+        response.compute_seconds = seconds
+        return response
+
+    async def _send(self, context: grpc.aio.ServicerContext, message: Any) -> None:
+        """Write one message of a response stream, giving a reader that takes none of them ``stream_idle_seconds``."""
+        try:
+            await asyncio.wait_for(context.write(message), self._config.stream_idle_seconds)
+        except TimeoutError:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+                f"the client read none of the server's messages for {self._config.stream_idle_seconds:g} s, this server's limit "
+                "(stream_idle_seconds)")) from None
 
     # -- specs -----------------------------------------------------------------------------
 
     @handled
-    def ValidateSpec(self, request: service_pb2.ValidateSpecRequest, context: grpc.ServicerContext) -> service_pb2.ValidateSpecResponse:
+    async def ValidateSpec(self, request: service_pb2.ValidateSpecRequest, context: grpc.aio.ServicerContext) -> service_pb2.ValidateSpecResponse:
+        return await self.blocking(self._validate, request)
+
+    def _validate(self, request: service_pb2.ValidateSpecRequest) -> service_pb2.ValidateSpecResponse:
         try:
             spec = requests.parse_source(request.spec, "spec", self._config.max_params)
         except SpecError as error:  # an invalid spec is an answer, not an error
@@ -102,11 +226,14 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
         )
 
     @handled
-    def CompileSpec(self, request: service_pb2.CompileSpecRequest, context: grpc.ServicerContext) -> service_pb2.CompileSpecResponse:
+    async def CompileSpec(self, request: service_pb2.CompileSpecRequest, context: grpc.aio.ServicerContext) -> service_pb2.CompileSpecResponse:
+        return await self.blocking(self._compile, request)
+
+    def _compile(self, request: service_pb2.CompileSpecRequest) -> service_pb2.CompileSpecResponse:
         style = request.style or "sequential"
         if style not in STYLES:
             raise invalid("style", f"must be one of {', '.join(STYLES)} (empty means sequential), got '{style}'", "literal_error")
-        spec = self._spec(request.spec)
+        spec = requests.spec_of(request.spec, "spec", self._config.max_params)
         self._models.compiled(spec, style)
         return service_pb2.CompileSpecResponse(
             spec_hash=spec.spec_hash(), layers=[convert.layer_summary(node) for node in spec.nodes],
@@ -117,92 +244,107 @@ class ModelServicer(service_pb2_grpc.ModelServiceServicer):
     # -- evaluation ------------------------------------------------------------------------
 
     @handled
-    def Evaluate(self, received: Received[service_pb2.EvaluateRequest], context: grpc.ServicerContext) -> service_pb2.EvaluateResponse:
-        request = received.message
-        ready = self._ready(request)
-        options = requests.options_of(request.options, ready.spec)
-        if not request.HasField("input"):
-            raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
-        response = service_pb2.EvaluateResponse()
-        with Pass(ready, options) as run:
-            response.stats.extend(convert.stats_list(on_compute_thread(self._evaluate_with_stats, run, request.input, received.data, response.output)))
-        response.compute_seconds = run.seconds
-        if self.local_socket is not None and request.input.WhichOneof("payload") == "shared_memory":
+    async def Evaluate(self, received: Received[service_pb2.EvaluateRequest], context: grpc.aio.ServicerContext) -> service_pb2.EvaluateResponse:
+        regions = self._grpc_regions(received.message.input, "input")
+        response = await self.evaluate(received, regions, self.budget(context))
+        if self.local_socket is not None and received.message.input.WhichOneof("payload") == "shared_memory":
             context.set_trailing_metadata(((localsocket.METADATA_KEY, self.local_socket),))
         return response
 
     @handled
-    def StreamEvaluate(
-        self, request_iterator: Iterator[Received[service_pb2.StreamEvaluateRequest]], context: grpc.ServicerContext,
-    ) -> Iterator[service_pb2.StreamEvaluateResponse]:
-        received = next(request_iterator, None)
-        first = received.message if received is not None else None
-        if first is None or first.WhichOneof("item") != "start":
-            got = "nothing" if first is None else "a batch"
-            raise invalid("start", f"the first message must be start (the model and options), got {got}", "missing")
-        ready = self._ready(first.start)
-        options = requests.options_of(first.start.options, ready.spec, "start.options")
-        with Pass(ready, options) as run:
-            for index, received in enumerate(request_iterator):
-                message = received.message
-                if message.WhichOneof("item") != "batch":
-                    raise invalid(f"batch[{index}]", "every message after the first must be a batch; start comes once", "unexpected_start")
-                response = service_pb2.StreamEvaluateResponse()
-                response.output.batch_index = index
-                on_compute_thread(self._evaluate, run, message.batch, received.data, f"batch[{index}]", response.output.output)
-                del received, message  # the batch's bytes go now, not after the next batch has arrived
-                yield response
-            stats = convert.stats_list(on_compute_thread(run.stats))
-        yield service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
-            batches=run.batches, rows=run.rows, stats=stats, compute_seconds=run.seconds,
-        ))
+    async def StreamEvaluate(self, incoming: Incoming, context: grpc.aio.ServicerContext) -> None:
+        with self.streams.held(context.peer()):
+            received = await incoming.next()
+            first = received.message if received is not None else None
+            if first is None or first.WhichOneof("item") != "start":
+                got = "nothing" if first is None else "a batch"
+                raise invalid("start", f"the first message must be start (the model and options), got {got}", "missing")
+            ready = await self._ready(first.start)
+            options = requests.options_of(first.start.options, ready.spec, "start.options")
+            run = Pass(ready, options)
+            lane = self._lanes.small
+            await lane.run(run.__enter__)
+            try:
+                index = 0
+                while (received := await incoming.next()) is not None:
+                    await self._stream_batch(context, run, received, index)
+                    del received  # the batch's bytes go now, not after the next batch has arrived
+                    index += 1
+                stats = convert.stats_list(await lane.run(run.stats))
+            finally:
+                await lane.run(run.__exit__, None, None, None)
+            await self._send(context, service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
+                batches=run.batches, rows=run.rows, stats=stats, compute_seconds=run.seconds,
+            )))
+
+    async def _stream_batch(self, context: grpc.aio.ServicerContext, run: Pass, received: Received[service_pb2.StreamEvaluateRequest],
+                            index: int) -> None:
+        message = received.message
+        path = f"batch[{index}]"
+        if message.WhichOneof("item") != "batch":
+            raise invalid(path, "every message after the first must be a batch; start comes once", "unexpected_start")
+        regions = self._grpc_regions(message.batch, path)
+        flops = self._check_cost(run.ready.spec, _rows(message.batch), path)
+        response = service_pb2.StreamEvaluateResponse()
+        response.output.batch_index = index
+        budget = self.budget(context)
+        await self._compute(flops, budget, self._batch, run, message.batch, received.data, path, response.output.output, regions, budget)
+        await self._send(context, response)
 
     # -- training --------------------------------------------------------------------------
 
     @handled
-    def Train(self, request: service_pb2.TrainRequest, context: grpc.ServicerContext) -> Iterator[service_pb2.TrainEvent]:
-        spec = self._spec(request.spec)
-        config = requests.train_config(request.config, {"device": self._config.device})
-        data, data_field = requests.train_data(request, regions=self._regions)
-        job = self._jobs.start(spec, data, config, requests.run_name(request.name, spec))
+    async def Train(self, request: service_pb2.TrainRequest, context: grpc.aio.ServicerContext) -> None:
+        with self.streams.held(context.peer()):
+            spec, config, (data, data_field) = await self.blocking(self._train_inputs, request)
+            job = self._jobs.start(spec, data, config, requests.run_name(request.name, spec))
+            try:
+                async for burst in job.bursts(EVENT_INTERVAL):
+                    for message in convert.train_messages(job.run_id, burst):
+                        await self._send(context, message)
+            except DataError as error:
+                raise invalid(data_field, str(error), "data") from None
+            except RunFailed as failure:  # recorded failed in the store: the stream ends normally, saying why
+                await self._send(context, convert.failed_event(job.run_id, failure.reason, failure.steps))
+            except BaseException as error:  # the call ended before the run: the run ends too
+                remaining = context.time_remaining()
+                job.cancel(str(error) if isinstance(error, RequestError) else
+                           "the call's deadline passed" if remaining is not None and remaining <= DEADLINE_SLACK else
+                           "the client cancelled the call")
+                raise
 
-        def stop() -> None:  # runs when the call ends, however it ends; a finished job ignores it
-            deadline = context.time_remaining() <= DEADLINE_SLACK
-            job.cancel("the call's deadline passed" if deadline else "the client cancelled the call")
-
-        if not context.add_callback(stop):  # the call ended already
-            stop()
-        try:
-            for burst in job.bursts(EVENT_INTERVAL):
-                yield from convert.train_messages(job.run_id, burst)
-        except DataError as error:
-            raise invalid(data_field, str(error), "data") from None
-        except RunFailed as failure:  # recorded failed in the store: the stream ends normally, saying why
-            yield convert.failed_event(job.run_id, failure.reason, failure.steps)
+    def _train_inputs(self, request: service_pb2.TrainRequest) -> tuple[ModelSpec, Any, tuple[Any, str]]:
+        spec = requests.spec_of(request.spec, "spec", self._config.max_params)
+        config = requests.train_config(request.config, self._models.device)
+        regions = None
+        if request.HasField("arrays"):
+            for part in ("x", "y"):
+                regions = self._grpc_regions(getattr(request.arrays, part), f"arrays.{part}")
+        return spec, config, requests.train_data(request, regions=regions)
 
     # -- the store -------------------------------------------------------------------------
 
     @handled
-    def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.ServicerContext) -> service_pb2.ListModelsResponse:
-        records = self._store.list(requests.status_filter(request.status))
+    async def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListModelsResponse:
+        records = await self.blocking(self._store.list, requests.status_filter(request.status))
         return service_pb2.ListModelsResponse(models=[convert.model_record(r, full=False) for r in reversed(records)])
 
     @handled
-    def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.ServicerContext) -> service_pb2.ModelRecord:
-        return convert.model_record(self._store.get(requests.model_id(request.model_id)))
+    async def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelRecord:
+        return convert.model_record(await self.blocking(self._store.get, requests.model_id(request.model_id)))
 
     @handled
-    def DeleteModel(self, request: service_pb2.DeleteModelRequest, context: grpc.ServicerContext) -> service_pb2.DeleteModelResponse:
+    async def DeleteModel(self, request: service_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.DeleteModelResponse:
         model_id = requests.model_id(request.model_id)
-        self._store.delete(model_id)
+        await self.blocking(self._store.delete, model_id)
         self._models.forget(model_id)
         return service_pb2.DeleteModelResponse()
 
     @handled
-    def ExportModel(self, request: service_pb2.ExportModelRequest, context: grpc.ServicerContext) -> service_pb2.ExportModelResponse:
-        spec, weights = self._store.export(requests.model_id(request.model_id))
+    async def ExportModel(self, request: service_pb2.ExportModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ExportModelResponse:
+        spec, weights = await self.blocking(self._store.export, requests.model_id(request.model_id))
         return service_pb2.ExportModelResponse(spec=spec_to_proto(spec), weights={key: to_proto(array) for key, array in weights.items()})
 
     @handled
-    def ListActivations(self, request: service_pb2.ListActivationsRequest, context: grpc.ServicerContext) -> service_pb2.ListActivationsResponse:
-        return convert.activations()
+    async def ListActivations(self, request: service_pb2.ListActivationsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListActivationsResponse:
+        return await self.blocking(convert.activations)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from specbuilder.devices import to_device
-from specbuilder.regions import SharedRegions
+from specbuilder.regions import RegionReader
 from specbuilder.spec import ModelSpec
 from specbuilder.v1 import tensor_pb2
 from specbuilder.wire import WIRE_TYPES, WireType, attached
@@ -80,7 +80,7 @@ def from_buffer(view: memoryview, wire: WireType, shape: tuple[int, ...]) -> tor
 
 
 def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Callable[[torch.Tensor], T], *, device: torch.device,
-               dtype: torch.dtype, max_elements: int, regions: SharedRegions | None, data: memoryview | None = None) -> T:
+               dtype: torch.dtype, max_elements: int, regions: RegionReader | None, data: memoryview | None = None) -> T:
     """``use(batch)`` for the batch as a checked ``[N, *input_shape]`` tensor on ``device`` in ``dtype``
     (``data``: its elements, cut from the request's bytes; see ``decoding.Received``).
 
@@ -99,7 +99,7 @@ def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Calla
             raise
 
 
-def to_array(tensor: tensor_pb2.Tensor, path: str, *, regions: SharedRegions | None) -> np.ndarray:
+def to_array(tensor: tensor_pb2.Tensor, path: str, *, regions: RegionReader | None) -> np.ndarray:
     """A copy of the tensor as a numpy array (bfloat16 widened to float32), for data kept past the call."""
     with attached(tensor, path, regions=regions) as (wire, shape, view):
         if wire.numpy is None:

@@ -66,11 +66,28 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "accept tensors in POSIX shared memory from clients on this host, and answer their Evaluate calls on a Unix "
         "socket too (gRPC's fixed cost is then most of a call)"))
     serve.add_argument("--no-local-socket", dest="local_socket", action="store_false",
-                       help="with --shared-memory: no Unix socket, shared-memory calls stay on gRPC")
+                       help="with --shared-memory: no Unix socket (shared-memory calls are then refused, unless --shared-memory-over-grpc)")
+    serve.add_argument("--shared-memory-over-grpc", action="store_true", help=(
+        "with --shared-memory, on a single-tenant host only: also read shared memory named in gRPC calls, with the server's "
+        "rights (gRPC cannot tell the caller's user, so another user's region could be read)"))
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a --host other machines can reach without a token: everyone who reaches the port may call every RPC")
     serve.add_argument("--cache-size", type=_positive, default=default["cache_size"], metavar="N",
                        help=f"compiled and loaded models kept ready (default {default['cache_size']})")
+    serve.add_argument("--cache-mb", type=_positive, default=default["cache_mb"], metavar="MB",
+                       help=f"megabytes of weights the kept models may hold in all (default {default['cache_mb']})")
     serve.add_argument("--workers", type=_positive, default=default["workers"], metavar="N",
-                       help=f"threads serving calls; each open stream holds one (default {default['workers']})")
+                       help=f"threads for blocking work: parsing, compiling, the store (default {default['workers']}); waiting calls hold none")
+    serve.add_argument("--max-flops-per-call", type=_positive, default=default["max_flops_per_call"], metavar="N",
+                       help=f"refuse an evaluation estimated to cost more (2 x multiply-adds x rows; default {default['max_flops_per_call']:.0e})")
+    serve.add_argument("--max-compute-seconds", type=_seconds, default=default["max_compute_seconds"], metavar="S",
+                       help=f"stop a call's compute after S seconds (default {default['max_compute_seconds']:g})")
+    serve.add_argument("--stream-idle-seconds", type=_seconds, default=default["stream_idle_seconds"], metavar="S",
+                       help=f"end a stream that sends or reads nothing for S seconds (default {default['stream_idle_seconds']:g})")
+    serve.add_argument("--max-streams", type=_positive, default=default["max_streams"], metavar="N",
+                       help=f"open StreamEvaluate and Train calls (and local-socket connections) in all (default {default['max_streams']})")
+    serve.add_argument("--max-streams-per-connection", type=_positive, default=default["max_streams_per_connection"], metavar="N",
+                       help=f"open streams on one client connection (default {default['max_streams_per_connection']})")
     serve.add_argument("--grace", type=float, default=default["grace_seconds"], metavar="S",
                        help=f"seconds calls in flight get to finish on stop (default {default['grace_seconds']:g})")
     serve.add_argument("--max-connection-age", type=_seconds, default=None, metavar="S", help=(
@@ -79,16 +96,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.set_defaults(run=run_serve)
 
 
+def _token(given: str | None) -> str | None:
+    """The token from ``--token`` or ``$SPECBUILDER_TOKEN``; an empty one is refused, never read as "no token"."""
+    if given is not None:
+        if not given.strip():
+            raise CommandError("serve: --token is empty: give the token, or leave the option out to serve without one")
+        return given
+    from_env = os.environ.get(TOKEN_ENV)
+    if from_env is not None and not from_env.strip():
+        raise CommandError(f"serve: ${TOKEN_ENV} is set but empty: give the token, or unset the variable to serve without one")
+    return from_env
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Start, print where, wait for SIGTERM/SIGINT, stop gracefully."""
     from specbuilder_server import ServerConfig, ServerStartError, start_server
 
     settings = {
-        "host": args.host, "port": args.port, "token": args.token or os.environ.get(TOKEN_ENV) or None,
+        "host": args.host, "port": args.port, "token": _token(args.token), "insecure": args.insecure,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
-        "device": args.device, "shared_memory": args.shared_memory, "local_socket": args.local_socket, "cache_size": args.cache_size,
+        "device": args.device, "shared_memory": args.shared_memory, "local_socket": args.local_socket,
+        "shared_memory_over_grpc": args.shared_memory_over_grpc, "cache_size": args.cache_size, "cache_mb": args.cache_mb,
+        "max_flops_per_call": args.max_flops_per_call, "max_compute_seconds": args.max_compute_seconds,
+        "stream_idle_seconds": args.stream_idle_seconds, "max_streams": args.max_streams,
+        "max_streams_per_connection": args.max_streams_per_connection,
         "workers": args.workers, "grace_seconds": args.grace, "max_connection_age_seconds": args.max_connection_age,
     }
     if args.store is not None:
@@ -108,8 +141,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        scheme = "TLS" if config.tls_cert else "plaintext"
-        print(f"listening on {config.host}:{server.port} ({scheme}{', token required' if config.token else ''}; store {config.store})", flush=True)
+        print(f"listening on {config.host}:{server.port} ({config.protection}; store {config.store})", flush=True)
         while not stop.wait(1.0):  # a timeout, so the main thread runs signal handlers promptly
             pass
         print(f"stopping: calls in flight get {config.grace_seconds:g} s to finish", file=sys.stderr, flush=True)

@@ -182,23 +182,41 @@ class Client:
         timeout = timeout if timeout is not None else self.timeout
         if self._local is not None:
             try:
-                return self._local.evaluate(request, timeout)
-            except DeadlineExceeded:  # its answer may still come: the connection cannot be used again
-                self._drop_local()
-                raise
+                return self._on_local(request, timeout)
             except OSError:  # the connection broke (the server stopped, or closed it): the call goes to gRPC
-                self._drop_local()
+                pass
         try:
             response, call = self._stub.Evaluate.with_call(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise from_rpc(error) from None
+            path = dict(error.trailing_metadata() or ()).get(METADATA_KEY) if isinstance(error, grpc.Call) else None
+            if path is None or not self._connect_local(path):  # shared memory is refused on gRPC: the local socket takes it
+                raise from_rpc(error) from None
+            try:
+                return self._on_local(request, timeout)
+            except OSError:
+                raise from_rpc(error) from None
         path = dict(call.trailing_metadata() or ()).get(METADATA_KEY)
-        if self._use_local_socket and path:
+        if path:
+            self._connect_local(path)
+        return response
+
+    def _on_local(self, request: service_pb2.EvaluateRequest, timeout: float | None) -> service_pb2.EvaluateResponse:
+        """The call on the local connection; a connection that broke or timed out is dropped."""
+        assert self._local is not None
+        try:
+            return self._local.evaluate(request, timeout)
+        except (DeadlineExceeded, OSError):  # after a timeout its answer may still come: the connection cannot be used again
+            self._drop_local()
+            raise
+
+    def _connect_local(self, path: str) -> bool:
+        """Connect to the server's local socket at ``path`` (unless local sockets are off); False where it cannot be reached."""
+        if self._use_local_socket:
             try:
                 self._local = LocalConnection(path, self._token)
             except (OSError, SpecbuilderError):  # not reachable from here (another host, a container): gRPC it is
                 self._use_local_socket = False
-        return response
+        return self._local is not None
 
     def _drop_local(self) -> None:
         if self._local is not None:
