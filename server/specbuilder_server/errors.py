@@ -54,6 +54,10 @@ class RequestError(Exception):
         """Trailing metadata that travels with the status (beside its details)."""
 
 
+class ClientGone(Exception):
+    """The call ended under the server (its client cancelled or went away): there is nobody to answer."""
+
+
 def invalid(path: str, message: str, kind: str = "invalid") -> RequestError:
     """INVALID_ARGUMENT for one field: ``path: message``."""
     problem = Problem(path, message, kind)
@@ -156,6 +160,8 @@ def handled(method: Method) -> Method:
     async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
+        except ClientGone:
+            return None
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             failure = error
         if not context.done():

@@ -40,7 +40,7 @@ from specbuilder_server import convert, requests
 from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.decoding import Incoming, Received
-from specbuilder_server.errors import RequestError, exhausted, handled, invalid
+from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid
 from specbuilder_server.evaluation import Budget, Pass
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.models import Models, Ready
@@ -200,13 +200,21 @@ class ModelServicer:
         return response
 
     async def _send(self, context: grpc.aio.ServicerContext, message: Any) -> None:
-        """Write one message of a response stream, giving a reader that takes none of them ``stream_idle_seconds``."""
+        """Write one message of a response stream, giving a reader that takes none of them ``stream_idle_seconds``;
+        ``ClientGone`` if the call ended under the write."""
+        write = asyncio.ensure_future(context.write(message))
         try:
-            await asyncio.wait_for(context.write(message), self._config.stream_idle_seconds)
-        except TimeoutError:
+            done, _ = await asyncio.wait((write,), timeout=self._config.stream_idle_seconds)
+        except asyncio.CancelledError:
+            write.cancel()
+            raise
+        if not done:  # a write waits on the reader's flow control, and cancelling it must not wait for the reader too
+            write.cancel()
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
                 f"the client read none of the server's messages for {self._config.stream_idle_seconds:g} s, this server's limit "
-                "(stream_idle_seconds)")) from None
+                "(stream_idle_seconds)"))
+        if write.exception() is not None:  # gRPC's failed write of a call that is over
+            raise ClientGone(str(write.exception()))
 
     # -- specs -----------------------------------------------------------------------------
 

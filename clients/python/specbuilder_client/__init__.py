@@ -15,6 +15,7 @@ from specbuilder_client.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     SpecbuilderError,
     Unauthenticated,
@@ -42,5 +43,5 @@ __all__ = [
     "EvalResult", "FailedPrecondition", "Histogram", "InvalidArgument", "LayerStats", "LayerSummary",
     "ModelRecord", "NotFound", "ParameterInfo", "ResourceExhausted", "SpecbuilderError", "StatsEvent",
     "StreamResult", "StreamSummary", "TrainEvent", "TrainFinished", "TrainResult", "TrainRun", "TrainStarted",
-    "Unauthenticated", "Unavailable", "Validation", "Violation",
+    "PermissionDenied", "Unauthenticated", "Unavailable", "Validation", "Violation",
 ]

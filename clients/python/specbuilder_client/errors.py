@@ -58,6 +58,10 @@ class Unauthenticated(SpecbuilderError):
     """The token is missing or wrong."""
 
 
+class PermissionDenied(SpecbuilderError):
+    """The call names something the caller may not use (another user's shared memory)."""
+
+
 class Cancelled(SpecbuilderError):
     """The call was cancelled."""
 
@@ -72,6 +76,7 @@ class Unavailable(SpecbuilderError):
 
 _BY_CODE: dict[grpc.StatusCode, type[SpecbuilderError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
@@ -117,6 +122,6 @@ def from_status(status: status_pb2.Status) -> SpecbuilderError:
 
 
 __all__ = [
-    "Cancelled", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "NotFound", "ResourceExhausted",
+    "Cancelled", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
     "SpecbuilderError", "Unauthenticated", "Unavailable", "Violation", "from_rpc", "from_status",
 ]
