@@ -19,6 +19,9 @@ Finished models and outcomes are fsynced before the call returns; a run's start 
 committed without an fsync of their own (the next durable commit makes them durable), so a
 training loop does not wait on the disk for them.
 Weights are only ever read with safetensors; nothing is unpickled.
+
+A store is its user's alone (``specbuilder.store.files``): directories 0700, files 0600, and a
+directory or index another user owns is refused.
 """
 
 from __future__ import annotations
@@ -44,7 +47,18 @@ from torch import nn
 from specbuilder.compiler import SpecLike, Style, build_module, compile_spec
 from specbuilder.devices import resolve_device
 from specbuilder.spec import ModelSpec, parse_spec
-from specbuilder.store.files import WEIGHTS_SUFFIX, fsync_path, hold, is_held, is_temp, locked, publish, write_temp
+from specbuilder.store.files import (
+    WEIGHTS_SUFFIX,
+    fsync_path,
+    hold,
+    is_held,
+    is_temp,
+    locked,
+    owned_dir,
+    owned_file,
+    publish,
+    write_temp,
+)
 from specbuilder.store.records import (
     FINAL_STATUSES,
     ID_PATTERN,
@@ -61,6 +75,9 @@ from specbuilder.store.records import (
     new_id,
 )
 
+INDEX = "index.sqlite3"
+INDEX_FILES = (INDEX, f"{INDEX}-wal", f"{INDEX}-shm")
+"""The index and SQLite's companions (created with the index's mode, so 0600 like it)."""
 SCHEMA_VERSION = 1
 SCHEMA = (
     """CREATE TABLE models (
@@ -177,6 +194,7 @@ class ModelStore:
 
     Ids are generated (``uuid4().hex``) and checked before any path is built from them.
     Unknown ids raise ``ModelNotFound`` (a ``KeyError``); malformed ids and names ``ValueError``.
+    The directory must belong to this process's effective user.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -185,8 +203,9 @@ class ModelStore:
             raise StoreError(f"{self.path} is a file, not a model store directory")
         self._weights = self.path / "weights"
         self._locks = self.path / "locks"
-        for directory in (self.path, self._weights, self._locks):
-            directory.mkdir(parents=True, exist_ok=True)
+        owned_dir(self.path, narrow=False)
+        owned_dir(self._weights)
+        owned_dir(self._locks)
         self._store_lock = self._locks / "store.lock"
         self._token = new_id()
         self._owner_path = self._locks / f"{self._token}.owner"
@@ -204,8 +223,10 @@ class ModelStore:
     # -- opening, recovery and closing ------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        """The index, created or checked; autocommit mode, transactions are explicit."""
-        db = sqlite3.connect(self.path / "index.sqlite3", timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        """The index, created (0600, before SQLite opens it) or checked; autocommit mode, transactions are explicit."""
+        for name in INDEX_FILES:
+            owned_file(self.path / name, create=name == INDEX)
+        db = sqlite3.connect(self.path / INDEX, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
