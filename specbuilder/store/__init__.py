@@ -11,8 +11,11 @@ from specbuilder.store.records import (
     ModelNotFound,
     ModelRecord,
     NoWeights,
+    QuotaExceeded,
     Status,
     StoreError,
 )
 
-__all__ = ["FINAL_STATUSES", "STATUSES", "ModelNotFound", "ModelRecord", "ModelStore", "NoWeights", "Status", "StoreError"]
+__all__ = [
+    "FINAL_STATUSES", "STATUSES", "ModelNotFound", "ModelRecord", "ModelStore", "NoWeights", "QuotaExceeded", "Status", "StoreError",
+]

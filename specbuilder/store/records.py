@@ -45,12 +45,21 @@ class NoWeights(StoreError):
     """The entry exists but has no weights: a run still going, or one that ended without them."""
 
 
+class QuotaExceeded(StoreError):
+    """Storing would take the store past its ``max_models`` or ``max_bytes``; the message names which.
+
+    Raised before anything is written: a save or a run's start leaves no entry. A run whose
+    weights do not fit is recorded ``failed`` (the message as its reason), without weights.
+    """
+
+
 def new_id() -> str:
     """A fresh model id."""
     return uuid.uuid4().hex
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """``repr(value)``, cut to 80 characters: a bad argument as an error message quotes it."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -58,7 +67,7 @@ def _shown(value: object) -> str:
 def check_id(value: object) -> str:
     """``value`` if it is a well-formed model id, else ``ValueError``; never touches the filesystem."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise ValueError(f"a model id is 32 lowercase hex digits, as returned by save or start_run; got {_shown(value)}")
+        raise ValueError(f"a model id is 32 lowercase hex digits, as returned by save or start_run; got {shown(value)}")
     return value
 
 
@@ -67,7 +76,7 @@ def check_name(value: object) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise ValueError(
             "a model name is 1 to 64 characters: letters, digits, '_', '.', '-', starting with a letter "
-            f"or digit; got {_shown(value)}"
+            f"or digit; got {shown(value)}"
         )
     return value
 
@@ -75,7 +84,7 @@ def check_name(value: object) -> str:
 def check_status(value: object, allowed: tuple[str, ...] = STATUSES) -> str:
     """``value`` if it is one of ``allowed``, else ``ValueError`` listing them."""
     if value not in allowed:
-        raise ValueError(f"status must be one of {', '.join(allowed)}; got {_shown(value)}")
+        raise ValueError(f"status must be one of {', '.join(allowed)}; got {shown(value)}")
     return str(value)
 
 
@@ -112,7 +121,7 @@ def as_dict_list(value: Any, what: str) -> list[dict[str, Any]]:
     """``value`` (a sequence of mappings or pydantic models) as a JSON list of dicts, or ``ValueError``."""
     data = as_json_data(value, what)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-        raise ValueError(f"{what} must be a list of dicts; got {_shown(value)}")
+        raise ValueError(f"{what} must be a list of dicts; got {shown(value)}")
     return data
 
 
@@ -120,7 +129,7 @@ def as_dataset(value: Any) -> str | dict[str, Any] | None:
     """A dataset description: a name, a dict, or None."""
     data = as_json_data(value, "dataset")
     if data is not None and not isinstance(data, (str, dict)):
-        raise ValueError(f"dataset must be a name, a dict or None; got {_shown(value)}")
+        raise ValueError(f"dataset must be a name, a dict or None; got {shown(value)}")
     return data
 
 
@@ -128,7 +137,9 @@ class ModelRecord(BaseModel):
     """One entry of the store: a trained model, or a training run and what it produced.
 
     ``history`` holds one dict per epoch and ``stats`` the final per-layer statistics, as the
-    training engine reported them; ``has_weights`` says whether ``load``/``export`` will work.
+    training engine reported them; ``has_weights`` says whether ``load``/``export`` will work;
+    ``weights_bytes`` is the size of the weights file (0 without one), what the entry counts
+    against the store's ``max_bytes``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -147,3 +158,4 @@ class ModelRecord(BaseModel):
     dataset: str | dict[str, Any] | None
     reason: str | None
     has_weights: bool
+    weights_bytes: int
