@@ -1,14 +1,15 @@
-"""The model store's limits and permissions: what an audit found it let through.
+"""The model store's limits, pages and permissions: what an audit found it let through.
 
 ``max_bytes``/``max_models`` refuse before anything is written, also when two stores share a
 directory; a run whose weights do not fit is kept, ``failed``; a version 1 index is upgraded
-with nothing lost.
+with nothing lost. ``page`` walks every entry once, newest first, without reading a spec.
 Everything a store creates is its user's alone, and a directory of another user is refused
 (checked with a throwaway OS user: the suite runs as root).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 
 from specbuilder.compiler import compile_spec
 from specbuilder.spec import parse_spec
-from specbuilder.store import ModelRecord, ModelStore, QuotaExceeded, StoreError, model_store
+from specbuilder.store import BadCursor, ModelRecord, ModelStore, ModelSummary, QuotaExceeded, StoreError, model_store
 from test_store import CNN, MLP, weight_files
 
 def file_size(spec: dict[str, Any]) -> int:
@@ -276,6 +277,107 @@ def test_a_version_1_index_is_upgraded_with_nothing_lost(tmp_path: Path) -> None
     with sqlite3.connect(tmp_path / "index.sqlite3") as db:
         assert db.execute(f"SELECT {V1_COLUMNS} FROM models ORDER BY created_us").fetchall() == old_rows
         assert db.execute("PRAGMA user_version").fetchone()[0] == model_store.SCHEMA_VERSION
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def walk(store: ModelStore, **arguments: Any) -> list[list[str]]:
+    """The ids of every page of a listing, in order."""
+    pages, after = [], None
+    while True:
+        page = store.page(after=after, **arguments)
+        pages.append([r.id for r in page.records])
+        if page.next is None:
+            return pages
+        after = page.next
+
+
+def test_pages_give_every_entry_once_newest_first_as_summaries(tmp_path: Path) -> None:
+    with ModelStore(tmp_path) as store:
+        for index in range(7):
+            if index % 3 == 0:
+                store.start_run(MLP)
+            else:
+                store.save(compile_spec(MLP, device="cpu"), status="completed" if index % 3 == 1 else "failed")
+        newest_first = [r.id for r in reversed(store.list())]
+        assert walk(store, limit=3) == [newest_first[:3], newest_first[3:6], newest_first[6:]]
+        assert walk(store, limit=7) == [newest_first]
+        assert walk(store) == [newest_first]
+        assert walk(store, status="running", limit=2) == [[r.id for r in reversed(store.list("running"))][:2],
+                                                          [r.id for r in reversed(store.list("running"))][2:]]
+        assert walk(store, status="diverged") == [[]]
+        summary, record = store.page(limit=1).records[0], store.get(newest_first[0])
+        assert type(summary) is ModelSummary and issubclass(ModelRecord, ModelSummary)
+        assert summary == ModelSummary(**record.model_dump(include=set(ModelSummary.model_fields)))
+
+
+def test_a_page_never_reads_a_spec_config_history_or_statistics(tmp_path: Path) -> None:
+    """SQLite's authorizer sees every column a statement reads; ``list`` reads them all, ``page`` none of the large ones."""
+    with ModelStore(tmp_path) as store:
+        store.save(compile_spec(MLP, device="cpu"), history=[{"epoch": 1}])
+        store.start_run(MLP)
+        read: set[str] = set()
+
+        def authorizer(action: int, table: str | None, column: str | None, *_: Any) -> int:
+            if action == sqlite3.SQLITE_READ and table == "models" and column:
+                read.add(column)
+            return sqlite3.SQLITE_OK
+
+        assert store._db is not None
+        store._db.set_authorizer(authorizer)
+        store.list()
+        assert {"spec", "config", "history", "stats"} <= read
+        read.clear()
+        walk(store, limit=1)
+        walk(store, status="completed", limit=1)
+        assert read and not read & {"spec", "config", "history", "stats"}
+
+
+@given(steps=st.lists(st.sampled_from(["page", "add", "delete seen", "delete unseen"]), min_size=1, max_size=20))
+def test_a_walk_sees_each_entry_once_whatever_is_added_or_deleted_meanwhile(steps: list[str]) -> None:
+    """Pages of 2 while runs are added and deleted: no entry twice, none added meanwhile, and
+    every entry there from the start to the end of the walk is seen."""
+    with tempfile.TemporaryDirectory() as scratch, ModelStore(scratch) as store:
+        initial = [store.start_run(MLP).id for _ in range(6)]
+        page = store.page(limit=2)
+        seen, after, deleted = [r.id for r in page.records], page.next, set()
+        for step in [*steps, *["page"] * 3]:
+            unseen = [model_id for model_id in initial if model_id not in seen and model_id not in deleted]
+            if step == "page" and after is not None:
+                page = store.page(limit=2, after=after)
+                seen += [r.id for r in page.records]
+                after = page.next
+            elif step == "add":
+                store.start_run(MLP)
+            elif step.startswith("delete") and (pool := [i for i in reversed(seen) if i not in deleted] if step == "delete seen" else unseen):
+                store.delete(pool[0])
+                deleted.add(pool[0])
+        assert after is None, "the walk ended"
+        assert len(seen) == len(set(seen)) and set(seen) <= set(initial)
+        assert set(initial) - deleted <= set(seen)
+
+
+@pytest.mark.parametrize("cursor", [
+    "", "zzz", "not base64!", "é", 7, b"bytes",
+    base64.urlsafe_b64encode(b"12.notanid").decode(),
+    base64.urlsafe_b64encode(f"1.2.{'0' * 32}".encode()).decode(),
+    base64.urlsafe_b64encode(f"{'9' * 19}.{'0' * 32}".encode()).decode(),  # past SQLite's integers
+])
+def test_a_cursor_no_page_returned_is_refused_naming_it(tmp_path: Path, cursor: Any) -> None:
+    with ModelStore(tmp_path) as store, pytest.raises(BadCursor, match="^after: not a page cursor; pass the `next` of the page before"):
+        store.page(after=cursor)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001, True, 2.0, "3"])
+def test_a_page_holds_1_to_1000_entries(tmp_path: Path, limit: Any) -> None:
+    with ModelStore(tmp_path) as store, pytest.raises(ValueError, match=f"^limit: a page holds 1 to 1000 entries; got {limit!r}$"):
+        store.page(limit=limit)
+
+
+def test_page_checks_its_status(tmp_path: Path) -> None:
+    with ModelStore(tmp_path) as store, pytest.raises(ValueError, match="status must be one of running, completed"):
+        store.page(status="done")
 
 
 # -- permissions ----------------------------------------------------------------------------

@@ -24,13 +24,16 @@ Weights are only ever read with safetensors; nothing is unpickled.
 A store is its user's alone (``specbuilder.store.files``): directories 0700, files 0600, and a
 directory or index another user owns is refused. Limits (``max_bytes`` of weights files,
 ``max_models`` entries) are checked in the transaction that would commit past them, so
-processes sharing a store cannot pass them together.
+processes sharing a store cannot pass them together. Listings come in pages of summaries
+(``page``), newest first, read without the large columns.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -65,9 +68,12 @@ from specbuilder.store.files import (
 from specbuilder.store.records import (
     FINAL_STATUSES,
     ID_PATTERN,
+    BadCursor,
     ModelNotFound,
     ModelRecord,
+    ModelSummary,
     NoWeights,
+    Page,
     QuotaExceeded,
     StoreError,
     as_dataset,
@@ -88,7 +94,7 @@ SCHEMA_VERSION = 2
 row's summary is read without walking the overflow pages of its spec and history; indexes in
 listing order."""
 SUMMARY_COLUMNS = "id, name, status, spec_hash, num_params, created_us, updated_us, dataset, reason, has_weights, weights_bytes"
-"""The small columns, first in a row."""
+"""What ``page`` reads: a ``ModelSummary``."""
 LARGE_COLUMNS = "spec, config, history, stats"
 COLUMNS = f"{SUMMARY_COLUMNS}, {LARGE_COLUMNS}"
 """What ``get`` and ``list`` read: a ``ModelRecord``."""
@@ -134,6 +140,13 @@ FROM_VERSION_1 = (
     *INDEXES,
 )
 """Version 1 to 2: every row copied into the new layout (``weights_bytes`` measured afterwards)."""
+NEWEST_FIRST = "ORDER BY created_us DESC, id DESC"
+OLDEST_FIRST = "ORDER BY created_us, id"
+MAX_PAGE = 1000
+"""Most summaries ``page`` returns at once (each is a few hundred bytes)."""
+CURSOR = re.compile(r"(-?[0-9]{1,18})\.([0-9a-f]{32})")
+"""A page cursor, decoded: the ``created_us`` and ``id`` of the last entry of the page before (18 digits: any
+time in SQLite's 64-bit integers)."""
 REMEDY = "delete some with `specbuilder models rm ID`"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 30.0
@@ -169,6 +182,25 @@ def _limit(value: int | None, name: str) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name}: a limit is a whole number of at least 1, or None for no limit; got {shown(value)}")
     return value
+
+
+def _cursor(created_us: int, model_id: str) -> str:
+    """The opaque cursor of the page after the entry (``created_us``, ``model_id``)."""
+    return base64.urlsafe_b64encode(f"{created_us}.{model_id}".encode()).decode().rstrip("=")
+
+
+def _position(cursor: object) -> tuple[int, str]:
+    """The (``created_us``, ``id``) a cursor from ``_cursor`` stands for, else ``BadCursor``."""
+    match = None
+    if isinstance(cursor, str):
+        try:
+            text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode("ascii")
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not ASCII once decoded
+            text = ""
+        match = CURSOR.fullmatch(text)
+    if match is None:
+        raise BadCursor(f"after: not a page cursor; pass the `next` of the page before (or nothing, for the first page); got {shown(cursor)}")
+    return int(match[1]), match[2]
 
 
 @lru_cache(maxsize=256)
@@ -402,7 +434,7 @@ class ModelStore:
 
     @staticmethod
     def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
-        """The fields of a row's ``SUMMARY_COLUMNS`` (which it starts with)."""
+        """The ``ModelSummary`` fields of a row that starts with ``SUMMARY_COLUMNS``."""
         model_id, name, status, spec_hash, num_params, created, updated, dataset, reason, has_weights, weights_bytes = row[:11]
         return {
             "id": model_id, "name": name, "status": status, "spec_hash": spec_hash, "num_params": num_params,
@@ -711,10 +743,41 @@ class ModelStore:
         return record.spec, {key: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for key, t in state.items()}
 
     def list(self, status: str | None = None) -> list[ModelRecord]:
-        """Every model and run, oldest first; only those with ``status`` when given."""
+        """Every model and run in full, oldest first (``page``'s order reversed); only those with ``status`` when given.
+
+        Reads and parses every spec and history: for a listing, ``page``.
+        """
         self._interrupt_orphans()
         if status is None:
-            rows = self._rows("ORDER BY created_us, rowid")
+            rows = self._rows(OLDEST_FIRST)
         else:
-            rows = self._rows("WHERE status = ? ORDER BY created_us, rowid", (check_status(status),))
+            rows = self._rows(f"WHERE status = ? {OLDEST_FIRST}", (check_status(status),))
         return [self._record(row) for row in rows]
+
+    def page(self, status: str | None = None, limit: int = 100, after: str | None = None) -> Page:
+        """Up to ``limit`` (1 to ``MAX_PAGE``) summaries, newest first, from after the cursor ``after``; only ``status`` when given.
+
+        Pass ``Page.next`` as ``after`` for the page after; it is None on the last page. Cursors
+        are positions in (created, id) order, not offsets: entries added or deleted meanwhile
+        never make a page repeat or skip another entry (new ones are newer than every cursor, so
+        they show on a listing started afresh). The SQL reads only the summary columns, never a
+        spec or history. ``BadCursor`` (a ``ValueError``) for a cursor no page returned.
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit: a page holds 1 to {MAX_PAGE} entries; got {shown(limit)}")
+        conditions: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(check_status(status))
+        if after is not None:
+            conditions.append("(created_us, id) < (?, ?)")
+            params.extend(_position(after))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        self._interrupt_orphans()
+        with self._lock:
+            rows = self._open_db().execute(
+                f"SELECT {SUMMARY_COLUMNS} FROM models {where} {NEWEST_FIRST} LIMIT ?", (*params, limit + 1)).fetchall()
+        records = [ModelSummary(**self._summary(row)) for row in rows[:limit]]
+        last = records[-1] if len(rows) > limit else None
+        return Page(records=records, next=None if last is None else _cursor(_micros(last.created), last.id))

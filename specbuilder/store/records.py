@@ -1,6 +1,7 @@
 """What the model store keeps about a model or a training run, and the rules its inputs obey.
 
-``ModelRecord`` is the public view of one entry. Ids are generated here and checked against
+``ModelRecord`` is the public view of one entry; ``ModelSummary`` the part of it a listing
+carries (``Page``), without the spec, config, history and statistics. Ids are generated here and checked against
 one pattern before any path is built from them, so no id a client sends can name a file
 outside the store. Names, statuses and the JSON payloads (config, history, stats, dataset)
 are checked before anything is written, so a bad argument never leaves half an entry.
@@ -51,6 +52,10 @@ class QuotaExceeded(StoreError):
     Raised before anything is written: a save or a run's start leaves no entry. A run whose
     weights do not fit is recorded ``failed`` (the message as its reason), without weights.
     """
+
+
+class BadCursor(ValueError):
+    """A page cursor that no ``ModelStore.page`` returned."""
 
 
 def new_id() -> str:
@@ -133,13 +138,11 @@ def as_dataset(value: Any) -> str | dict[str, Any] | None:
     return data
 
 
-class ModelRecord(BaseModel):
-    """One entry of the store: a trained model, or a training run and what it produced.
+class ModelSummary(BaseModel):
+    """What a listing says of one entry: everything small, read without the spec or the training record.
 
-    ``history`` holds one dict per epoch and ``stats`` the final per-layer statistics, as the
-    training engine reported them; ``has_weights`` says whether ``load``/``export`` will work;
-    ``weights_bytes`` is the size of the weights file (0 without one), what the entry counts
-    against the store's ``max_bytes``.
+    ``has_weights`` says whether ``load``/``export`` will work; ``weights_bytes`` is the size of
+    the weights file (0 without one), what the entry counts against the store's ``max_bytes``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -147,15 +150,33 @@ class ModelRecord(BaseModel):
     id: str
     name: str
     status: Status
-    spec: ModelSpec
     num_params: int
     spec_hash: str
     created: datetime
     updated: datetime
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    stats: list[dict[str, Any]]
     dataset: str | dict[str, Any] | None
     reason: str | None
     has_weights: bool
     weights_bytes: int
+
+
+class ModelRecord(ModelSummary):
+    """One entry of the store in full: a trained model, or a training run and what it produced.
+
+    ``history`` holds one dict per epoch and ``stats`` the final per-layer statistics, as the
+    training engine reported them.
+    """
+
+    spec: ModelSpec
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+
+
+class Page(BaseModel):
+    """One page of a listing, newest first; ``next`` is the cursor of the page after it (None on the last)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    records: list[ModelSummary]
+    next: str | None
