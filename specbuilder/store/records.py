@@ -1,9 +1,9 @@
 """What the model store keeps about a model or a training run, and the rules its inputs obey.
 
 ``ModelRecord`` is the public view of one entry; ``ModelSummary`` the part of it a listing
-carries (``Page``), without the spec, config, history and statistics. Ids are generated here and checked against
-one pattern before any path is built from them, so no id a client sends can name a file
-outside the store. Names, statuses and the JSON payloads (config, history, stats, dataset)
+carries (``Page``), without the spec, config, history and statistics. Ids are generated here
+and checked against one pattern before any path is built from them, so no id a client sends
+can name a file outside the store. Names, statuses and the JSON payloads (config, history, stats, dataset)
 are checked before anything is written, so a bad argument never leaves half an entry.
 """
 
