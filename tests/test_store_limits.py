@@ -279,6 +279,19 @@ def test_a_version_1_index_is_upgraded_with_nothing_lost(tmp_path: Path) -> None
         assert db.execute("PRAGMA user_version").fetchone()[0] == model_store.SCHEMA_VERSION
 
 
+def test_an_entry_an_older_specbuilder_writes_into_an_upgraded_index_is_measured_on_open(tmp_path: Path) -> None:
+    """A replica still running version 1 inserts rows without ``weights_bytes``: they are kept, and sized on the next open."""
+    ModelStore(tmp_path).close()
+    spec, model_id = parse_spec(MLP), uuid.uuid4().hex
+    save_file(compile_spec(MLP, device="cpu").state_dict(), tmp_path / "weights" / f"{model_id}.safetensors")
+    with sqlite3.connect(tmp_path / "index.sqlite3") as db:
+        db.execute(f"INSERT INTO models ({V1_COLUMNS}, owner_pid, owner_token) VALUES ({', '.join('?' * 16)})",
+                   (model_id, "old", "completed", spec.canonical_json(), spec.spec_hash(), spec.num_params, 1, 2, "{}", "[]", "[]",
+                    "null", None, 1, 1, "gone"))
+    with ModelStore(tmp_path) as store:
+        assert store.get(model_id).weights_bytes == (tmp_path / "weights" / f"{model_id}.safetensors").stat().st_size
+
+
 # -- pages ----------------------------------------------------------------------------------
 
 

@@ -92,7 +92,8 @@ INDEX_FILES = (INDEX, f"{INDEX}-wal", f"{INDEX}-shm")
 SCHEMA_VERSION = 2
 """1: the first index. 2: ``weights_bytes`` (for ``max_bytes``); the small columns first, so a
 row's summary is read without walking the overflow pages of its spec and history; indexes in
-listing order."""
+listing order. ``weights_bytes`` defaults to 0, so a version 1 specbuilder still running on an
+upgraded store (a replica not yet restarted) can write its rows; opening measures them."""
 SUMMARY_COLUMNS = "id, name, status, spec_hash, num_params, created_us, updated_us, dataset, reason, has_weights, weights_bytes"
 """What ``page`` reads: a ``ModelSummary``."""
 LARGE_COLUMNS = "spec, config, history, stats"
@@ -119,7 +120,7 @@ def _create_table(name: str) -> str:
         dataset TEXT NOT NULL,
         reason TEXT,
         has_weights INTEGER NOT NULL,
-        weights_bytes INTEGER NOT NULL,
+        weights_bytes INTEGER NOT NULL DEFAULT 0,
         owner_pid INTEGER NOT NULL,
         owner_token TEXT NOT NULL,
         spec TEXT NOT NULL,
@@ -134,12 +135,12 @@ SCHEMA = (_create_table("models"), *INDEXES)
 VERSION_1_COLUMNS = f"{SUMMARY_COLUMNS.removesuffix(', weights_bytes')}, owner_pid, owner_token, {LARGE_COLUMNS}"
 FROM_VERSION_1 = (
     _create_table("models_v2"),
-    f"INSERT INTO models_v2 ({VERSION_1_COLUMNS}, weights_bytes) SELECT {VERSION_1_COLUMNS}, 0 FROM models",
+    f"INSERT INTO models_v2 ({VERSION_1_COLUMNS}) SELECT {VERSION_1_COLUMNS} FROM models",
     "DROP TABLE models",
     "ALTER TABLE models_v2 RENAME TO models",
     *INDEXES,
 )
-"""Version 1 to 2: every row copied into the new layout (``weights_bytes`` measured afterwards)."""
+"""Version 1 to 2: every row copied into the new layout (``weights_bytes`` measured by ``_recover``)."""
 NEWEST_FIRST = "ORDER BY created_us DESC, id DESC"
 OLDEST_FIRST = "ORDER BY created_us, id"
 MAX_PAGE = 1000
@@ -332,17 +333,18 @@ class ModelStore:
             raise
         return db
 
-    def _upgrade(self, db: sqlite3.Connection, version: int) -> None:
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, version: int) -> None:
         """Bring an index at ``version`` (0: a new one) to ``SCHEMA_VERSION``, keeping every row; in the caller's transaction."""
         for statement in SCHEMA if version == 0 else FROM_VERSION_1:
             db.execute(statement)
-        rows = db.execute("SELECT id FROM models WHERE has_weights").fetchall()
-        db.executemany("UPDATE models SET weights_bytes = ? WHERE id = ?", [(self._file_size(model_id), model_id) for (model_id,) in rows])
 
     def _recover(self) -> None:
-        """Mark runs of dead owners ``interrupted``; delete temporary and unreferenced weights files.
+        """Mark runs of dead owners ``interrupted``; measure unmeasured weights; delete temporary and unreferenced weights files.
 
         Runs with the store lock held exclusively, so no save is between its rename and its commit.
+        An entry with weights and ``weights_bytes`` 0 (no safetensors file is empty) was written
+        before version 2, or by a version 1 specbuilder since: its file's size is recorded.
         """
         live, dead = {self._token}, []
         for owner in self._locks.glob("*.owner"):
@@ -355,6 +357,8 @@ class ModelStore:
         with self._transaction() as db:
             db.execute(f"{INTERRUPT_ORPHANS} NOT IN ({', '.join('?' * len(live))})", (_now_us(), *live))
             referenced = {row[0] for row in db.execute("SELECT id FROM models WHERE has_weights")}
+            unmeasured = db.execute("SELECT id FROM models WHERE weights_bytes = 0 AND has_weights").fetchall()
+            db.executemany("UPDATE models SET weights_bytes = ? WHERE id = ?", [(self._file_size(i), i) for (i,) in unmeasured])
         for owner in dead:
             owner.unlink(missing_ok=True)
         for file in self._weights.iterdir():
