@@ -378,13 +378,13 @@ def test_a_walk_sees_each_entry_once_whatever_is_added_or_deleted_meanwhile(step
     base64.urlsafe_b64encode(f"{'9' * 19}.{'0' * 32}".encode()).decode(),  # past SQLite's integers
 ])
 def test_a_cursor_no_page_returned_is_refused_naming_it(tmp_path: Path, cursor: Any) -> None:
-    with ModelStore(tmp_path) as store, pytest.raises(BadCursor, match="^after: not a page cursor; pass the `next` of the page before"):
+    with ModelStore(tmp_path) as store, pytest.raises(BadCursor, match="^not a page cursor: pass the one the page before returned"):
         store.page(after=cursor)
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1001, True, 2.0, "3"])
 def test_a_page_holds_1_to_1000_entries(tmp_path: Path, limit: Any) -> None:
-    with ModelStore(tmp_path) as store, pytest.raises(ValueError, match=f"^limit: a page holds 1 to 1000 entries; got {limit!r}$"):
+    with ModelStore(tmp_path) as store, pytest.raises(ValueError, match=f"^limit must be 1 to 1000 \\(entries a page holds\\); got {limit!r}$"):
         store.page(limit=limit)
 
 

@@ -200,7 +200,7 @@ def _position(cursor: object) -> tuple[int, str]:
             text = ""
         match = CURSOR.fullmatch(text)
     if match is None:
-        raise BadCursor(f"after: not a page cursor; pass the `next` of the page before (or nothing, for the first page); got {shown(cursor)}")
+        raise BadCursor(f"not a page cursor: pass the one the page before returned (or none, for the first page); got {shown(cursor)}")
     return int(match[1]), match[2]
 
 
@@ -765,10 +765,11 @@ class ModelStore:
         are positions in (created, id) order, not offsets: entries added or deleted meanwhile
         never make a page repeat or skip another entry (new ones are newer than every cursor, so
         they show on a listing started afresh). The SQL reads only the summary columns, never a
-        spec or history. ``BadCursor`` (a ``ValueError``) for a cursor no page returned.
+        spec or history. ``BadCursor`` (a ``ValueError``) for a cursor no page returned; its message
+        names no argument, so a caller puts its own name for it in front (``page_token: ...``).
         """
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit: a page holds 1 to {MAX_PAGE} entries; got {shown(limit)}")
+            raise ValueError(f"limit must be 1 to {MAX_PAGE} (entries a page holds); got {shown(limit)}")
         conditions: list[str] = []
         params: list[Any] = []
         if status is not None:
