@@ -220,6 +220,19 @@ def test_a_diverged_run_is_stored_as_such_and_exits_1(folder: Path, tmp_path: Pa
     with ModelStore(store) as opened:
         (record,) = opened.list()
     assert (record.status, record.reason) == ("diverged", "loss became inf at step 2 (epoch 1); lower lr or set grad_clip")
+    assert not record.has_weights and list((store / "weights").iterdir()) == [], "a diverged model's weights are not kept"
+
+
+def test_a_run_cancelled_before_its_first_step_is_stored_without_weights(folder: Path, tmp_path: Path) -> None:
+    """Its weights would be the initialization: a file of them only takes room."""
+    store, config = tmp_path / "store", tmp_path / "config.json"
+    config.write_text(json.dumps({"max_seconds": 1e-9}))
+    ran = run("train", folder / "sine.json", "--data", "sine", "--config", config, *QUICK, "--store", store)
+    with ModelStore(store) as opened:
+        (record,) = opened.list()
+    assert (record.status, record.reason, record.has_weights) == ("cancelled", "time limit of 1e-09 s reached after 0 steps", False)
+    assert list((store / "weights").iterdir()) == []
+    assert f"model id: {record.id} (saved in {store})" in ran.out
 
 
 # -- eval ---------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 import specbuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.store import ModelNotFound, ModelStore, NoWeights, StoreError, files
+from specbuilder.store.model_store import SCHEMA_VERSION
 
 MLP: dict[str, Any] = {
     "name": "mlp",
@@ -409,7 +410,7 @@ def test_an_index_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     ModelStore(tmp_path).close()
     with sqlite3.connect(tmp_path / "index.sqlite3") as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="written by a newer specbuilder \\(index version 99; this one reads 1\\)"):
+    with pytest.raises(StoreError, match=f"written by a newer specbuilder \\(index version 99; this one reads {SCHEMA_VERSION}\\)"):
         ModelStore(tmp_path)
     assert list((tmp_path / "locks").glob("*.owner")) == []
 

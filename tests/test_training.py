@@ -164,6 +164,7 @@ def test_training_leaves_the_global_generator_alone() -> None:
 def test_divergence_is_reported_not_raised() -> None:
     result = train(mlp("identity", inputs=1, outputs=1, width=8, depth=1), "sine", {"optimizer": "sgd", "lr": 1000.0, "epochs": 5})
     assert result.status == "diverged" and result.history == []
+    assert not result.keeps_weights
     assert result.reason == f"loss became inf at step {result.steps} (epoch 1); lower lr or set grad_clip"
     assert 1 < result.steps < 13
     assert not math.isfinite(result.final.loss)
@@ -172,7 +173,7 @@ def test_divergence_is_reported_not_raised() -> None:
 
 def test_grad_clip_keeps_the_same_run_finite() -> None:
     result = train(mlp("tanh", inputs=1, outputs=1, width=8, depth=1), "sine", {"optimizer": "sgd", "lr": 1.0, "epochs": 3, "grad_clip": 0.1})
-    assert result.status == "completed" and math.isfinite(result.final.loss)
+    assert result.status == "completed" and math.isfinite(result.final.loss) and result.keeps_weights
 
 
 def test_cancel_from_a_callback_stops_within_one_step() -> None:
@@ -187,6 +188,7 @@ def test_cancel_from_a_callback_stops_within_one_step() -> None:
     result = train(mlp(outputs=3), blobs(), {"epochs": 50, "stats_every": 3, "batch_size": 8}, on_event=on_event, cancel=token)
     assert seen == [3]
     assert (result.status, result.reason, result.steps, result.epochs) == ("cancelled", "enough after 3 steps", 3, 0)
+    assert result.keeps_weights, "three steps were taken: what they learned is kept"
 
 
 def test_cancel_from_another_thread_stops_within_one_step() -> None:
@@ -217,6 +219,7 @@ def test_a_token_cancelled_before_the_start_stops_before_the_first_step() -> Non
     token.cancel("too late: the first reason wins")
     result = train(mlp(outputs=3), blobs(), cancel=token)
     assert (result.status, result.reason, result.steps, result.history) == ("cancelled", "not now after 0 steps", 0, [])
+    assert not result.keeps_weights, "the weights are the initialization"
     assert result.final.accuracy is not None and result.stats
 
 

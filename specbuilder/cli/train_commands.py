@@ -283,8 +283,9 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
         if store is not None and result.rank != 0:
             outcome.note = f"not saved here: this node reported as rank {result.rank}; the node holding rank 0 saves the model"
         elif store is not None:
+            weights = result.module if result.keeps_weights else None  # the record of a diverged or never-stepped run, no file
             with store_errors(f"saving to {args.store}"):
-                record = store.save(result.module, spec, name=args.name, config=result.config, history=result.history,
+                record = store.save(weights, spec, name=args.name, config=result.config, history=result.history,
                                     stats=result.stats, dataset=result.dataset, status=result.status, reason=result.reason or None)
             outcome.model_id = record.id
     return outcome

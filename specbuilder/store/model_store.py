@@ -3,7 +3,8 @@
 Layout::
 
     <root>/index.sqlite3          one row per model or run (SQLite, WAL): spec as canonical
-                                  JSON, config, history, stats, dataset, status, times
+                                  JSON, config, history, stats, dataset, status, times, the
+                                  size of its weights file
     <root>/weights/<id>.safetensors   the weights of an entry that has them
     <root>/locks/store.lock       shared while a weights file is being committed, exclusive
                                   while a store opens and tidies up
@@ -19,12 +20,20 @@ Finished models and outcomes are fsynced before the call returns; a run's start 
 committed without an fsync of their own (the next durable commit makes them durable), so a
 training loop does not wait on the disk for them.
 Weights are only ever read with safetensors; nothing is unpickled.
+
+A store is its user's alone (``specbuilder.store.files``): directories 0700, files 0600, and a
+directory or index another user owns is refused. Limits (``max_bytes`` of weights files,
+``max_models`` entries) are checked in the transaction that would commit past them, so
+processes sharing a store cannot pass them together. Listings come in pages of summaries
+(``page``), newest first, read without the large columns.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -44,13 +53,28 @@ from torch import nn
 from specbuilder.compiler import SpecLike, Style, build_module, compile_spec
 from specbuilder.devices import resolve_device
 from specbuilder.spec import ModelSpec, parse_spec
-from specbuilder.store.files import WEIGHTS_SUFFIX, fsync_path, hold, is_held, is_temp, locked, publish, write_temp
+from specbuilder.store.files import (
+    WEIGHTS_SUFFIX,
+    fsync_path,
+    hold,
+    is_held,
+    is_temp,
+    locked,
+    owned_dir,
+    owned_file,
+    publish,
+    write_temp,
+)
 from specbuilder.store.records import (
     FINAL_STATUSES,
     ID_PATTERN,
+    BadCursor,
     ModelNotFound,
     ModelRecord,
+    ModelSummary,
     NoWeights,
+    Page,
+    QuotaExceeded,
     StoreError,
     as_dataset,
     as_dict,
@@ -59,32 +83,72 @@ from specbuilder.store.records import (
     check_name,
     check_status,
     new_id,
+    shown,
 )
 
-SCHEMA_VERSION = 1
-SCHEMA = (
-    """CREATE TABLE models (
+INDEX = "index.sqlite3"
+INDEX_FILES = (INDEX, f"{INDEX}-wal", f"{INDEX}-shm")
+"""The index and SQLite's companions (created with the index's mode, so 0600 like it)."""
+SCHEMA_VERSION = 2
+"""1: the first index. 2: ``weights_bytes`` (for ``max_bytes``); the small columns first, so a
+row's summary is read without walking the overflow pages of its spec and history; indexes in
+listing order. ``weights_bytes`` defaults to 0, so a version 1 specbuilder still running on an
+upgraded store (a replica not yet restarted) can write its rows; opening measures them."""
+SUMMARY_COLUMNS = "id, name, status, spec_hash, num_params, created_us, updated_us, dataset, reason, has_weights, weights_bytes"
+"""What ``page`` reads: a ``ModelSummary``."""
+LARGE_COLUMNS = "spec, config, history, stats"
+COLUMNS = f"{SUMMARY_COLUMNS}, {LARGE_COLUMNS}"
+"""What ``get`` and ``list`` read: a ``ModelRecord``."""
+INDEXES = (
+    "CREATE INDEX models_by_created ON models (created_us, id)",
+    "CREATE INDEX models_by_status ON models (status, created_us, id)",
+    "CREATE INDEX models_by_size ON models (weights_bytes)",
+)
+"""Listings in (created, id) order, all or of one status; the running runs found by a search; ``max_bytes``'s sum
+read from a small index."""
+
+
+def _create_table(name: str) -> str:
+    return f"""CREATE TABLE {name} (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         status TEXT NOT NULL,
-        spec TEXT NOT NULL,
         spec_hash TEXT NOT NULL,
         num_params INTEGER NOT NULL,
         created_us INTEGER NOT NULL,
         updated_us INTEGER NOT NULL,
-        config TEXT NOT NULL,
-        history TEXT NOT NULL,
-        stats TEXT NOT NULL,
         dataset TEXT NOT NULL,
         reason TEXT,
         has_weights INTEGER NOT NULL,
+        weights_bytes INTEGER NOT NULL DEFAULT 0,
         owner_pid INTEGER NOT NULL,
-        owner_token TEXT NOT NULL
-    )""",
-    "CREATE INDEX models_status ON models (status)",
-    "CREATE INDEX models_created ON models (created_us)",
+        owner_token TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        config TEXT NOT NULL,
+        history TEXT NOT NULL,
+        stats TEXT NOT NULL
+    )"""
+
+
+SCHEMA = (_create_table("models"), *INDEXES)
+"""A new index, at ``SCHEMA_VERSION``."""
+VERSION_1_COLUMNS = f"{SUMMARY_COLUMNS.removesuffix(', weights_bytes')}, owner_pid, owner_token, {LARGE_COLUMNS}"
+FROM_VERSION_1 = (
+    _create_table("models_v2"),
+    f"INSERT INTO models_v2 ({VERSION_1_COLUMNS}) SELECT {VERSION_1_COLUMNS} FROM models",
+    "DROP TABLE models",
+    "ALTER TABLE models_v2 RENAME TO models",
+    *INDEXES,
 )
-COLUMNS = "id, name, status, spec, spec_hash, num_params, created_us, updated_us, config, history, stats, dataset, reason, has_weights"
+"""Version 1 to 2: every row copied into the new layout (``weights_bytes`` measured by ``_recover``)."""
+NEWEST_FIRST = "ORDER BY created_us DESC, id DESC"
+OLDEST_FIRST = "ORDER BY created_us, id"
+MAX_PAGE = 1000
+"""Most summaries ``page`` returns at once (each is a few hundred bytes)."""
+CURSOR = re.compile(r"(-?[0-9]{1,18})\.([0-9a-f]{32})")
+"""A page cursor, decoded: the ``created_us`` and ``id`` of the last entry of the page before (18 digits: any
+time in SQLite's 64-bit integers)."""
+REMEDY = "delete some with `specbuilder models rm ID`"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 30.0
 INTERRUPT_ORPHANS = (
@@ -105,6 +169,39 @@ def _now_us() -> int:
 
 def _when(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
+
+
+def _amount(size: int) -> str:
+    """A number of bytes for people: ``812 bytes``, ``4.3 MB``, ``75.02 GB`` (powers of 1000)."""
+    if size < 10**6:
+        return f"{size:,} bytes"
+    return f"{size / 10**6:,.1f} MB" if size < 10**9 else f"{size / 10**9:,.2f} GB"
+
+
+def _limit(value: int | None, name: str) -> int | None:
+    """A store limit: None (no limit) or a whole number of at least 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name}: a limit is a whole number of at least 1, or None for no limit; got {shown(value)}")
+    return value
+
+
+def _cursor(created_us: int, model_id: str) -> str:
+    """The opaque cursor of the page after the entry (``created_us``, ``model_id``)."""
+    return base64.urlsafe_b64encode(f"{created_us}.{model_id}".encode()).decode().rstrip("=")
+
+
+def _position(cursor: object) -> tuple[int, str]:
+    """The (``created_us``, ``id``) a cursor from ``_cursor`` stands for, else ``BadCursor``."""
+    match = None
+    if isinstance(cursor, str):
+        try:
+            text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode("ascii")
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not ASCII once decoded
+            text = ""
+        match = CURSOR.fullmatch(text)
+    if match is None:
+        raise BadCursor(f"not a page cursor: pass the one the page before returned (or none, for the first page); got {shown(cursor)}")
+    return int(match[1]), match[2]
 
 
 @lru_cache(maxsize=256)
@@ -177,16 +274,24 @@ class ModelStore:
 
     Ids are generated (``uuid4().hex``) and checked before any path is built from them.
     Unknown ids raise ``ModelNotFound`` (a ``KeyError``); malformed ids and names ``ValueError``.
+
+    ``max_bytes`` caps the weights files' total size and ``max_models`` the entries (models and
+    runs): what would pass either raises ``QuotaExceeded`` (see ``save``, ``start_run``,
+    ``finish_run``). They hold for what this store adds; a store opened elsewhere with other
+    limits adds by its own. The directory must belong to this process's effective user.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int | None = None, max_models: int | None = None) -> None:
         self.path = Path(path)
+        self.max_bytes = _limit(max_bytes, "max_bytes")
+        self.max_models = _limit(max_models, "max_models")
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path} is a file, not a model store directory")
         self._weights = self.path / "weights"
         self._locks = self.path / "locks"
-        for directory in (self.path, self._weights, self._locks):
-            directory.mkdir(parents=True, exist_ok=True)
+        owned_dir(self.path, narrow=False)
+        owned_dir(self._weights)
+        owned_dir(self._locks)
         self._store_lock = self._locks / "store.lock"
         self._token = new_id()
         self._owner_path = self._locks / f"{self._token}.owner"
@@ -204,18 +309,22 @@ class ModelStore:
     # -- opening, recovery and closing ------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        """The index, created or checked; autocommit mode, transactions are explicit."""
-        db = sqlite3.connect(self.path / "index.sqlite3", timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        """The index, created (0600, before SQLite opens it) or checked and upgraded; autocommit mode, transactions are explicit.
+
+        Runs with the store lock held exclusively, so one process at a time upgrades an index.
+        """
+        for name in INDEX_FILES:
+            owned_file(self.path / name, create=name == INDEX)
+        db = sqlite3.connect(self.path / INDEX, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer specbuilder (index version {version}; this one reads {SCHEMA_VERSION})")
-            if version == 0:
-                db.execute("BEGIN IMMEDIATE")
-                for statement in SCHEMA:
-                    db.execute(statement)
+            if version < SCHEMA_VERSION:
+                db.execute("BEGIN IMMEDIATE")  # closing the connection on an error rolls it back
+                self._upgrade(db, version)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 db.execute("COMMIT")
                 fsync_path(self.path, directory=True)
@@ -224,10 +333,18 @@ class ModelStore:
             raise
         return db
 
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, version: int) -> None:
+        """Bring an index at ``version`` (0: a new one) to ``SCHEMA_VERSION``, keeping every row; in the caller's transaction."""
+        for statement in SCHEMA if version == 0 else FROM_VERSION_1:
+            db.execute(statement)
+
     def _recover(self) -> None:
-        """Mark runs of dead owners ``interrupted``; delete temporary and unreferenced weights files.
+        """Mark runs of dead owners ``interrupted``; measure unmeasured weights; delete temporary and unreferenced weights files.
 
         Runs with the store lock held exclusively, so no save is between its rename and its commit.
+        An entry with weights and ``weights_bytes`` 0 (no safetensors file is empty) was written
+        before version 2, or by a version 1 specbuilder since: its file's size is recorded.
         """
         live, dead = {self._token}, []
         for owner in self._locks.glob("*.owner"):
@@ -240,6 +357,8 @@ class ModelStore:
         with self._transaction() as db:
             db.execute(f"{INTERRUPT_ORPHANS} NOT IN ({', '.join('?' * len(live))})", (_now_us(), *live))
             referenced = {row[0] for row in db.execute("SELECT id FROM models WHERE has_weights")}
+            unmeasured = db.execute("SELECT id FROM models WHERE weights_bytes = 0 AND has_weights").fetchall()
+            db.executemany("UPDATE models SET weights_bytes = ? WHERE id = ?", [(self._file_size(i), i) for (i,) in unmeasured])
         for owner in dead:
             owner.unlink(missing_ok=True)
         for file in self._weights.iterdir():
@@ -318,29 +437,35 @@ class ModelStore:
             return self._open_db().execute(f"SELECT {COLUMNS} FROM models {where}", params).fetchall()
 
     @staticmethod
-    def _record(row: tuple[Any, ...]) -> ModelRecord:
-        (model_id, name, status, spec, spec_hash, num_params, created, updated,
-         config, history, stats, dataset, reason, has_weights) = row
-        return ModelRecord(
-            id=model_id, name=name, status=status, spec=_spec_from_json(spec), num_params=num_params,
-            spec_hash=spec_hash, created=_when(created), updated=_when(updated), config=json.loads(config),
-            history=json.loads(history), stats=json.loads(stats), dataset=json.loads(dataset),
-            reason=reason, has_weights=bool(has_weights),
-        )
+    def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
+        """The ``ModelSummary`` fields of a row that starts with ``SUMMARY_COLUMNS``."""
+        model_id, name, status, spec_hash, num_params, created, updated, dataset, reason, has_weights, weights_bytes = row[:11]
+        return {
+            "id": model_id, "name": name, "status": status, "spec_hash": spec_hash, "num_params": num_params,
+            "created": _when(created), "updated": _when(updated), "dataset": json.loads(dataset), "reason": reason,
+            "has_weights": bool(has_weights), "weights_bytes": weights_bytes,
+        }
+
+    @classmethod
+    def _record(cls, row: tuple[Any, ...]) -> ModelRecord:
+        """The ``ModelRecord`` of a row of ``COLUMNS``."""
+        spec, config, history, stats = row[11:]
+        return ModelRecord(**cls._summary(row), spec=_spec_from_json(spec), config=json.loads(config),
+                           history=json.loads(history), stats=json.loads(stats))
 
     def _insert(self, db: sqlite3.Connection, record: ModelRecord) -> None:
         db.execute(
-            f"INSERT INTO models ({COLUMNS}, owner_pid, owner_token) VALUES ({', '.join('?' * 16)})",
-            (record.id, record.name, record.status, record.spec.canonical_json(), record.spec_hash,
-             record.num_params, _micros(record.created), _micros(record.updated), json.dumps(record.config),
-             json.dumps(record.history), json.dumps(record.stats), json.dumps(record.dataset), record.reason,
-             int(record.has_weights), os.getpid(), self._token),
+            f"INSERT INTO models ({COLUMNS}, owner_pid, owner_token) VALUES ({', '.join('?' * 17)})",
+            (record.id, record.name, record.status, record.spec_hash, record.num_params, _micros(record.created),
+             _micros(record.updated), json.dumps(record.dataset), record.reason, int(record.has_weights),
+             record.weights_bytes, record.spec.canonical_json(), json.dumps(record.config), json.dumps(record.history),
+             json.dumps(record.stats), os.getpid(), self._token),
         )
 
     @staticmethod
     def _new_record(spec: ModelSpec, name: str | None, status: str, *, config: Any = None, history: Any = None,
                     stats: Any = None, dataset: Any = None, reason: str | None = None, has_weights: bool) -> ModelRecord:
-        """A record for a new entry, every argument checked before anything is written."""
+        """A record for a new entry, every argument checked before anything is written (``weights_bytes`` set once written)."""
         now = datetime.now(UTC)
         return ModelRecord(
             id=new_id(), name=spec.name if name is None else check_name(name), status=status, spec=spec,
@@ -348,7 +473,7 @@ class ModelStore:
             config=as_dict({} if config is None else config, "config"),
             history=as_dict_list([] if history is None else history, "history"),
             stats=as_dict_list([] if stats is None else stats, "stats"),
-            dataset=as_dataset(dataset), reason=reason, has_weights=has_weights,
+            dataset=as_dataset(dataset), reason=reason, has_weights=has_weights, weights_bytes=0,
         )
 
     # -- weights files ----------------------------------------------------------------------
@@ -356,17 +481,53 @@ class ModelStore:
     def _weights_path(self, model_id: str) -> Path:
         return self._weights / f"{check_id(model_id)}{WEIGHTS_SUFFIX}"
 
+    def _file_size(self, model_id: str) -> int:
+        """The size of an entry's weights file; 0 if it was removed outside specbuilder."""
+        try:
+            return self._weights_path(model_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _check_room(self, db: sqlite3.Connection, what: str, *, rows: int = 0, size: int = 0) -> None:
+        """``QuotaExceeded`` if ``rows`` more entries or ``size`` more bytes of weights would pass a limit.
+
+        Decisive inside the write transaction that then commits them: writers sharing the store
+        (threads, processes) take that lock one after another, so they cannot pass a limit together.
+        """
+        if rows and self.max_models is not None:
+            (count,) = db.execute("SELECT COUNT(*) FROM models").fetchone()
+            if count + rows > self.max_models:
+                raise QuotaExceeded(
+                    f"cannot store {what}: the store holds {count} models and runs and its limit is {self.max_models} (max_models); {REMEDY}")
+        if size and self.max_bytes is not None:
+            if size > self.max_bytes:
+                raise QuotaExceeded(
+                    f"cannot store {what}: {_amount(size)} of weights are more than the store's limit of {_amount(self.max_bytes)} "
+                    "(max_bytes) by themselves; only a larger max_bytes makes room for them")
+            (used,) = db.execute("SELECT COALESCE(SUM(weights_bytes), 0) FROM models").fetchone()
+            if used + size > self.max_bytes:
+                raise QuotaExceeded(
+                    f"cannot store {what}: {_amount(size)} of weights would bring the store's to {_amount(used + size)}, over its "
+                    f"limit of {_amount(self.max_bytes)} (max_bytes); {REMEDY}")
+
     @contextmanager
-    def _committing_weights(self, record: ModelRecord, tensors: dict[str, torch.Tensor]) -> Iterator[sqlite3.Connection]:
-        """Write the weights of ``record``, then open the transaction that makes them visible.
+    def _committing_weights(self, record: ModelRecord, tensors: dict[str, torch.Tensor], what: str,
+                            rows: int) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """Write the weights of ``record``, then open the transaction that makes them visible; yield it and the file's size.
 
         The block writes the row (and checks whatever must hold); after it, still inside the
         transaction, the fsynced temporary file is renamed into place, then the row commits.
         Holding the index's write lock across the rename means two finishers of one run cannot
         both publish; any failure leaves neither a row nor a file. The shared store lock keeps a
         store opening elsewhere from deleting the file as an orphan before the commit.
+        The limits (``what`` adding ``rows`` entries and the file) are checked before the write,
+        on the tensors' bytes (the file is a header larger), so a full store writes nothing; then
+        in the transaction on the file's size, which decides. Files of writers racing past the
+        first check exist only until their transaction refuses them.
         """
         path = self._weights_path(record.id)
+        with self._lock:
+            self._check_room(self._open_db(), what, rows=rows, size=sum(t.numel() * t.element_size() for t in tensors.values()))
         with locked(self._store_lock, shared=True):
             try:
                 temp = write_temp(path, tensors, {"specbuilder.id": record.id, "specbuilder.spec_hash": record.spec_hash})
@@ -375,7 +536,9 @@ class ModelStore:
             published = False
             try:
                 with self._transaction() as db:
-                    yield db
+                    size = temp.stat().st_size
+                    self._check_room(db, what, rows=rows, size=size)
+                    yield db, size
                     try:
                         publish(temp, path)
                     except OSError as error:
@@ -411,7 +574,7 @@ class ModelStore:
 
     def save(
         self,
-        model: nn.Module | Mapping[str, torch.Tensor],
+        model: nn.Module | Mapping[str, torch.Tensor] | None,
         spec: SpecLike | None = None,
         name: str | None = None,
         *,
@@ -427,11 +590,20 @@ class ModelStore:
         ``spec`` defaults to ``model.spec`` (set by ``compile_spec``); ``name`` to the spec's name.
         ``config``, ``history`` (one dict per epoch), ``stats`` (per-layer dicts or pydantic models)
         and ``dataset`` are the training record, kept as JSON. The weights must match the spec.
+        ``model=None`` (with ``spec``) records an outcome without weights, such as a diverged run's.
+        ``QuotaExceeded`` if the entry or its weights would pass a limit; nothing is written then.
         """
         spec = _spec_of(model, spec)
         record = self._new_record(spec, name, check_status(status, FINAL_STATUSES), config=config, history=history,
-                                  stats=stats, dataset=dataset, reason=reason, has_weights=True)
-        with self._committing_weights(record, _tensors(model, spec)) as db:
+                                  stats=stats, dataset=dataset, reason=reason, has_weights=model is not None)
+        what = f"model {record.name!r}"
+        if model is None:
+            with self._transaction() as db:
+                self._check_room(db, what, rows=1)
+                self._insert(db, record)
+            return record
+        with self._committing_weights(record, _tensors(model, spec), what, rows=1) as (db, size):
+            record = record.model_copy(update={"weights_bytes": size})
             self._insert(db, record)
         return record
 
@@ -440,11 +612,13 @@ class ModelStore:
 
         Finish it with ``finish_run``. If this process dies first, the next store opened on the
         directory marks it ``interrupted``; closing this store does so at once. Committed without
-        an fsync (a progress commit, see ``_transaction``).
+        an fsync (a progress commit, see ``_transaction``). ``QuotaExceeded`` if the store already
+        holds ``max_models`` entries; nothing is recorded then.
         """
         spec = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
         record = self._new_record(spec, name, "running", config=config, dataset=dataset, has_weights=False)
         with self._transaction(durable=False) as db:
+            self._check_room(db, f"run {record.name!r}", rows=1)
             self._insert(db, record)
         return record
 
@@ -468,7 +642,10 @@ class ModelStore:
     ) -> ModelRecord:
         """End a running run with a final ``status``, its weights if any, and its final history and stats.
 
-        ``history``/``stats`` left None keep what ``update_run`` last recorded.
+        ``history``/``stats`` left None keep what ``update_run`` last recorded. Weights that would
+        take the store past ``max_bytes`` are not written: the run is recorded ``failed``, without
+        weights, the refusal as its reason (the run and its history are kept), and
+        ``QuotaExceeded`` raised with the same message.
         """
         check_id(model_id)
         check_status(status, FINAL_STATUSES)
@@ -480,9 +657,14 @@ class ModelStore:
         record = self.get(model_id)
         if record.status != "running":
             raise StoreError(f"run {model_id} ({record.name!r}) is {record.status!r}; only a running run can be finished")
-        changes["has_weights"] = 1
-        with self._committing_weights(record, _tensors(model, record.spec)) as db:
-            self._change_running(db, model_id, changes, "finished")
+        tensors, what = _tensors(model, record.spec), f"the weights of run {model_id} ({record.name!r}), which ended {status!r}"
+        try:
+            with self._committing_weights(record, tensors, what, rows=0) as (db, size):
+                self._change_running(db, model_id, {**changes, "has_weights": 1, "weights_bytes": size}, "finished")
+        except QuotaExceeded as refused:
+            with self._transaction() as db:
+                self._change_running(db, model_id, {**changes, "status": "failed", "reason": str(refused)}, "finished")
+            raise
         return self.get(model_id)
 
     @staticmethod
@@ -565,10 +747,42 @@ class ModelStore:
         return record.spec, {key: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for key, t in state.items()}
 
     def list(self, status: str | None = None) -> list[ModelRecord]:
-        """Every model and run, oldest first; only those with ``status`` when given."""
+        """Every model and run in full, oldest first (``page``'s order reversed); only those with ``status`` when given.
+
+        Reads and parses every spec and history: for a listing, ``page``.
+        """
         self._interrupt_orphans()
         if status is None:
-            rows = self._rows("ORDER BY created_us, rowid")
+            rows = self._rows(OLDEST_FIRST)
         else:
-            rows = self._rows("WHERE status = ? ORDER BY created_us, rowid", (check_status(status),))
+            rows = self._rows(f"WHERE status = ? {OLDEST_FIRST}", (check_status(status),))
         return [self._record(row) for row in rows]
+
+    def page(self, status: str | None = None, limit: int = 100, after: str | None = None) -> Page:
+        """Up to ``limit`` (1 to ``MAX_PAGE``) summaries, newest first, from after the cursor ``after``; only ``status`` when given.
+
+        Pass ``Page.next`` as ``after`` for the page after; it is None on the last page. Cursors
+        are positions in (created, id) order, not offsets: entries added or deleted meanwhile
+        never make a page repeat or skip another entry (new ones are newer than every cursor, so
+        they show on a listing started afresh). The SQL reads only the summary columns, never a
+        spec or history. ``BadCursor`` (a ``ValueError``) for a cursor no page returned; its message
+        names no argument, so a caller puts its own name for it in front (``page_token: ...``).
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1 to {MAX_PAGE} (entries a page holds); got {shown(limit)}")
+        conditions: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(check_status(status))
+        if after is not None:
+            conditions.append("(created_us, id) < (?, ?)")
+            params.extend(_position(after))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        self._interrupt_orphans()
+        with self._lock:
+            rows = self._open_db().execute(
+                f"SELECT {SUMMARY_COLUMNS} FROM models {where} {NEWEST_FIRST} LIMIT ?", (*params, limit + 1)).fetchall()
+        records = [ModelSummary(**self._summary(row)) for row in rows[:limit]]
+        last = records[-1] if len(rows) > limit else None
+        return Page(records=records, next=None if last is None else _cursor(_micros(last.created), last.id))

@@ -1,8 +1,9 @@
 """What the model store keeps about a model or a training run, and the rules its inputs obey.
 
-``ModelRecord`` is the public view of one entry. Ids are generated here and checked against
-one pattern before any path is built from them, so no id a client sends can name a file
-outside the store. Names, statuses and the JSON payloads (config, history, stats, dataset)
+``ModelRecord`` is the public view of one entry; ``ModelSummary`` the part of it a listing
+carries (``Page``), without the spec, config, history and statistics. Ids are generated here
+and checked against one pattern before any path is built from them, so no id a client sends
+can name a file outside the store. Names, statuses and the JSON payloads (config, history, stats, dataset)
 are checked before anything is written, so a bad argument never leaves half an entry.
 """
 
@@ -45,12 +46,25 @@ class NoWeights(StoreError):
     """The entry exists but has no weights: a run still going, or one that ended without them."""
 
 
+class QuotaExceeded(StoreError):
+    """Storing would take the store past its ``max_models`` or ``max_bytes``; the message names which.
+
+    Raised before anything is written: a save or a run's start leaves no entry. A run whose
+    weights do not fit is recorded ``failed`` (the message as its reason), without weights.
+    """
+
+
+class BadCursor(ValueError):
+    """A page cursor that no ``ModelStore.page`` returned."""
+
+
 def new_id() -> str:
     """A fresh model id."""
     return uuid.uuid4().hex
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """``repr(value)``, cut to 80 characters: a bad argument as an error message quotes it."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -58,7 +72,7 @@ def _shown(value: object) -> str:
 def check_id(value: object) -> str:
     """``value`` if it is a well-formed model id, else ``ValueError``; never touches the filesystem."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise ValueError(f"a model id is 32 lowercase hex digits, as returned by save or start_run; got {_shown(value)}")
+        raise ValueError(f"a model id is 32 lowercase hex digits, as returned by save or start_run; got {shown(value)}")
     return value
 
 
@@ -67,7 +81,7 @@ def check_name(value: object) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise ValueError(
             "a model name is 1 to 64 characters: letters, digits, '_', '.', '-', starting with a letter "
-            f"or digit; got {_shown(value)}"
+            f"or digit; got {shown(value)}"
         )
     return value
 
@@ -75,7 +89,7 @@ def check_name(value: object) -> str:
 def check_status(value: object, allowed: tuple[str, ...] = STATUSES) -> str:
     """``value`` if it is one of ``allowed``, else ``ValueError`` listing them."""
     if value not in allowed:
-        raise ValueError(f"status must be one of {', '.join(allowed)}; got {_shown(value)}")
+        raise ValueError(f"status must be one of {', '.join(allowed)}; got {shown(value)}")
     return str(value)
 
 
@@ -112,7 +126,7 @@ def as_dict_list(value: Any, what: str) -> list[dict[str, Any]]:
     """``value`` (a sequence of mappings or pydantic models) as a JSON list of dicts, or ``ValueError``."""
     data = as_json_data(value, what)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-        raise ValueError(f"{what} must be a list of dicts; got {_shown(value)}")
+        raise ValueError(f"{what} must be a list of dicts; got {shown(value)}")
     return data
 
 
@@ -120,15 +134,15 @@ def as_dataset(value: Any) -> str | dict[str, Any] | None:
     """A dataset description: a name, a dict, or None."""
     data = as_json_data(value, "dataset")
     if data is not None and not isinstance(data, (str, dict)):
-        raise ValueError(f"dataset must be a name, a dict or None; got {_shown(value)}")
+        raise ValueError(f"dataset must be a name, a dict or None; got {shown(value)}")
     return data
 
 
-class ModelRecord(BaseModel):
-    """One entry of the store: a trained model, or a training run and what it produced.
+class ModelSummary(BaseModel):
+    """What a listing says of one entry: everything small, read without the spec or the training record.
 
-    ``history`` holds one dict per epoch and ``stats`` the final per-layer statistics, as the
-    training engine reported them; ``has_weights`` says whether ``load``/``export`` will work.
+    ``has_weights`` says whether ``load``/``export`` will work; ``weights_bytes`` is the size of
+    the weights file (0 without one), what the entry counts against the store's ``max_bytes``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -136,14 +150,33 @@ class ModelRecord(BaseModel):
     id: str
     name: str
     status: Status
-    spec: ModelSpec
     num_params: int
     spec_hash: str
     created: datetime
     updated: datetime
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    stats: list[dict[str, Any]]
     dataset: str | dict[str, Any] | None
     reason: str | None
     has_weights: bool
+    weights_bytes: int
+
+
+class ModelRecord(ModelSummary):
+    """One entry of the store in full: a trained model, or a training run and what it produced.
+
+    ``history`` holds one dict per epoch and ``stats`` the final per-layer statistics, as the
+    training engine reported them.
+    """
+
+    spec: ModelSpec
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+
+
+class Page(BaseModel):
+    """One page of a listing, newest first; ``next`` is the cursor of the page after it (None on the last)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    records: list[ModelSummary]
+    next: str | None

@@ -81,6 +81,14 @@ class TrainResult:
     rank: int = 0
     """The rank that reported the run: 0, except on the other nodes of a multi-node run (only rank 0's node saves it)."""
 
+    @property
+    def keeps_weights(self) -> bool:
+        """Whether the module is worth storing: not after a divergence (its weights are NaN or
+        huge), nor after a cancel before the first step (they are the initialization, which the
+        spec and seed make again, and storing them only takes room: a stream of such cancels
+        could fill a disk)."""
+        return self.status != "diverged" and not (self.status == "cancelled" and self.steps == 0)
+
 
 def _smallest_batch(samples: int, size: int) -> int:
     """The smallest batch when ``samples`` are taken ``size`` at a time."""
