@@ -181,6 +181,8 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     port: int
+    banner: str
+    """Its ``listening on ...`` line, which says what protects it."""
 
     @property
     def address(self) -> str:
@@ -207,7 +209,7 @@ def server_process(store: Path, *flags: str, env: dict[str, str] | None = None) 
         if not found:
             process.kill()
             raise AssertionError(f"the server did not start: {line!r} {process.communicate()[1][-2000:]}")
-        running = ServerProcess(process, int(found.group(1)))
+        running = ServerProcess(process, int(found.group(1)), line)
         yield running
     finally:
         if process.poll() is None:

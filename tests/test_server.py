@@ -209,3 +209,21 @@ def test_shared_memory_batches_are_read_in_place_when_the_server_allows_them(tmp
     finally:
         region.close()
         region.unlink()
+
+
+def test_list_models_pages_through_summaries_with_a_token(tmp_path: Path) -> None:
+    with serving(tmp_path / "store") as running, connect(running.address) as paged:
+        ids = [list(paged.Train(train_request(name=f"run-{index}")))[-1].run_id for index in range(5)]
+        seen, token, pages = [], "", 0
+        while True:
+            page = paged.ListModels(pb.ListModelsRequest(page_size=2, page_token=token))
+            assert len(page.models) <= 2 and all(not m.HasField("spec") and not m.history and not m.config for m in page.models)
+            seen += [m.id for m in page.models]
+            pages += 1
+            if not page.next_page_token:
+                break
+            token = page.next_page_token
+        assert seen == ids[::-1] and pages == 3  # newest first, each once
+        assert rpc_error(lambda: paged.ListModels(pb.ListModelsRequest(page_size=-1))).fields == ["page_size"]
+        assert rpc_error(lambda: paged.ListModels(pb.ListModelsRequest(page_token="not-a-token"))).fields == ["page_token"]
+        assert paged.GetModel(pb.GetModelRequest(model_id=ids[0])).HasField("spec")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server_helpers import SPIRALS, batch, certificate, connect, open_channel, rpc_error, serving, spec_source, train_request  # noqa: F401 - fixture
+from server_helpers import SPIRALS, batch, certificate, connect, open_channel, rpc_error, server_process, serving, spec_source, train_request  # noqa: F401 - fixture
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
 
@@ -95,3 +97,47 @@ def test_tls_needs_both_files(tmp_path: Path, certificate: tuple[Path, Path]) ->
 
     with pytest.raises(ValidationError, match="tls_cert and tls_key go together"):
         ServerConfig(store=tmp_path, tls_cert=certificate[0])
+
+
+@pytest.mark.parametrize(("settings", "refused"), [
+    ({"host": "0.0.0.0"}, "reachable from other machines and no token is set"),
+    ({"host": "192.0.2.7", "tls_cert": "cert", "tls_key": "key"}, "reachable from other machines and no token is set"),
+    ({"host": "[::]"}, "reachable from other machines and no token is set"),
+    ({"token": ""}, "at least 1 character"),
+    ({"token": "   "}, "should match pattern"),
+    ({"host": "0.0.0.0", "token": "secret"}, None),
+    ({"host": "0.0.0.0", "insecure": True}, None),
+    ({"host": "localhost"}, None),
+    ({"host": "127.0.0.2"}, None),
+    ({"host": "::1"}, None),
+])
+def test_configuration_fails_closed(tmp_path: Path, settings: dict[str, object], refused: str | None) -> None:
+    from pydantic import ValidationError
+
+    from specbuilder_server import ServerConfig
+
+    if refused is None:
+        assert ServerConfig(store=tmp_path, **settings).protection  # type: ignore[arg-type]
+        return
+    with pytest.raises(ValidationError, match=refused):
+        ServerConfig(store=tmp_path, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("arguments", "environment", "message"), [
+    (["--token", ""], {}, "--token is empty"),
+    ([], {"SPECBUILDER_TOKEN": ""}, "$SPECBUILDER_TOKEN is set but empty"),
+    (["--host", "0.0.0.0"], {}, "no token is set"),
+])
+def test_serve_refuses_an_empty_token_and_a_public_host_without_one(tmp_path: Path, arguments: list[str], environment: dict[str, str],
+                                                                   message: str) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "SPECBUILDER_TOKEN"} | environment
+    done = subprocess.run([sys.executable, "-m", "specbuilder", "serve", "--port", "0", "--store", str(tmp_path / "store"), *arguments],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and message in done.stderr and not (tmp_path / "store").exists()
+
+
+def test_the_start_line_says_what_protects_the_server(tmp_path: Path) -> None:
+    with server_process(tmp_path / "open") as running:
+        assert "NO TOKEN" in running.banner
+    with server_process(tmp_path / "closed", env={"SPECBUILDER_TOKEN": TOKEN}) as running:
+        assert "token required" in running.banner and "NO TOKEN" not in running.banner

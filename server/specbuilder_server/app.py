@@ -184,7 +184,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     trim = malloc_trim() if config.tune_malloc and tune_malloc() else None
     warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
     try:
-        store = ModelStore(config.store)
+        store = ModelStore(config.store, max_bytes=config.store_max_bytes, max_models=config.store_max_models)
     except (StoreError, OSError) as error:
         raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
     jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds, config.max_pending_events)

@@ -37,6 +37,9 @@ class ServerConfig(BaseModel):
     insecure: bool = Field(False, description="allow a non-loopback host without a token (anyone who reaches the port may call every RPC)")
     port: Annotated[int, Field(ge=0, le=65535, description="port to bind; 0 picks a free one")] = DEFAULT_PORT
     store: Path = Field(default_factory=default_store, description="model store directory (created if missing)")
+    store_max_bytes: Annotated[int | None, Field(ge=1, description=(
+        "bytes of weights the store may hold; past it saves and trainings are refused (give every replica sharing the store the same)"))] = None
+    store_max_models: Annotated[int | None, Field(ge=1, description="models and runs the store may hold; past it new ones are refused")] = None
     token: Annotated[str | None, Field(min_length=1, pattern=r"\S", description="bearer token every RPC but health must carry")] = None
     tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, the server speaks TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")

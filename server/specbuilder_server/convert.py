@@ -19,7 +19,7 @@ from specbuilder.activations import ACTIVATIONS
 from specbuilder.kinds import ActivationKind
 from specbuilder.proto import config_to_proto, encode_value, spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, Node
-from specbuilder.store import ModelRecord
+from specbuilder.store import ModelRecord, ModelSummary
 from specbuilder.training import Event
 from specbuilder.v1 import service_pb2, spec_pb2
 
@@ -68,19 +68,26 @@ def run_status(status: str) -> int:
     return service_pb2.RunStatus.Value(f"RUN_STATUS_{status.upper()}")
 
 
-def model_record(record: ModelRecord, *, full: bool = True) -> service_pb2.ModelRecord:
-    """A store record; without ``full``, history and statistics are left out (ListModels)."""
+def model_summary(summary: ModelSummary) -> service_pb2.ModelRecord:
+    """A store entry's summary (ListModels): spec, config, history and statistics left out."""
     message = service_pb2.ModelRecord(
-        id=record.id, name=record.name, status=run_status(record.status), spec=spec_to_proto(record.spec),
-        num_params=record.num_params, spec_hash=record.spec_hash, config=config_to_proto(record.config),
-        dataset=record.dataset if isinstance(record.dataset, str) else "", reason=record.reason or "",
-        has_weights=record.has_weights,
+        id=summary.id, name=summary.name, status=run_status(summary.status), num_params=summary.num_params,
+        spec_hash=summary.spec_hash, dataset=summary.dataset if isinstance(summary.dataset, str) else "",
+        reason=summary.reason or "", has_weights=summary.has_weights,
     )
-    message.created.FromDatetime(record.created)
-    message.updated.FromDatetime(record.updated)
-    if full:
-        message.history.extend(epoch_metrics(entry) for entry in record.history)
-        message.stats.extend(stats_list(record.stats))
+    message.created.FromDatetime(summary.created)
+    message.updated.FromDatetime(summary.updated)
+    return message
+
+
+def model_record(record: ModelRecord) -> service_pb2.ModelRecord:
+    """A store entry in full (GetModel)."""
+    message = model_summary(record)
+    message.spec.CopyFrom(spec_to_proto(record.spec))
+    for key, value in config_to_proto(record.config).items():
+        message.config[key].CopyFrom(value)
+    message.history.extend(epoch_metrics(entry) for entry in record.history)
+    message.stats.extend(stats_list(record.stats))
     return message
 
 

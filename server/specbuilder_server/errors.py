@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 
 from specbuilder.datasets import DataError
 from specbuilder.errors import Problem, SpecError
-from specbuilder.store import ModelNotFound, NoWeights
+from specbuilder.store import BadCursor, ModelNotFound, NoWeights, QuotaExceeded
 from specbuilder.training.config import ConfigError
 from specbuilder.wire import TensorDenied, TensorError
 
@@ -106,6 +106,10 @@ def as_request_error(error: Exception) -> RequestError:
         return invalid(error.path, error.message, "tensor")
     if isinstance(error, DataError):
         return invalid("data", str(error), "data")
+    if isinstance(error, QuotaExceeded):
+        return exhausted(str(error))
+    if isinstance(error, BadCursor):
+        return invalid("page_token", str(error), "page_token")
     if isinstance(error, ModelNotFound):
         return RequestError(grpc.StatusCode.NOT_FOUND, str(error))
     if isinstance(error, NoWeights):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from specbuilder.datasets import Dataset
 from specbuilder.spec import ModelSpec
-from specbuilder.store import ModelStore
+from specbuilder.store import ModelStore, QuotaExceeded
 from specbuilder.training import CancelToken, Event, TrainConfig, train_events
 from specbuilder_server.compute import start_on_compute_thread
 from specbuilder_server.errors import exhausted
@@ -50,9 +50,6 @@ run: on 2 cores, a 0.35 s run with 66 epoch and statistics events took 1.13× th
 sent one by one and 1.07× in bursts every 0.1 s (one A/B); in two interleaved A/Bs (30 and 50
 runs a side) bursts of one message per event took 1.11× both times, a burst in one message 1.10×
 and 1.09×. A tenth of a second is also as often as a progress bar redraws."""
-WEIGHTLESS = frozenset({"diverged"})
-"""Outcomes stored without weights: a diverged model's are NaN. Cancelled runs keep what they learned,
-if they took a step."""
 _END = object()
 
 
@@ -223,13 +220,14 @@ class TrainingJobs:
                         written = time.monotonic()
                 elif event.type == "finished":
                     result, steps = event.result, event.steps
-                    weightless = result.status in WEIGHTLESS or (result.status == "cancelled" and not steps)
                     self._store.finish_run(
-                        record.id, result.status, None if weightless else result.module,
+                        record.id, result.status, result.module if result.keeps_weights else None,
                         history=result.history, stats=result.stats, reason=result.reason or None,
                     )
                     finished = True
                 job.outbox.put(event)
+        except QuotaExceeded as refused:  # finish_run recorded the run failed, without weights, with this as its reason
+            raise RunFailed(str(refused), steps) from refused
         except BaseException as error:
             log.error("training run %s failed", record.id, exc_info=error)
             if finished:

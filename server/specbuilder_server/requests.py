@@ -24,6 +24,7 @@ from specbuilder.errors import Problem, SpecError, suggest
 from specbuilder.proto import decode_value, spec_from_proto
 from specbuilder.regions import RegionReader
 from specbuilder.spec import ModelSpec, parse_spec
+from specbuilder.store.model_store import MAX_PAGE
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
 from specbuilder.v1 import service_pb2, spec_pb2
@@ -33,6 +34,8 @@ from specbuilder_server.tensors import to_array
 DEFAULT_BINS = 64
 MIN_BINS, MAX_BINS = 2, 4096
 """Histogram bins a client may ask for (the monitor's own minimum; a cap on the answer's size)."""
+DEFAULT_PAGE = 100
+"""ListModels' page size when the request leaves it 0."""
 MAX_CONFIG_KEYS, MAX_CONFIG_BYTES = 64, 1 << 16
 """Bounds of a TrainRequest's config: well past any real one, far short of a hostile one's cost to explain."""
 STATUS_NAMES = {value: name.removeprefix("RUN_STATUS_").lower() for name, value in service_pb2.RunStatus.items()}
@@ -195,6 +198,13 @@ def run_name(name: str, spec: ModelSpec) -> str:
         return check_name(name)
     except ValueError as error:
         raise invalid("name", str(error), "name") from None
+
+
+def page_size(size: int) -> int:
+    """ListModels' page size: 0 is ``DEFAULT_PAGE``, more than the store's ``MAX_PAGE`` is ``MAX_PAGE``."""
+    if size < 0:
+        raise invalid("page_size", f"must be >= 0 (0 means {DEFAULT_PAGE}), got {size}", "range")
+    return min(size or DEFAULT_PAGE, MAX_PAGE)
 
 
 def status_filter(status: int) -> str | None:

@@ -334,8 +334,9 @@ class ModelServicer:
 
     @handled
     async def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListModelsResponse:
-        records = await self.blocking(self._store.list, requests.status_filter(request.status))
-        return service_pb2.ListModelsResponse(models=[convert.model_record(r, full=False) for r in reversed(records)])
+        page = await self.blocking(self._store.page, requests.status_filter(request.status), limit=requests.page_size(request.page_size),
+                                   after=request.page_token or None)
+        return service_pb2.ListModelsResponse(models=[convert.model_summary(s) for s in page.records], next_page_token=page.next or "")
 
     @handled
     async def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelRecord:

@@ -50,6 +50,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--host", default=default["host"], help=f"address to bind (default {default['host']}; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=count, default=default["port"], help=f"port (default {default['port']}; 0 picks a free one and prints it)")
     serve.add_argument("--store", type=Path, default=None, metavar="DIR", help=f"model store directory (default {default_store()})")
+    serve.add_argument("--store-max-bytes", type=_positive, default=None, metavar="N",
+                       help="bytes of weights the store may hold; past it saves and trainings are refused (default: no limit)")
+    serve.add_argument("--store-max-models", type=_positive, default=None, metavar="N",
+                       help="models and runs the store may hold; past it new ones are refused (default: no limit)")
     serve.add_argument("--token", default=None, help=f"bearer token every call but health must carry (default ${TOKEN_ENV}; prefer the variable: arguments show in ps)")
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate chain; with --tls-key the server speaks TLS")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
@@ -114,6 +118,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = {
         "host": args.host, "port": args.port, "token": _token(args.token), "insecure": args.insecure,
+        "store_max_bytes": args.store_max_bytes, "store_max_models": args.store_max_models,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,

@@ -490,7 +490,8 @@ def run_models_list(args: argparse.Namespace) -> int:
         print(f"no models in {where}" + (f" with status {args.status}" if args.status else ""))
         return 0
     rows = [("id", "name", "status", "params", "created", "accuracy")]
-    rows += [(r.id, r.name, r.status, f"{r.num_params:,}", when(r.created), last_accuracy(r.history)) for r in records]
+    rows += [(r.id, r.name, r.status, f"{r.num_params:,}", when(r.created), last_accuracy(getattr(r, "history", ())))  # a summary has none
+             for r in records]
     print(table(rows))
     return 0
 

@@ -384,16 +384,22 @@ class ModelRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., spec: _Optional[_Union[_spec_pb2.ModelSpec, _Mapping]] = ..., num_params: _Optional[int] = ..., spec_hash: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., config: _Optional[_Mapping[str, _spec_pb2.Value]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., stats: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ..., dataset: _Optional[str] = ..., reason: _Optional[str] = ..., has_weights: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "page_size", "page_token")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     status: RunStatus
-    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "next_page_token")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelRecord]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelRecord, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("model_id",)

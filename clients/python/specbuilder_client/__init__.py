@@ -31,6 +31,7 @@ from specbuilder_client.results import (
     LayerStats,
     LayerSummary,
     ModelRecord,
+    ModelSummary,
     ParameterInfo,
     StreamSummary,
     Validation,
@@ -41,7 +42,7 @@ from specbuilder_client.training import EpochEvent, StatsEvent, TrainEvent, Trai
 __all__ = [
     "ActivationInfo", "Cancelled", "Client", "Compiled", "DeadlineExceeded", "EpochEvent", "EpochMetrics",
     "EvalResult", "FailedPrecondition", "Histogram", "InvalidArgument", "LayerStats", "LayerSummary",
-    "ModelRecord", "NotFound", "ParameterInfo", "ResourceExhausted", "SpecbuilderError", "StatsEvent",
+    "ModelRecord", "ModelSummary", "NotFound", "ParameterInfo", "ResourceExhausted", "SpecbuilderError", "StatsEvent",
     "StreamResult", "StreamSummary", "TrainEvent", "TrainFinished", "TrainResult", "TrainRun", "TrainStarted",
     "PermissionDenied", "Unauthenticated", "Unavailable", "Validation", "Violation",
 ]

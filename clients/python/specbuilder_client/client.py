@@ -24,7 +24,7 @@ from specbuilder.localsocket import METADATA_KEY
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.local import LocalConnection
-from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, Validation, layer_stats, status_value
+from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, status_value
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
 from specbuilder_client.streaming import StreamRequests, StreamResult
@@ -276,10 +276,19 @@ class Client:
             request.arrays.y.CopyFrom(to_proto(y))
         return TrainRun(self._stub.Train(request, timeout=timeout, metadata=self._metadata), progress=progress)
 
-    def list_models(self, status: str | None = None, *, timeout: float | None = None) -> list[ModelRecord]:
-        """Stored models and runs, newest first (without history and statistics); ``status`` filters."""
+    def list_models(self, status: str | None = None, *, limit: int | None = None, timeout: float | None = None) -> list[ModelSummary]:
+        """Stored models and runs, newest first, as summaries (``get_model`` has the rest); ``status`` filters,
+        ``limit`` stops after that many. Pages are fetched as they are needed, each call within ``timeout``."""
+        summaries: list[ModelSummary] = []
         request = service_pb2.ListModelsRequest(status=status_value(status) if status else 0)
-        return [ModelRecord.from_proto(m) for m in self._call(self._stub.ListModels, request, timeout).models]
+        while limit is None or len(summaries) < limit:
+            request.page_size = min(limit - len(summaries), 2**31 - 1) if limit is not None else 0  # the server caps and defaults it
+            page = self._call(self._stub.ListModels, request, timeout)
+            summaries += [ModelSummary.from_proto(m) for m in page.models]
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        return summaries
 
     def get_model(self, model_id: str, *, timeout: float | None = None) -> ModelRecord:
         """One stored model or run, with its history and statistics."""

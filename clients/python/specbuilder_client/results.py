@@ -197,33 +197,46 @@ def _datetime(timestamp: Any) -> datetime | None:
     return timestamp.ToDatetime(tzinfo=timezone.utc) if timestamp.seconds or timestamp.nanos else None
 
 
-class ModelRecord(Result):
-    """A stored model or training run. ``list_models`` leaves history and stats empty."""
+class ModelSummary(Result):
+    """A stored model or training run as ``list_models`` gives it: no spec, config, history or statistics."""
 
     id: str
     name: str
     status: str = Field(description="running, completed, diverged, cancelled, failed or interrupted")
-    spec: ModelSpec
     num_params: int
     spec_hash: str
     created: datetime | None
     updated: datetime | None
-    config: dict[str, Any] = Field(description="the training configuration by TrainConfig's field names; train(**config) repeats it")
-    history: list[EpochMetrics]
-    stats: list[LayerStats]
     dataset: str = Field(description="built-in dataset name; empty for arrays")
     reason: str = Field(description="why the run ended as it did, for anything but completed")
     has_weights: bool
 
     @classmethod
+    def from_proto(cls, message: service_pb2.ModelRecord) -> ModelSummary:
+        return cls(**cls._summary_fields(message))
+
+    @staticmethod
+    def _summary_fields(message: service_pb2.ModelRecord) -> dict[str, Any]:
+        return {
+            "id": message.id, "name": message.name, "status": status_name(message.status), "num_params": message.num_params,
+            "spec_hash": message.spec_hash, "created": _datetime(message.created), "updated": _datetime(message.updated),
+            "dataset": message.dataset, "reason": message.reason, "has_weights": message.has_weights,
+        }
+
+
+class ModelRecord(ModelSummary):
+    """A stored model or training run in full (``get_model``)."""
+
+    spec: ModelSpec
+    config: dict[str, Any] = Field(description="the training configuration by TrainConfig's field names; train(**config) repeats it")
+    history: list[EpochMetrics]
+    stats: list[LayerStats]
+
+    @classmethod
     def from_proto(cls, message: service_pb2.ModelRecord) -> ModelRecord:
         return cls(
-            id=message.id, name=message.name, status=status_name(message.status), spec=_spec(message.spec),
-            num_params=message.num_params, spec_hash=message.spec_hash,
-            created=_datetime(message.created), updated=_datetime(message.updated),
-            config=config_dict(message.config),
+            **cls._summary_fields(message), spec=_spec(message.spec), config=config_dict(message.config),
             history=[EpochMetrics.from_proto(m) for m in message.history], stats=layer_stats(message.stats),
-            dataset=message.dataset, reason=message.reason, has_weights=message.has_weights,
         )
 
 
