@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from specbuilder.v1 import service_pb2
 from specbuilder.wireformat import cut_tensor_data
-from specbuilder_server.errors import RequestError, abort
+from specbuilder_server.errors import ClientGone, RequestError, abort
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}
@@ -89,6 +89,8 @@ class Incoming:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
                 f"the stream sent no message for {self._idle_seconds:g} s, this server's limit (stream_idle_seconds); "
                 "send the next message sooner, or close the stream and open a new one when there is more")) from None
+        except Exception as error:  # noqa: BLE001 - gRPC's failed read of a call that is over (the server stopped under it)
+            raise ClientGone(str(error)) from None
         if raw is grpc.aio.EOF:
             return None
         index, self._count = self._count, self._count + 1

@@ -168,7 +168,7 @@ def test_idle_streams_unread_trainings_and_idle_connections_starve_nobody_and_le
             await asyncio.sleep(1.0)
 
         attack.run(open_everything())
-        assert len(server.servicer.streams) == streams + trains
+        assert len(server.servicer.streams) >= streams  # the idle ones; a Train whose events all fit in gRPC's buffers may be over
         assert server.servicer._jobs.wait(120), "the trainings did not end"  # the runs' own compute is not the attack
         attacked = probe(server.address, tally, f"{streams} idle streams, {trains} unread trainings, {connections} idle connections")
         tally.figure("server threads, idle", threads)
@@ -201,8 +201,7 @@ def test_streams_over_the_caps_are_refused_naming_the_limit(tmp_path: Path, atta
                     await call.write(start)
                     attack.calls.append(call)
                 await asyncio.sleep(0.5)
-                extra = stub.StreamEvaluate()  # the 5th on the first connection; the 7th in all on the second
-                await extra.write(start)
+                extra = stub.StreamEvaluate()  # the 5th on the first connection; the 7th in all on the second: refused before any message
                 refused.append((await extra.code(), await extra.details()))
             return refused
 
