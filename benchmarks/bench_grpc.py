@@ -2,7 +2,7 @@
 
 The workload is an MLP 784-256-256-10 on batches of 1024 rows (3.2 MB of float32 in, 40 KB
 out). Every server runs in its own process, started as users start it, with the same torch
-thread count as this process (``OMP_NUM_THREADS``): ``specbuilder serve --shared-memory``
+thread count as this process (``OMP_NUM_THREADS``): ``specbuilder serve --shared-memory --shared-memory-over-grpc``
 (which serves inline tensors as usual; shared memory is only allowed in addition), gRPC's
 floor (``grpc_floor``: raw bytes in, 40 KB out, no protobuf), the minimal hand-written service
 the issue measured (``grpc_minimal``: raw bytes, the forward on gRPC's thread) and the
@@ -275,7 +275,7 @@ def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[Table]:
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as name:
         folder = Path(name)
         env = {"OMP_NUM_THREADS": str(threads)}
-        with serve_subprocess(folder / "store", "--device", str(device), "--shared-memory", env=env) as server:
+        with serve_subprocess(folder / "store", "--device", str(device), "--shared-memory", "--shared-memory-over-grpc", env=env) as server:
             stream_table = streaming(server, x, quick, device)  # first, while the server's peak memory is its own
             unary_table = unary(server, folder, threads, x, quick, device)
             train_table = training(server, quick, device)

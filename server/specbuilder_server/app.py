@@ -5,7 +5,7 @@ calls waiting for a message, for their turn or for a slow reader are coroutines 
 no thread. Wires the parts together: the model store, the model cache, the training jobs, the
 worker threads for blocking work (``pool.TrimmingPool``, which gives memory back when idle),
 the compute lanes, the shared-memory regions and the local socket (with ``--shared-memory``),
-the servicer, the standard health service (SERVING overall and per service) and server
+the servicer, Prometheus metrics (``metrics``; served with ``metrics_port``), the standard health service (SERVING overall and per service) and server
 reflection, the token interceptor when a token is set, TLS when a certificate is given, the
 message size limits, and the connections' age limit when one is set. ``RunningServer.stop(grace)``
 is the graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running
@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -38,6 +38,7 @@ from specbuilder_server.config import ServerConfig
 from specbuilder_server.decoding import model_service
 from specbuilder_server.jobs import TrainingJobs
 from specbuilder_server.local import LocalSocket
+from specbuilder_server.metrics import MeteredStore, Metrics
 from specbuilder_server.models import ModelCache, Models
 from specbuilder_server.pool import TrimmingPool
 from specbuilder_server.servicer import ModelServicer
@@ -90,11 +91,14 @@ class RunningServer:
 
     def __init__(self, config: ServerConfig, loop: _Loop, server: grpc.aio.Server, pool: TrimmingPool, port: int,
                  health_servicer: health.aio.HealthServicer, jobs: TrainingJobs, store: ModelStore, local: LocalSocket | None,
-                 servicer: ModelServicer) -> None:
+                 servicer: ModelServicer, stop_metrics: Callable[[], None] | None) -> None:
         self.config = config
         self.port = port
         """The bound port (the free one picked when the config says 0)."""
         self.servicer = servicer
+        self.metrics_port = servicer.metrics.port
+        """Where ``/metrics`` is served (``metrics_port``; the free one picked for 0), None when it is not."""
+        self._stop_metrics = stop_metrics
         self._loop = loop
         self._server = server
         self._pool = pool
@@ -121,6 +125,8 @@ class RunningServer:
             self._loop.run(self._stop_serving(grace))
             self._loop.close()
             self._pool.shutdown(wait=False)
+            if self._stop_metrics is not None:
+                self._stop_metrics()
             if not self._jobs.wait(RECORD_SECONDS):
                 log.warning("some training runs did not end in time; the store marks them interrupted")
             self._store.close()
@@ -184,23 +190,30 @@ def start_server(config: ServerConfig) -> RunningServer:
     trim = malloc_trim() if config.tune_malloc and tune_malloc() else None
     warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
     try:
-        store = ModelStore(config.store, max_bytes=config.store_max_bytes, max_models=config.store_max_models)
+        opened = ModelStore(config.store, max_bytes=config.store_max_bytes, max_models=config.store_max_models)
     except (StoreError, OSError) as error:
         raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
+    metrics = Metrics()
+    store = cast(ModelStore, MeteredStore(opened, metrics))
     jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds, config.max_pending_events)
     pool = TrimmingPool(config.workers, when_idle(trim, regions), thread_name_prefix="specbuilder-work")
     models = Models(store, device, ModelCache(config.cache_size, config.cache_mb * 1024 * 1024), config.max_params)
-    servicer = ModelServicer(config, store, models, jobs, regions, Lanes(config.large_call_flops), pool)
+    servicer = ModelServicer(config, store, models, jobs, regions, Lanes(config.large_call_flops, observe=metrics.lane), pool, metrics)
+    metrics.trainings.set_function(lambda: jobs.running)
+    metrics.streams.set_function(lambda: len(servicer.streams))
     loop = _Loop()
     try:
+        stop_metrics = None if config.metrics_port is None else metrics.serve(config.host, config.metrics_port)
         server, port, health_servicer, local = loop.run(_serve(config, servicer, credentials, regions))
-    except BaseException:
+    except BaseException as error:
         loop.close()
         pool.shutdown(wait=False)
-        store.close()
+        opened.close()
+        if isinstance(error, OSError):
+            raise ServerStartError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error}") from None
         raise
     log.info("listening on %s:%d (device %s, store %s; %s)", config.host, port, device, config.store, config.protection)
-    return RunningServer(config, loop, server, pool, port, health_servicer, jobs, store, local, servicer)
+    return RunningServer(config, loop, server, pool, port, health_servicer, jobs, opened, local, servicer, stop_metrics)
 
 
 async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grpc.ServerCredentials | None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -95,17 +96,19 @@ THREADS = ComputeThreads()
 class Lane:
     """Runs tasks on ``threads`` one at a time, first come first served; a task cancelled while it waits is skipped."""
 
-    def __init__(self, threads: ComputeThreads = THREADS) -> None:
+    def __init__(self, threads: ComputeThreads = THREADS, observe: Callable[[float, float], None] | None = None) -> None:
         self._threads = threads
+        self._observe = observe
+        """Told each task's seconds waited and seconds run (the server's metrics)."""
         self._lock = threading.Lock()
-        self._waiting: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._waiting: deque[tuple[Callable[[], Any], Future[Any], float]] = deque()
         self._busy = False
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """``fn(*args, **kwargs)`` once every task submitted before it has run; its future."""
         future: Future[T] = Future()
         with self._lock:
-            self._waiting.append((lambda: fn(*args, **kwargs), future))
+            self._waiting.append((lambda: fn(*args, **kwargs), future, time.perf_counter()))
             if self._busy:
                 return future
             self._busy = True
@@ -119,13 +122,16 @@ class Lane:
                 if not self._waiting:
                     self._busy = False
                     return
-                fn, future = self._waiting.popleft()
+                fn, future, submitted = self._waiting.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
+            started = time.perf_counter()
             try:
                 future.set_result(fn())
             except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
                 future.set_exception(error)
+            if self._observe is not None:
+                self._observe(started - submitted, time.perf_counter() - started)
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` in its turn; cancelling the await before its turn means it never runs."""
@@ -135,10 +141,11 @@ class Lane:
 class Lanes:
     """A lane for small calls and one for large: a call over ``large_flops`` estimated FLOPs takes the large one."""
 
-    def __init__(self, large_flops: int, threads: ComputeThreads = THREADS) -> None:
+    def __init__(self, large_flops: int, threads: ComputeThreads = THREADS,
+                 observe: Callable[[str], Callable[[float, float], None]] | None = None) -> None:
         self.large_flops = large_flops
-        self.small = Lane(threads)
-        self.large = Lane(threads)
+        self.small = Lane(threads, observe("small") if observe else None)
+        self.large = Lane(threads, observe("large") if observe else None)
 
     def for_cost(self, flops: int) -> Lane:
         return self.large if flops > self.large_flops else self.small

@@ -75,6 +75,8 @@ class ServerConfig(BaseModel):
     max_connection_age_seconds: Annotated[float | None, Field(gt=0, description=(
         "close each client connection after about this long (calls in flight finish first), so clients reconnect and "
         "re-resolve the server's name: new replicas get traffic"))] = None
+    metrics_port: Annotated[int | None, Field(ge=0, le=65535, description=(
+        "serve Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port); None: not served"))] = None
     tune_malloc: bool = Field(True, description="raise glibc's mmap/trim thresholds so multi-MB messages reuse memory; trim it when idle")
 
     @model_validator(mode="after")

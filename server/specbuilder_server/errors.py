@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -158,18 +159,28 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 def handled(method: Method) -> Method:
     """Wrap a servicer coroutine so every failure becomes a proper status; a call whose client has
-    gone (cancelled, deadline passed) is not answered: nobody is there to read it."""
+    gone (cancelled, deadline passed) is not answered: nobody is there to read it. Each call is
+    counted in the servicer's ``metrics`` by how it ended."""
+
+    name = method.__name__
 
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started, code = time.perf_counter(), "CANCELLED"  # unless it ends otherwise: the call was cancelled under it
         try:
-            return await method(self, request, context)
-        except ClientGone:
+            try:
+                answer = await method(self, request, context)
+                code = "OK"
+                return answer
+            except ClientGone:
+                return None
+            except Exception as error:  # noqa: BLE001 - every failure becomes a status
+                failure = as_request_error(error)
+            code = failure.code.name
+            if not context.done():
+                await abort(context, failure)
             return None
-        except Exception as error:  # noqa: BLE001 - every failure becomes a status
-            failure = error
-        if not context.done():
-            await abort(context, failure)
-        return None
+        finally:
+            self.metrics.rpc(name, code, time.perf_counter() - started)
 
     return call  # type: ignore[return-value]

@@ -236,6 +236,11 @@ class TrainingJobs:
             self._store.finish_run(record.id, "failed", history=history, reason=reason)
             raise RunFailed(reason, steps) from error
 
+    @property
+    def running(self) -> int:
+        """Runs going now."""
+        return len(self._active)
+
     def cancel_all(self, reason: str) -> None:
         """Refuse new runs and ask every running one to stop."""
         with self._lock:

@@ -43,6 +43,7 @@ from specbuilder_server.decoding import Incoming, Received
 from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid
 from specbuilder_server.evaluation import Budget, Pass
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
+from specbuilder_server.metrics import Metrics
 from specbuilder_server.models import Models, Ready
 from specbuilder_server.pool import TrimmingPool
 from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
@@ -61,25 +62,29 @@ class StreamSlots:
         self._total = total
         self._per_connection = per_connection
         self._open: Counter[str] = Counter()
+        self._count = 0
 
     @contextmanager
     def held(self, peer: str) -> Iterator[None]:
         """One slot while the block runs; RESOURCE_EXHAUSTED naming the limit when none is free."""
-        if sum(self._open.values()) >= self._total:
+        if self._count >= self._total:
             raise exhausted(f"{self._total} streams are open on this server, its limit (max_streams); try again when one has ended")
         if self._open[peer] >= self._per_connection:
             raise exhausted(f"{self._per_connection} streams are open on this connection, the server's limit per connection "
                             "(max_streams_per_connection); close one, or open another connection")
         self._open[peer] += 1
+        self._count += 1
         try:
             yield
         finally:
+            self._count -= 1
             self._open[peer] -= 1
             if not self._open[peer]:
                 del self._open[peer]
 
     def __len__(self) -> int:
-        return sum(self._open.values())
+        """Streams open now (read from any thread)."""
+        return self._count
 
 
 def _rows(tensor: tensor_pb2.Tensor) -> int:
@@ -91,7 +96,7 @@ class ModelServicer:
     """The service over one store, one model cache, one pool of training jobs and the shared-memory regions it reads."""
 
     def __init__(self, config: ServerConfig, store: ModelStore, models: Models, jobs: TrainingJobs, regions: SharedRegions | None,
-                 lanes: Lanes, pool: TrimmingPool) -> None:
+                 lanes: Lanes, pool: TrimmingPool, metrics: Metrics) -> None:
         self._config = config
         self._store = store
         self._models = models
@@ -100,6 +105,7 @@ class ModelServicer:
         """Where shared-memory batches are read from; None: they are refused (no ``--shared-memory``)."""
         self._lanes = lanes
         self._pool = pool
+        self.metrics = metrics
         self.streams = StreamSlots(config.max_streams, config.max_streams_per_connection)
         self.local_socket: str | None = None
         """The local socket's path (``local.py``), named to clients in the trailing metadata of shared-memory Evaluate calls."""

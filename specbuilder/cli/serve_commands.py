@@ -74,6 +74,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--shared-memory-over-grpc", action="store_true", help=(
         "with --shared-memory, on a single-tenant host only: also read shared memory named in gRPC calls, with the server's "
         "rights (gRPC cannot tell the caller's user, so another user's region could be read)"))
+    serve.add_argument("--metrics-port", type=count, default=None, metavar="P",
+                       help="serve Prometheus metrics at http://HOST:P/metrics (0 picks a free port; default: not served)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a --host other machines can reach without a token: everyone who reaches the port may call every RPC")
     serve.add_argument("--cache-size", type=_positive, default=default["cache_size"], metavar="N",
@@ -118,7 +120,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     settings = {
         "host": args.host, "port": args.port, "token": _token(args.token), "insecure": args.insecure,
-        "store_max_bytes": args.store_max_bytes, "store_max_models": args.store_max_models,
+        "metrics_port": args.metrics_port, "store_max_bytes": args.store_max_bytes, "store_max_models": args.store_max_models,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
@@ -147,6 +149,8 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         print(f"listening on {config.host}:{server.port} ({config.protection}; store {config.store})", flush=True)
+        if server.metrics_port is not None:
+            print(f"metrics on http://{config.host}:{server.metrics_port}/metrics", flush=True)
         while not stop.wait(1.0):  # a timeout, so the main thread runs signal handlers promptly
             pass
         print(f"stopping: calls in flight get {config.grace_seconds:g} s to finish", file=sys.stderr, flush=True)
