@@ -124,14 +124,15 @@ class ModelServiceServicer:
 
     def Train(self, request, context):
         """Trains a spec and streams progress; the finished model lands in the store. Cancelling the
-        call, or its deadline passing, stops the run within one step.
+        call, or its deadline passing, stops the run within one step; so does a client that leaves
+        more than the server's max_pending_events events unread (the run is recorded cancelled).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists stored models and training runs, newest first.
+        """Lists stored models and training runs, newest first, a page of summaries at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -33,6 +33,7 @@ import grpc.aio
 import numpy as np
 import pytest
 from conftest import Tally
+from rss import resident_mib
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_helpers import SPIRALS, batch, config_values, connect, rpc_error, serving, spec_source, train_request
 from specbuilder_client import Client
@@ -153,7 +154,7 @@ def test_idle_streams_unread_trainings_and_idle_connections_starve_nobody_and_le
     settings = dict(max_streams=streams + trains, max_streams_per_connection=64, max_concurrent_trains=trains, stream_idle_seconds=120)
     with serving(tmp_path / "store", **settings) as server:
         idle = probe(server.address, tally, "idle server")
-        threads = threads_now()
+        threads, memory = threads_now(), resident_mib(os.getpid())
         start = service_pb2.StreamEvaluateRequest(start=service_pb2.StreamEvaluateStart(spec=spec_source(SPIRALS)))
         run = train_request(epochs=1, batch_size=256, stats_every=1)
 
@@ -173,8 +174,10 @@ def test_idle_streams_unread_trainings_and_idle_connections_starve_nobody_and_le
         attacked = probe(server.address, tally, f"{streams} idle streams, {trains} unread trainings, {connections} idle connections")
         tally.figure("server threads, idle", threads)
         tally.figure("server threads, attacked", threads_now())
+        tally.figure("RSS of server and attacker, MiB: idle → attacked", f"{memory:.0f} → {resident_mib(os.getpid()):.0f}")
         attack.close()
         wait_for_closed(server)
+        tally.figure("RSS after the attack closed, MiB", round(resident_mib(os.getpid())))
         tally.count("idle StreamEvaluate", "held, no thread", streams)
         tally.count("Train never read", "held, no thread", trains)
         tally.count("idle connection", "held", connections)
