@@ -39,6 +39,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+BUDGETS = (
+    ("cache_mb", "MB", "megabytes of weights the kept models may hold in all"),
+    ("max_flops_per_call", "N", "refuse an evaluation estimated to cost more FLOPs (2 x multiply-adds x rows)"),
+    ("max_compute_seconds", "S", "stop a call's compute after S seconds"),
+    ("stream_idle_seconds", "S", "end a stream that sends, or reads, nothing for S seconds"),
+    ("max_streams", "N", "open StreamEvaluate and Train calls (and local-socket connections) in all"),
+    ("max_streams_per_connection", "N", "open streams on one client connection"),
+)
+"""``ServerConfig`` fields given as flags of the same name: (field, metavar, what it bounds)."""
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve`` to argparse's ``commands``."""
     from specbuilder_server.config import ServerConfig, default_store
@@ -80,20 +91,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="allow a --host other machines can reach without a token: everyone who reaches the port may call every RPC")
     serve.add_argument("--cache-size", type=_positive, default=default["cache_size"], metavar="N",
                        help=f"compiled and loaded models kept ready (default {default['cache_size']})")
-    serve.add_argument("--cache-mb", type=_positive, default=default["cache_mb"], metavar="MB",
-                       help=f"megabytes of weights the kept models may hold in all (default {default['cache_mb']})")
     serve.add_argument("--workers", type=_positive, default=default["workers"], metavar="N",
                        help=f"threads for blocking work: parsing, compiling, the store (default {default['workers']}); waiting calls hold none")
-    serve.add_argument("--max-flops-per-call", type=_positive, default=default["max_flops_per_call"], metavar="N",
-                       help=f"refuse an evaluation estimated to cost more (2 x multiply-adds x rows; default {default['max_flops_per_call']:.0e})")
-    serve.add_argument("--max-compute-seconds", type=_seconds, default=default["max_compute_seconds"], metavar="S",
-                       help=f"stop a call's compute after S seconds (default {default['max_compute_seconds']:g})")
-    serve.add_argument("--stream-idle-seconds", type=_seconds, default=default["stream_idle_seconds"], metavar="S",
-                       help=f"end a stream that sends or reads nothing for S seconds (default {default['stream_idle_seconds']:g})")
-    serve.add_argument("--max-streams", type=_positive, default=default["max_streams"], metavar="N",
-                       help=f"open StreamEvaluate and Train calls (and local-socket connections) in all (default {default['max_streams']})")
-    serve.add_argument("--max-streams-per-connection", type=_positive, default=default["max_streams_per_connection"], metavar="N",
-                       help=f"open streams on one client connection (default {default['max_streams_per_connection']})")
+    for field, metavar, what in BUDGETS:
+        value = default[field]
+        shown = f"{value:.0e}" if isinstance(value, int) and value >= 10**6 else f"{value:g}"
+        serve.add_argument("--" + field.replace("_", "-"), type=_seconds if isinstance(value, float) else _positive, default=value,
+                           metavar=metavar, help=f"{what} (default {shown})")
     serve.add_argument("--grace", type=float, default=default["grace_seconds"], metavar="S",
                        help=f"seconds calls in flight get to finish on stop (default {default['grace_seconds']:g})")
     serve.add_argument("--max-connection-age", type=_seconds, default=None, metavar="S", help=(
@@ -125,10 +129,8 @@ def run_serve(args: argparse.Namespace) -> int:
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
         "device": args.device, "shared_memory": args.shared_memory, "local_socket": args.local_socket,
-        "shared_memory_over_grpc": args.shared_memory_over_grpc, "cache_size": args.cache_size, "cache_mb": args.cache_mb,
-        "max_flops_per_call": args.max_flops_per_call, "max_compute_seconds": args.max_compute_seconds,
-        "stream_idle_seconds": args.stream_idle_seconds, "max_streams": args.max_streams,
-        "max_streams_per_connection": args.max_streams_per_connection,
+        "shared_memory_over_grpc": args.shared_memory_over_grpc, "cache_size": args.cache_size,
+        **{field: getattr(args, field) for field, _, _ in BUDGETS},
         "workers": args.workers, "grace_seconds": args.grace, "max_connection_age_seconds": args.max_connection_age,
     }
     if args.store is not None:
