@@ -4,7 +4,7 @@ No protobuf anywhere: the handler has no deserializer (it receives the request's
 no serializer (it returns a ready 40 KB ``bytes``), and the caller uses a generic
 ``channel.unary_unary`` with identity serializers. What a call costs here is what gRPC itself
 costs to carry 3.2 MB one way and 40 KB back between two processes on this machine — the
-floor any gRPC service, specbuilder's included, stands on (DESIGN.md, "How to measure").
+floor any gRPC service, specbuilder's included, stands on (docs/benchmarks.md, "Method").
 
 Run as ``python -m benchmarks.grpc_floor --port 0`` (``benchmarks.serving.baseline_server``).
 """

@@ -2,11 +2,10 @@
 
 By default glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically
 only after a free) with a fresh ``mmap``, and gives free memory at the top of the heap back to
-the system once it exceeds its trim threshold (twice the mmap threshold). A 3.2 MB tensor on
-the wire makes several buffers of its size per call (the serialized message, gRPC's copy of it):
-together they pass the trim threshold, so every call page-faults them in again and unmaps them
-after — on the 2-core box, 1,530 page faults and 6.6-8.2 ms of a client's CPU per Evaluate
-call, 2 faults and 2.1-3.3 ms with the thresholds fixed high (DESIGN.md, "How to measure").
+the system once it exceeds its trim threshold (twice the mmap threshold). A multi-megabyte
+tensor on the wire makes several buffers of its size per call, so with the defaults every call
+page-faults them in again and unmaps them after; with the thresholds fixed high they are reused
+(docs/benchmarks.md measures both).
 
 ``set_thresholds`` fixes both; the server (``specbuilder_server.tuning``) and the client
 (``specbuilder_client.framing``) each pick theirs. They are process-wide settings, so a

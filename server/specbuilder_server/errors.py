@@ -1,7 +1,7 @@
 """What the server answers when a call cannot be served: a gRPC status, never a traceback.
 
 Every servicer method is wrapped by ``handled``: the core's own exceptions become the status
-codes DESIGN.md promises (``SpecError`` -> INVALID_ARGUMENT with each problem's path, an
+codes the protos promise (``SpecError`` -> INVALID_ARGUMENT with each problem's path, an
 unknown model id -> NOT_FOUND, ...), field problems also travel as a ``google.rpc.BadRequest``
 in the status details, and anything unexpected is logged here and answered INTERNAL with a
 short message. A bad input never reaches the client as UNKNOWN.

@@ -3,7 +3,7 @@
 By default glibc serves every allocation above its mmap threshold (128 KiB, raised
 dynamically up to 32 MiB only after a free) with a fresh ``mmap``: each 3 MB request buffer
 is page-faulted in on first touch and unmapped when freed, which on a 2-core box tripled the
-cost of an Evaluate call (DESIGN.md, "How to measure"). Fixing the thresholds high keeps such
+cost of an Evaluate call (docs/benchmarks.md). Fixing the thresholds high keeps such
 buffers in the heap, reused call after call. Settings given in ``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` are left alone. What the heaps keep after a burst of large calls is
 given back by ``malloc_trim`` once the server is idle (``pool.TrimmingPool``), and the heaps

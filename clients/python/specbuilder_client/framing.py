@@ -4,17 +4,15 @@ Protobuf messages may be sent in parts (``specbuilder.wireformat``). So the requ
 serialized without the tensor's ``data`` (the small part: spec, options, dtype, shape), and
 the bytes of one more field are appended by hand: the tensor field again, holding only
 ``data``, whose payload is the array's own memory. The ``b"".join`` makes the one copy;
-the server reads the elements where they arrive, without copying them either. ``to_proto`` + ``CopyFrom`` + ``SerializeToString`` made four,
-each a fresh multi-megabyte buffer that glibc maps and unmaps on every call (DESIGN.md, "How
-to measure"): for a 3.2 MB batch on the 2-core box, 12 ms of client CPU and 2,560 page
-faults per call, against 0.2 ms and none this way.
+the server reads the elements where they arrive, without copying them either (``to_proto`` +
+``CopyFrom`` + ``SerializeToString`` would make four, each a fresh multi-megabyte buffer).
 
-Our buffer and gRPC's own copy of it still made glibc trim and refault 6.4 MB per call (1,530
-faults, 6.6-8.2 ms of client CPU per Evaluate call). So the first tensor serialized here fixes
-the process's malloc thresholds (``specbuilder.heap``) at what glibc reaches by itself once it
-has freed a 32 MiB block: allocations up to 32 MiB from the heap, up to 64 MiB of free heap
-kept. Then: 2 faults, 2.1-3.3 ms. It is a process-wide setting: a process that sets
-``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself is left as it is.
+So that this buffer and gRPC's own copy of it are reused rather than mapped and unmapped on
+every call, the first tensor serialized here fixes the process's malloc thresholds
+(``specbuilder.heap``) at what glibc reaches by itself once it has freed a 32 MiB block:
+allocations up to 32 MiB from the heap, up to 64 MiB of free heap kept. It is a process-wide
+setting: a process that sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself is
+left as it is. docs/benchmarks.md has the measurements behind both choices.
 """
 
 from __future__ import annotations
