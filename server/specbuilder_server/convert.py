@@ -22,6 +22,7 @@ from specbuilder.spec import ACTIVATION_MODELS, Node
 from specbuilder.store import ModelRecord, ModelSummary
 from specbuilder.training import Event
 from specbuilder.v1 import service_pb2, spec_pb2
+from specbuilder_client.results import status_value
 
 _STATS_SCALARS = (
     "index", "name", "kind", "count", "nan_count", "inf_count", "zero_fraction", "saturated_fraction",
@@ -63,15 +64,10 @@ def epoch_metrics(item: Data) -> service_pb2.EpochMetrics:
     return service_pb2.EpochMetrics(**_set(_plain(item), _EPOCH_SCALARS))
 
 
-def run_status(status: str) -> int:
-    """The ``RunStatus`` of a store or training status name (``"cancelled"`` -> RUN_STATUS_CANCELLED)."""
-    return service_pb2.RunStatus.Value(f"RUN_STATUS_{status.upper()}")
-
-
 def model_summary(summary: ModelSummary) -> service_pb2.ModelRecord:
     """A store entry's summary (ListModels): spec, config, history and statistics left out."""
     message = service_pb2.ModelRecord(
-        id=summary.id, name=summary.name, status=run_status(summary.status), num_params=summary.num_params,
+        id=summary.id, name=summary.name, status=status_value(summary.status), num_params=summary.num_params,
         spec_hash=summary.spec_hash, dataset=summary.dataset if isinstance(summary.dataset, str) else "",
         reason=summary.reason or "", has_weights=summary.has_weights,
     )
@@ -117,7 +113,7 @@ def train_messages(run_id: str, events: Iterable[Event]) -> list[service_pb2.Tra
             )))
         else:
             messages.append(service_pb2.TrainEvent(run_id=run_id, finished=service_pb2.TrainFinished(
-                status=run_status(event.status), reason=event.reason, steps=event.steps, stats=stats_list(event.result.stats),
+                status=status_value(event.status), reason=event.reason, steps=event.steps, stats=stats_list(event.result.stats),
             )))
     return messages
 

@@ -28,6 +28,7 @@ from specbuilder.store.model_store import MAX_PAGE
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
 from specbuilder.v1 import service_pb2, spec_pb2
+from specbuilder_client.results import status_name
 from specbuilder_server.errors import invalid, spec_problems
 from specbuilder_server.tensors import to_array
 
@@ -38,8 +39,6 @@ DEFAULT_PAGE = 100
 """ListModels' page size when the request leaves it 0."""
 MAX_CONFIG_KEYS, MAX_CONFIG_BYTES = 64, 1 << 16
 """Bounds of a TrainRequest's config: well past any real one, far short of a hostile one's cost to explain."""
-STATUS_NAMES = {value: name.removeprefix("RUN_STATUS_").lower() for name, value in service_pb2.RunStatus.items()}
-"""RunStatus enum value -> the store's status name (0 -> "unspecified")."""
 
 
 def parse_source(source: service_pb2.SpecSource, path: str, max_params: int) -> ModelSpec:
@@ -209,6 +208,6 @@ def page_size(size: int) -> int:
 
 def status_filter(status: int) -> str | None:
     """The store's status name for a ``RunStatus`` filter; None for unspecified (all)."""
-    if status not in STATUS_NAMES:
+    if status not in service_pb2.RunStatus.values():
         raise invalid("status", f"unknown RunStatus value {status}; use one of {', '.join(service_pb2.RunStatus.keys())}", "enum")
-    return None if status == service_pb2.RUN_STATUS_UNSPECIFIED else STATUS_NAMES[status]
+    return None if status == service_pb2.RUN_STATUS_UNSPECIFIED else status_name(status)
