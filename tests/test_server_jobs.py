@@ -4,6 +4,7 @@ a call that stops taking them costs a bounded buffer."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def test_events_after_the_first_wait_for_the_interval_and_come_together(tmp_path
         bursts = job.bursts(LONG)
         assert (await anext(bursts))[0].type == "started"  # at once, with whatever the run made before it was asked for
         later = asyncio.ensure_future(rest(bursts))
+        deadline = time.monotonic() + 60
+        while len(job.outbox) < 8:  # epochs and statistics windows wait, undelivered
+            assert time.monotonic() < deadline, "the run made no progress"
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         assert not later.done(), "a burst came before the interval had passed"
         job.cancel("the test is done")

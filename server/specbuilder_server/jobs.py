@@ -87,6 +87,11 @@ class Outbox:
         if pending > self._max_pending:
             self._on_overflow(pending)
 
+    def __len__(self) -> int:
+        """Items handed on and not taken yet."""
+        with self._lock:
+            return len(self._items)
+
     async def take(self, hold: float = 0.0) -> list[object]:
         """Every item handed on so far, after ``hold`` seconds (cut short when the last item comes), waiting
         on the event loop until there is one."""
