@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from stores import BACKENDS, Postgres, S3Server, aws_env, open_backend
+from stores import BACKENDS, Postgres, S3Server, aws_env, backend_urls
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: the store imports torch
     from specbuilder.store import ModelStore
 
 settings.register_profile("short", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -91,14 +91,19 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def open_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., ModelStore]]:
-    """Opens a fresh store of ``backend`` (limits and lease as keyword arguments); closes every one it opened."""
+    """Opens a fresh store of ``backend`` (limits and lease as keyword arguments), or another one on the index and weights of
+    ``replica_of`` (as a replica on another host would); closes every one it opened."""
     postgres = request.getfixturevalue("postgres") if backend != "directory" else None
     s3 = request.getfixturevalue("s3_server") if backend == "postgresql+s3" else None
-    opened: list[ModelStore] = []
+    opened: dict[ModelStore, tuple[str, str | None]] = {}
 
-    def opener(**options: Any) -> ModelStore:
-        opened.append(open_backend(backend, tmp_path, postgres, s3, **options))
-        return opened[-1]
+    def opener(replica_of: ModelStore | None = None, **options: Any) -> ModelStore:
+        urls = backend_urls(backend, tmp_path, postgres, s3) if replica_of is None else opened[replica_of]
+        from specbuilder.store import ModelStore
+
+        store = ModelStore.open(urls[0], weights=urls[1], **options)
+        opened[store] = urls
+        return store
 
     yield opener
     for store in opened:

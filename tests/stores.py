@@ -3,7 +3,7 @@
 ``Postgres``: a PostgreSQL server (the ``pgserver`` package ships its binaries) in a directory of
 the test session; each test gets a schema of its own, so tests stay independent under xdist.
 ``S3Server``: moto's standalone S3 server in its own process on a free loopback port; each test
-gets a bucket of its own. ``open_backend`` opens one of ``BACKENDS`` on them.
+gets a bucket of its own. ``backend_urls`` names a fresh store of one of ``BACKENDS`` on them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 if TYPE_CHECKING:  # the store imports torch, which some tests check a process has not imported
@@ -122,22 +122,15 @@ def aws_env(s3: S3Server) -> Iterator[None]:
 
 
 def backend_urls(backend: str, tmp_path: Path, postgres: Postgres | None, s3: S3Server | None) -> tuple[str, str | None]:
-    """``(store, weights)`` URLs of a fresh store of ``backend``."""
+    """``(store, weights)`` URLs of a fresh store of ``backend`` (a directory of its own under ``tmp_path``)."""
+    place = tmp_path / f"store-{uuid.uuid4().hex[:8]}"
     if backend == "directory":
-        return str(tmp_path / "store"), None
+        return str(place), None
     assert postgres is not None
     if backend == "postgresql+s3":
         assert s3 is not None
         return postgres.url(), s3.bucket()
-    return postgres.url(), str(tmp_path / "shared-weights")
-
-
-def open_backend(backend: str, tmp_path: Path, postgres: Postgres | None, s3: S3Server | None, **options: Any) -> ModelStore:
-    """A fresh store of ``backend`` (``options``: limits, ``lease_seconds``)."""
-    from specbuilder.store import ModelStore
-
-    store, weights = backend_urls(backend, tmp_path, postgres, s3)
-    return ModelStore.open(store, weights=weights, **options)
+    return postgres.url(), str(place / "shared-weights")
 
 
 def stored_weights(store: ModelStore) -> set[str]:
