@@ -184,8 +184,9 @@ def start_server(config: ServerConfig) -> RunningServer:
     trim = malloc_trim() if config.tune_malloc and tune_malloc() else None
     warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
     try:
-        store = ModelStore(config.store, max_bytes=config.store_max_bytes, max_models=config.store_max_models)
-    except (StoreError, OSError) as error:
+        store = ModelStore.open(config.store, weights=config.weights, max_bytes=config.store_max_bytes,
+                                max_models=config.store_max_models, lease_seconds=config.store_lease_seconds)
+    except (StoreError, OSError, ValueError) as error:
         raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
     jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds, config.max_pending_events)
     pool = TrimmingPool(config.workers, when_idle(trim, regions), thread_name_prefix="specbuilder-work")
