@@ -3,6 +3,9 @@
 torch is imported only when a collected test is marked ``cuda``, so test files that check
 "this package imports no torch" still see a clean interpreter.
 
+Store tests run against every backend through ``open_store`` (a PostgreSQL server and an S3
+server, ``tests/stores.py``, are started once per session, only when a test needs them).
+
 The reliability suite (``tests/reliability``) runs short in every run; ``--soak`` makes it
 long (more examples, more clients, more time), and ``--reliability-report DIR`` keeps what each
 of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to tabulate.
@@ -10,10 +13,17 @@ of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to ta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from stores import BACKENDS, Postgres, S3Server, aws_env, backend_urls
+
+if TYPE_CHECKING:  # imported where used: the store imports torch
+    from specbuilder.store import ModelStore
 
 settings.register_profile("short", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("soak", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -54,3 +64,47 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A PostgreSQL server for this test session (each xdist worker has its own)."""
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server for this test session, in a process of its own; the AWS variables point at it meanwhile."""
+    server = S3Server()
+    with aws_env(server):
+        yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each store backend in turn (their servers started only for tests that use them)."""
+    return request.param
+
+
+@pytest.fixture
+def open_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., ModelStore]]:
+    """Opens a fresh store of ``backend`` (limits and lease as keyword arguments), or another one on the index and weights of
+    ``replica_of`` (as a replica on another host would); closes every one it opened."""
+    postgres = request.getfixturevalue("postgres") if backend != "directory" else None
+    s3 = request.getfixturevalue("s3_server") if backend == "postgresql+s3" else None
+    opened: dict[ModelStore, tuple[str, str | None]] = {}
+
+    def opener(replica_of: ModelStore | None = None, **options: Any) -> ModelStore:
+        urls = backend_urls(backend, tmp_path, postgres, s3) if replica_of is None else opened[replica_of]
+        from specbuilder.store import ModelStore
+
+        store = ModelStore.open(urls[0], weights=urls[1], **options)
+        opened[store] = urls
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import specbuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.store import ModelNotFound, ModelStore, NoWeights, StoreError, files
 from specbuilder.store.model_store import SCHEMA_VERSION
+from stores import stored_weights
 
 MLP: dict[str, Any] = {
     "name": "mlp",
@@ -49,7 +51,14 @@ BAD_IDS = ["../../etc/passwd", "/etc/passwd", "a" * 31 + "\x00", "", "A" * 32, "
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ModelStore:
+def store(open_store: Callable[..., ModelStore]) -> ModelStore:
+    """A fresh store of each backend in turn: the contract every backend keeps."""
+    return open_store()
+
+
+@pytest.fixture
+def directory_store(tmp_path: Path) -> Iterator[ModelStore]:
+    """A directory store, for what only it has: SQLite, the weights files' names, the flocks."""
     with ModelStore(tmp_path / "store") as opened:
         yield opened
 
@@ -141,7 +150,7 @@ def test_weights_that_do_not_match_the_spec_are_refused_with_every_problem(store
     )
     with pytest.raises(ValueError, match="no spec given"):
         store.save(state)
-    assert store.list() == [] and weight_files(store.path) == set()
+    assert store.list() == [] and stored_weights(store) == set()
 
 
 def test_the_training_record_is_kept_as_json(store: ModelStore) -> None:
@@ -176,7 +185,7 @@ def test_the_training_record_is_kept_as_json(store: ModelStore) -> None:
 def test_bad_arguments_are_refused_before_anything_is_written(store: ModelStore, arguments: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         store.save(compile_spec(MLP, device="cpu"), **arguments)
-    assert store.list() == [] and weight_files(store.path) == set()
+    assert store.list() == [] and stored_weights(store) == set()
 
 
 def test_the_package_root_exports_the_store() -> None:
@@ -212,7 +221,7 @@ def test_delete_removes_the_row_and_the_file(store: ModelStore) -> None:
     keep, gone = store.save(compile_spec(MLP, device="cpu")), store.save(compile_spec(MLP, device="cpu"))
     store.delete(gone.id)
     assert [r.id for r in store.list()] == [keep.id]
-    assert weight_files(store.path) == {f"{keep.id}.safetensors"}
+    assert stored_weights(store) == {keep.id}
     with pytest.raises(ModelNotFound):
         store.delete(gone.id)
 
@@ -247,7 +256,7 @@ def test_a_run_is_recorded_updated_and_finished(store: ModelStore) -> None:
         store.update_run(run.id, history=[])
 
 
-def test_a_runs_start_and_progress_commit_without_fsync_and_everything_else_with_it(store: ModelStore) -> None:
+def test_a_runs_start_and_progress_commit_without_fsync_and_everything_else_with_it(directory_store: ModelStore) -> None:
     """A training loop must not wait on the disk for progress; an outcome is durable when the call returns.
 
     SQLite fsyncs in C, out of Python's sight: the index connection's statement trace is where the
@@ -261,18 +270,18 @@ def test_a_runs_start_and_progress_commit_without_fsync_and_everything_else_with
         elif statement == "COMMIT":
             levels.append(level[0])
 
-    store._db.set_trace_callback(trace)
-    run = store.start_run(MLP)
-    store.update_run(run.id, history=[{"epoch": 0, "loss": 1.0}])
+    directory_store._db.set_trace_callback(trace)
+    run = directory_store.start_run(MLP)
+    directory_store.update_run(run.id, history=[{"epoch": 0, "loss": 1.0}])
     assert levels == ["NORMAL", "NORMAL"]
     levels.clear()
-    store.finish_run(run.id, "completed", compile_spec(MLP, device="cpu"))
-    store.finish_run(store.start_run(MLP).id, "failed", reason="out of memory")
-    store.delete(store.save(compile_spec(MLP, device="cpu")).id)
+    directory_store.finish_run(run.id, "completed", compile_spec(MLP, device="cpu"))
+    directory_store.finish_run(directory_store.start_run(MLP).id, "failed", reason="out of memory")
+    directory_store.delete(directory_store.save(compile_spec(MLP, device="cpu")).id)
     assert levels == ["FULL", "NORMAL", "FULL", "FULL", "FULL"]
     with pytest.raises(StoreError, match="only a running run can be updated"):
-        store.update_run(run.id, history=[])  # rolled back
-    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again for whatever comes next
+        directory_store.update_run(run.id, history=[])  # rolled back
+    assert directory_store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again for whatever comes next
 
 
 def test_a_run_that_failed_without_weights_says_why_it_cannot_load(store: ModelStore) -> None:
@@ -326,41 +335,41 @@ def test_opening_leaves_the_runs_of_a_live_store_alone(tmp_path: Path) -> None:
 # -- failures and tidying -------------------------------------------------------------------
 
 
-def test_a_weights_write_that_fails_midway_leaves_nothing(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_weights_write_that_fails_midway_leaves_nothing(directory_store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
     def half_then_fail(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
         Path(path).write_bytes(b"\x00" * 100)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(files, "save_file", half_then_fail)
     with pytest.raises(StoreError, match="could not write the weights of model [0-9a-f]{32} \\('mlp'\\) to .*No space left on device"):
-        store.save(compile_spec(MLP, device="cpu"))
-    run = store.start_run(MLP)
+        directory_store.save(compile_spec(MLP, device="cpu"))
+    run = directory_store.start_run(MLP)
     with pytest.raises(StoreError, match="could not write the weights"):
-        store.finish_run(run.id, "completed", compile_spec(MLP, device="cpu"))
-    assert [r.id for r in store.list()] == [run.id] and store.get(run.id).status == "running"
-    assert weight_files(store.path) == set()
+        directory_store.finish_run(run.id, "completed", compile_spec(MLP, device="cpu"))
+    assert [r.id for r in directory_store.list()] == [run.id] and directory_store.get(run.id).status == "running"
+    assert stored_weights(directory_store) == set()
 
 
 def test_a_save_whose_row_cannot_be_written_leaves_no_file_and_spares_other_entries(
-    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+    directory_store: ModelStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = compile_spec(MLP, device="cpu", seed=1)
-    kept = store.save(first)
+    kept = directory_store.save(first)
     monkeypatch.setattr("specbuilder.store.model_store.new_id", lambda: kept.id)  # a colliding id
     with pytest.raises(sqlite3.IntegrityError):
-        store.save(compile_spec(MLP, device="cpu", seed=2))
-    assert [r.id for r in store.list()] == [kept.id] and weight_files(store.path) == {f"{kept.id}.safetensors"}
-    assert_same_weights(first, store.load(kept.id, device="cpu"))
+        directory_store.save(compile_spec(MLP, device="cpu", seed=2))
+    assert [r.id for r in directory_store.list()] == [kept.id] and stored_weights(directory_store) == {kept.id}
+    assert_same_weights(first, directory_store.load(kept.id, device="cpu"))
 
 
-def test_a_failed_rename_leaves_nothing(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_rename_leaves_nothing(directory_store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(temp: Path, path: Path) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr("specbuilder.store.model_store.publish", fail)
     with pytest.raises(StoreError, match="could not write the weights of model .*Input/output error"):
-        store.save(compile_spec(MLP, device="cpu"))
-    assert store.list() == [] and weight_files(store.path) == set()
+        directory_store.save(compile_spec(MLP, device="cpu"))
+    assert directory_store.list() == [] and stored_weights(directory_store) == set()
 
 
 def test_two_finishers_of_one_run_cannot_both_win(store: ModelStore) -> None:
@@ -384,7 +393,7 @@ def test_two_finishers_of_one_run_cannot_both_win(store: ModelStore) -> None:
     losers = [i for i, outcome in enumerate(outcomes) if outcome is not None]
     assert len(losers) == 1 and "only a running run can be finished" in str(outcomes[losers[0]])
     assert_same_weights(models[1 - losers[0]], store.load(run.id, device="cpu"))
-    assert weight_files(store.path) == {f"{run.id}.safetensors"}
+    assert stored_weights(store) == {run.id}
 
 
 def test_opening_deletes_temporary_and_unreferenced_weights_files_only(tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ class RunningServer:
         self.port = port
         """The bound port (the free one picked when the config says 0)."""
         self.servicer = servicer
+        self.store = repr(store)
+        """The store, as people may see it (no password)."""
         self.metrics_port = servicer.metrics.port
         """Where ``/metrics`` is served (``metrics_port``; the free one picked for 0), None when it is not."""
         self._stop_metrics = stop_metrics
@@ -190,9 +192,10 @@ def start_server(config: ServerConfig) -> RunningServer:
     trim = malloc_trim() if config.tune_malloc and tune_malloc() else None
     warnings.filterwarnings("ignore", message=UNWRITABLE, category=UserWarning)  # inputs are read, never written
     try:
-        opened = ModelStore(config.store, max_bytes=config.store_max_bytes, max_models=config.store_max_models)
-    except (StoreError, OSError) as error:
-        raise ServerStartError(f"cannot open the model store at {config.store}: {error}") from None
+        opened = ModelStore.open(config.store, weights=config.weights, max_bytes=config.store_max_bytes,
+                                 max_models=config.store_max_models, lease_seconds=config.store_lease_seconds)
+    except (StoreError, OSError, ValueError) as error:
+        raise ServerStartError(f"cannot open the model store: {error}") from None
     metrics = Metrics()
     store = cast(ModelStore, MeteredStore(opened, metrics))
     jobs = TrainingJobs(store, config.max_concurrent_trains, config.max_train_seconds, config.max_pending_events)
@@ -212,7 +215,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         if isinstance(error, OSError):
             raise ServerStartError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error}") from None
         raise
-    log.info("listening on %s:%d (device %s, store %s; %s)", config.host, port, device, config.store, config.protection)
+    log.info("listening on %s:%d (device %s, %r; %s)", config.host, port, device, opened, config.protection)
     return RunningServer(config, loop, server, pool, port, health_servicer, jobs, opened, local, servicer, stop_metrics)
 
 

@@ -36,7 +36,11 @@ class ServerConfig(BaseModel):
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 or [::] listens on every interface")
     insecure: bool = Field(False, description="allow a non-loopback host without a token (anyone who reaches the port may call every RPC)")
     port: Annotated[int, Field(ge=0, le=65535, description="port to bind; 0 picks a free one")] = DEFAULT_PORT
-    store: Path = Field(default_factory=default_store, description="model store directory (created if missing)")
+    store: Path | str = Field(default_factory=default_store, description=(
+        "model store: a directory (created if missing) or a postgresql:// URL (specbuilder.store.ModelStore.open)"))
+    weights: str | None = Field(None, description="a PostgreSQL store's weights: s3://BUCKET/PREFIX or a directory every replica mounts")
+    store_lease_seconds: Annotated[float, Field(gt=0, description=(
+        "a PostgreSQL store's run lease: a dead replica's runs read interrupted after this long"))] = 30.0
     store_max_bytes: Annotated[int | None, Field(ge=1, description=(
         "bytes of weights the store may hold; past it saves and trainings are refused (give every replica sharing the store the same)"))] = None
     store_max_models: Annotated[int | None, Field(ge=1, description="models and runs the store may hold; past it new ones are refused")] = None

@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 
 from specbuilder.datasets import DataError
 from specbuilder.errors import Problem, SpecError
-from specbuilder.store import BadCursor, ModelNotFound, NoWeights, QuotaExceeded
+from specbuilder.store import BadCursor, ModelNotFound, NoWeights, QuotaExceeded, StoreUnavailable
 from specbuilder.training.config import ConfigError
 from specbuilder.wire import TensorDenied, TensorError
 
@@ -107,6 +107,8 @@ def as_request_error(error: Exception) -> RequestError:
         return invalid(error.path, error.message, "tensor")
     if isinstance(error, DataError):
         return invalid("data", str(error), "data")
+    if isinstance(error, StoreUnavailable):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, QuotaExceeded):
         return exhausted(str(error))
     if isinstance(error, BadCursor):

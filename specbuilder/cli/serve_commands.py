@@ -18,6 +18,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from specbuilder.cli.common import CommandError, add_max_params, count
+from specbuilder.cli.stores import store_location
 
 TOKEN_ENV = "SPECBUILDER_TOKEN"
 
@@ -60,7 +61,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "running trainings are stored as cancelled, calls in flight get --grace seconds to finish."))
     serve.add_argument("--host", default=default["host"], help=f"address to bind (default {default['host']}; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=count, default=default["port"], help=f"port (default {default['port']}; 0 picks a free one and prints it)")
-    serve.add_argument("--store", type=Path, default=None, metavar="DIR", help=f"model store directory (default {default_store()})")
+    serve.add_argument("--store", type=store_location, default=None, metavar="DIR|URL", help=(
+        f"model store: a directory (default {default_store()}), or postgresql://USER@HOST:PORT/DATABASE[?schema=NAME] "
+        "shared by replicas on many hosts (password from $PGPASSWORD or ~/.pgpass)"))
+    serve.add_argument("--weights", default=None, metavar="URL|DIR", help=(
+        "where a PostgreSQL store keeps weights: s3://BUCKET/PREFIX (endpoint and credentials from the AWS_* variables) "
+        "or a directory every replica mounts (required with a postgresql:// store)"))
+    serve.add_argument("--store-lease", type=float, default=default["store_lease_seconds"], metavar="SECONDS", help=(
+        "a PostgreSQL store's run lease: a run whose replica died reads interrupted on every replica after this long "
+        f"(default {default['store_lease_seconds']:g})"))
     serve.add_argument("--store-max-bytes", type=_positive, default=None, metavar="N",
                        help="bytes of weights the store may hold; past it saves and trainings are refused (default: no limit)")
     serve.add_argument("--store-max-models", type=_positive, default=None, metavar="N",
@@ -125,6 +134,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = {
         "host": args.host, "port": args.port, "token": _token(args.token), "insecure": args.insecure,
         "metrics_port": args.metrics_port, "store_max_bytes": args.store_max_bytes, "store_max_models": args.store_max_models,
+        "weights": args.weights, "store_lease_seconds": args.store_lease,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
@@ -150,7 +160,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        print(f"listening on {config.host}:{server.port} ({config.protection}; store {config.store})", flush=True)
+        print(f"listening on {config.host}:{server.port} ({config.protection}; {server.store})", flush=True)
         if server.metrics_port is not None:
             print(f"metrics on http://{config.host}:{server.metrics_port}/metrics", flush=True)
         while not stop.wait(1.0):  # a timeout, so the main thread runs signal handlers promptly

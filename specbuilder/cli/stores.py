@@ -1,8 +1,14 @@
-"""The model store as commands see it: the ``--store`` option, its default, and errors for people."""
+"""The model store as commands see it: the ``--store`` option, its default, and errors for people.
+
+``--store`` is a directory or a ``postgresql://`` URL; a PostgreSQL store's weights location
+(``s3://BUCKET/PREFIX`` or a shared directory) comes from ``$SPECBUILDER_WEIGHTS``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +22,26 @@ if TYPE_CHECKING:
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:
     """``--store DIR``, defaulting to the store ``specbuilder serve`` uses."""
-    parser.add_argument("--store", type=Path, metavar="DIR", help="model store directory (default $SPECBUILDER_STORE, else the one `serve` uses)")
+    parser.add_argument("--store", type=store_location, metavar="DIR|URL", help=(
+        "model store: a directory, or postgresql://USER@HOST:PORT/DATABASE with $SPECBUILDER_WEIGHTS naming where its "
+        "weights are (default $SPECBUILDER_STORE, else the one `serve` uses)"))
 
 
-def store_path(args: argparse.Namespace) -> Path:
+URL_PREFIX = re.compile(r"(postgres(?:ql)?):/+")
+
+
+def store_location(value: str | os.PathLike[str]) -> Path | str:
+    """``--store``'s value: a URL as given, a directory as a ``Path``.
+
+    A URL that went through ``Path`` (which folds ``//``) is given its ``//`` back, so callers
+    that keep the option as a path still open the right database.
+    """
+    text = os.fspath(value)
+    match = URL_PREFIX.match(text)
+    return f"{match[1]}://{text[match.end():]}" if match else Path(text)
+
+
+def store_path(args: argparse.Namespace) -> Path | str:
     """``--store``, else the store ``specbuilder serve`` uses by default."""
     if args.store is not None:
         return args.store
@@ -40,16 +62,18 @@ def store_errors(what: str) -> Iterator[None]:
 
 
 @contextmanager
-def open_store(path: Path, create: bool = False) -> Iterator[ModelStore]:
-    """The store at ``path``, closed afterwards; unless ``create``, one must already be there (a typo makes no empty store)."""
+def open_store(path: Path | str, create: bool = False) -> Iterator[ModelStore]:
+    """The store at ``path`` (a directory or a URL), closed afterwards; unless ``create``, a directory store must
+    already be there (a typo makes no empty store)."""
     from specbuilder.store import ModelStore
 
-    if not create and not (path / "index.sqlite3").is_file():
-        raise CommandError(f"no model store at {path}: pass --store DIR or set SPECBUILDER_STORE")
-    with store_errors(str(path)):
-        store = ModelStore(path)
+    location = store_location(path)
+    if isinstance(location, Path) and not create and not (location / "index.sqlite3").is_file():
+        raise CommandError(f"no model store at {location}: pass --store DIR or set SPECBUILDER_STORE")
+    with store_errors("--store"):
+        store = ModelStore.open(location, weights=os.environ.get("SPECBUILDER_WEIGHTS") or None)
     with store:
         yield store
 
 
-__all__ = ["add_store_option", "open_store", "store_errors", "store_path"]
+__all__ = ["add_store_option", "open_store", "store_errors", "store_location", "store_path"]

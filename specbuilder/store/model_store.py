@@ -281,6 +281,32 @@ class ModelStore:
     limits adds by its own. The directory must belong to this process's effective user.
     """
 
+    @classmethod
+    def open(cls, url: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None, max_bytes: int | None = None,
+             max_models: int | None = None, lease_seconds: float | None = None) -> ModelStore:
+        """The store ``url`` names: a directory (this class), or ``postgresql://USER@HOST:PORT/DATABASE`` (``PostgresStore``).
+
+        ``weights`` is where a PostgreSQL store keeps weights, and it needs one: ``s3://BUCKET/PREFIX``
+        or a directory every replica mounts. A directory store keeps them in ``<url>/weights``
+        (``weights`` may only name that). ``lease_seconds`` is how long a PostgreSQL store's running
+        run outlives its replica before every replica reads it ``interrupted`` (default 30); a
+        directory store, whose liveness is an flock, has no lease and ignores it.
+        """
+        text = os.fspath(url)
+        if text.startswith(("postgresql://", "postgres://")):
+            if weights is None:
+                raise ValueError("a PostgreSQL store needs a place for weights (--weights): s3://BUCKET/PREFIX, or a directory every replica mounts")
+            from specbuilder.store.postgres import DEFAULT_LEASE_S, PostgresStore
+
+            return PostgresStore(text, weights, max_bytes=max_bytes, max_models=max_models,
+                                 lease_seconds=DEFAULT_LEASE_S if lease_seconds is None else lease_seconds)
+        if "://" in text:
+            raise ValueError(f"a store is a directory or postgresql://USER@HOST:PORT/DATABASE; got {text.split('://')[0]}://...")
+        if weights is not None and Path(weights).absolute() != (Path(text) / "weights").absolute():
+            raise ValueError(f"a directory store keeps its weights in {Path(text) / 'weights'}; another place for weights (--weights) "
+                             "is for a PostgreSQL store")
+        return cls(text, max_bytes=max_bytes, max_models=max_models)
+
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int | None = None, max_models: int | None = None) -> None:
         self.path = Path(path)
         self.max_bytes = _limit(max_bytes, "max_bytes")
@@ -373,14 +399,18 @@ class ModelStore:
             if self._db is None:
                 return
             try:
-                with self._transaction() as db:
-                    db.execute(
-                        "UPDATE models SET status = 'interrupted', updated_us = ?, "
-                        "reason = 'the store was closed before the run finished' WHERE status = 'running' AND owner_token = ?",
-                        (_now_us(), self._token),
-                    )
+                self._interrupt_own_runs()
             finally:
                 self._release()
+
+    def _interrupt_own_runs(self) -> None:
+        """Mark ``interrupted`` the runs this store started and has not finished (it is closing)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE models SET status = 'interrupted', updated_us = ?, "
+                "reason = 'the store was closed before the run finished' WHERE status = 'running' AND owner_token = ?",
+                (_now_us(), self._token),
+            )
 
     def _release(self) -> None:
         if self._db is not None:
@@ -432,9 +462,15 @@ class ModelStore:
             raise StoreError(f"{self!r} is closed")
         return self._db
 
-    def _rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The index for reads outside a write transaction (the one connection, this store's lock held)."""
         with self._lock:
-            return self._open_db().execute(f"SELECT {COLUMNS} FROM models {where}", params).fetchall()
+            yield self._open_db()
+
+    def _rows(self, where: str = "", params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._reading() as db:
+            return db.execute(f"SELECT {COLUMNS} FROM models {where}", params).fetchall()
 
     @staticmethod
     def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -453,13 +489,18 @@ class ModelStore:
         return ModelRecord(**cls._summary(row), spec=_spec_from_json(spec), config=json.loads(config),
                            history=json.loads(history), stats=json.loads(stats))
 
+    def _owner(self) -> dict[str, Any]:
+        """The columns that say which open store wrote a row (and so owns its run)."""
+        return {"owner_pid": os.getpid(), "owner_token": self._token}
+
     def _insert(self, db: sqlite3.Connection, record: ModelRecord) -> None:
+        owner = self._owner()
         db.execute(
-            f"INSERT INTO models ({COLUMNS}, owner_pid, owner_token) VALUES ({', '.join('?' * 17)})",
+            f"INSERT INTO models ({COLUMNS}, {', '.join(owner)}) VALUES ({', '.join('?' * (15 + len(owner)))})",
             (record.id, record.name, record.status, record.spec_hash, record.num_params, _micros(record.created),
              _micros(record.updated), json.dumps(record.dataset), record.reason, int(record.has_weights),
              record.weights_bytes, record.spec.canonical_json(), json.dumps(record.config), json.dumps(record.history),
-             json.dumps(record.stats), os.getpid(), self._token),
+             json.dumps(record.stats), *owner.values()),
         )
 
     @staticmethod
@@ -504,11 +545,16 @@ class ModelStore:
                 raise QuotaExceeded(
                     f"cannot store {what}: {_amount(size)} of weights are more than the store's limit of {_amount(self.max_bytes)} "
                     "(max_bytes) by themselves; only a larger max_bytes makes room for them")
-            (used,) = db.execute("SELECT COALESCE(SUM(weights_bytes), 0) FROM models").fetchone()
+            used = int(db.execute("SELECT COALESCE(SUM(weights_bytes), 0) FROM models").fetchone()[0])  # PostgreSQL sums to numeric
             if used + size > self.max_bytes:
                 raise QuotaExceeded(
                     f"cannot store {what}: {_amount(size)} of weights would bring the store's to {_amount(used + size)}, over its "
                     f"limit of {_amount(self.max_bytes)} (max_bytes); {REMEDY}")
+
+    def _precheck_room(self, tensors: Mapping[str, torch.Tensor], what: str, rows: int) -> None:
+        """``_check_room`` before writing weights, on the tensors' bytes (the written object is a header larger)."""
+        with self._reading() as db:
+            self._check_room(db, what, rows=rows, size=sum(t.numel() * t.element_size() for t in tensors.values()))
 
     @contextmanager
     def _committing_weights(self, record: ModelRecord, tensors: dict[str, torch.Tensor], what: str,
@@ -526,8 +572,7 @@ class ModelStore:
         first check exist only until their transaction refuses them.
         """
         path = self._weights_path(record.id)
-        with self._lock:
-            self._check_room(self._open_db(), what, rows=rows, size=sum(t.numel() * t.element_size() for t in tensors.values()))
+        self._precheck_room(tensors, what, rows)
         with locked(self._store_lock, shared=True):
             try:
                 temp = write_temp(path, tensors, {"specbuilder.id": record.id, "specbuilder.spec_hash": record.spec_hash})
@@ -556,11 +601,16 @@ class ModelStore:
         why = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
         return StoreError(f"could not write the weights of model {record.id} ({record.name!r}) to the store: {why}")
 
-    def _read_weights(self, record: ModelRecord, device: torch.device) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _check_has_weights(record: ModelRecord) -> None:
+        """``NoWeights``, saying why, for an entry without weights."""
         if not record.has_weights:
             what = "is still running" if record.status == "running" else f"ended {record.status!r} without saving weights"
             why = f" ({record.reason})" if record.reason else ""
             raise NoWeights(f"model {record.id} ({record.name!r}) has no weights: the run {what}{why}")
+
+    def _read_weights(self, record: ModelRecord, device: torch.device) -> dict[str, torch.Tensor]:
+        self._check_has_weights(record)
         path = self._weights_path(record.id)
         try:
             return load_file(path, device=str(device))
@@ -685,8 +735,8 @@ class ModelStore:
         was killed as it is, without waiting for some process to open the store again. One query
         when no other process has a run going; a lock test per other owner that has one.
         """
-        with self._lock:
-            owners = [row[0] for row in self._open_db().execute(
+        with self._reading() as db:
+            owners = [row[0] for row in db.execute(
                 "SELECT DISTINCT owner_token FROM models WHERE status = 'running' AND owner_token != ?", (self._token,))]
         dead = [token for token in owners if not is_held(self._locks / f"{token}.owner")]
         if dead:
@@ -709,8 +759,8 @@ class ModelStore:
         process sharing the store is the one that deletes it.
         """
         check_id(model_id)
-        with self._lock:
-            return self._open_db().execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
 
     def delete(self, model_id: str) -> None:
         """Remove a model or run: its row, then its weights file."""
@@ -780,8 +830,8 @@ class ModelStore:
             params.extend(_position(after))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         self._interrupt_orphans()
-        with self._lock:
-            rows = self._open_db().execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {SUMMARY_COLUMNS} FROM models {where} {NEWEST_FIRST} LIMIT ?", (*params, limit + 1)).fetchall()
         records = [ModelSummary(**self._summary(row)) for row in rows[:limit]]
         last = records[-1] if len(rows) > limit else None

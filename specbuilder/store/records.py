@@ -35,6 +35,14 @@ class StoreError(Exception):
     """The store could not do what was asked (an I/O failure, a closed store, a wrong state)."""
 
 
+class StoreUnavailable(StoreError):
+    """A server the store lives on cannot be reached: the PostgreSQL index or the weights bucket; the message says which.
+
+    Nothing was committed by the call that raised it; the same call may succeed once the server is
+    back (the store reconnects by itself). A service answers it as UNAVAILABLE.
+    """
+
+
 class ModelNotFound(StoreError, KeyError):
     """No model or run with this id is in the store."""
 
