@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,21 @@ class FlatBounds:
     def outside(cls, lo: float, hi: float, closed: bool = False, of_output: bool = False) -> FlatBounds:
         """``x < lo or x > hi`` (``<=``, ``>=`` when closed)."""
         return cls(lo, hi, inside=False, lo_closed=closed, hi_closed=closed, of_output=of_output)
+
+    def holds(self, x: Any) -> Any:
+        """Which elements of tensor ``x`` lie in the region: a bool tensor shaped like ``x``, False
+        at NaN. Each end is one comparison of ``x`` with a Python number, in ``x``'s dtype; a closed
+        infinite end of an inside interval is left out (every value but NaN passes it, and the
+        other end refuses NaN)."""
+        if not self.inside:
+            low = x <= self.lo if self.lo_closed else x < self.lo
+            return low | (x >= self.hi if self.hi_closed else x > self.hi)
+        ends = []
+        if not (self.lo_closed and self.lo == -math.inf):
+            ends.append(x >= self.lo if self.lo_closed else x > self.lo)
+        if not (self.hi_closed and self.hi == math.inf):
+            ends.append(x <= self.hi if self.hi_closed else x < self.hi)
+        return functools.reduce(operator.and_, ends) if ends else x == x
 
 
 NO_FLAT = FlatBounds(0.0, 0.0)
