@@ -20,7 +20,7 @@ from torch import nn
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.compiler import compile_spec
 from specbuilder.errors import SpecError
-from specbuilder.kinds import NO_FLAT, ActivationKind, FlatBounds
+from specbuilder.kinds import NO_FLAT, ActivationKind, FlatBounds, FlatRegion
 from specbuilder.spec import LAYER_MODELS, ModelSpec, lookup_type, parse_spec
 from specbuilder.torch_ops import step
 
@@ -309,6 +309,26 @@ UNUSUAL_BOUNDS = [
 def test_flat_bounds_hold_by_the_letter_beyond_the_registry(bounds: FlatBounds, dtype: torch.dtype) -> None:
     x = interval_grid(bounds, dtype)
     assert_mask_by_the_letter(bounds, x, bounds.holds(x))
+
+
+FLAT_BY_BOUNDS = [case for case in FLAT if case.values[0].flat.bounds is not None]
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda dtype: str(dtype).removeprefix("torch."))
+@pytest.mark.parametrize(("kind", "params"), FLAT_BY_BOUNDS)
+def test_flat_mask_from_bounds_is_the_interval_at_every_end(kind: ActivationKind, params: dict[str, Any], dtype: torch.dtype) -> None:
+    """A region given by bounds masks exactly the elements its interval says, at the ends
+    themselves and their neighbours in each dtype, at +-inf and NaN."""
+    p = one_layer(kind, params, (1,)).layers[0].params()
+    bounds = kind.flat.bounds_for(p)
+    assert bounds is not None
+    x = interval_grid(bounds, dtype)
+    assert_mask_by_the_letter(bounds, x, kind.flat.where(x, x, p))
+
+
+def test_flat_region_takes_exactly_one_of_bounds_and_mask() -> None:
+    with pytest.raises(TypeError, match="'x < 0': give exactly one of bounds and mask"):
+        FlatRegion("x < 0")
+    with pytest.raises(TypeError, match="exactly one"):
+        FlatRegion("x < 0", FlatBounds.below(0.0), mask=lambda x, y, p: x < 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
