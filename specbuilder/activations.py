@@ -90,8 +90,10 @@ def _within_lambd(p: Mapping[str, Any]) -> FlatBounds:
     return FlatBounds(-p["lambd"], p["lambd"], lo_closed=True, hi_closed=True)
 
 
-def _saturated_probability(p: Any) -> Any:
-    return p * (1 - p) < 0.0025
+def _saturated_probability(x: Any, y: Any, params: Mapping[str, Any]) -> Any:
+    """A mask: where probability ``y`` is within 0.25% of 0 or 1. The region is one of the output
+    (a probability of the whole row), no interval of x."""
+    return y * (1 - y) < 0.0025
 
 
 Dim = Field(-1, description="dimension of the batched input the operation runs along")
@@ -108,12 +110,12 @@ def _kinds() -> list[ActivationKind]:
         ActivationKind(
             name="relu", summary="Rectified linear unit.", params={}, module=NN + "ReLU", functional=F + "relu",
             formula="max(0, x)", output_range=(0.0, INF),
-            flat=FlatRegion("x <= 0", lambda x, y, p: x <= 0, lambda p: FlatBounds.below(0.0, closed=True, of_output=True)),
+            flat=FlatRegion("x <= 0", FlatBounds.below(0.0, closed=True, of_output=True)),
         ),
         ActivationKind(
             name="relu6", summary="ReLU capped at 6.", params={}, module=NN + "ReLU6", functional=F + "relu6",
             formula="min(max(0, x), 6)", output_range=(0.0, 6.0),
-            flat=FlatRegion("x <= 0 or x >= 6", lambda x, y, p: (x <= 0) | (x >= 6), lambda p: FlatBounds.outside(0.0, 6.0, closed=True, of_output=True)),
+            flat=FlatRegion("x <= 0 or x >= 6", FlatBounds.outside(0.0, 6.0, closed=True, of_output=True)),
         ),
         ActivationKind(
             name="leaky_relu", summary="ReLU with a small slope for negative inputs, so units cannot die.",
@@ -121,7 +123,7 @@ def _kinds() -> list[ActivationKind]:
             module=NN + "LeakyReLU", functional=F + "leaky_relu", positional=("negative_slope",),
             formula="max(0, x) + negative_slope * min(0, x)", example={"negative_slope": 0.2},
             flat=FlatRegion(
-                "x < 0 when negative_slope < 0.01", lambda x, y, p: (x < 0) & (p["negative_slope"] < 0.01),
+                "x < 0 when negative_slope < 0.01",
                 lambda p: FlatBounds.below(0.0) if p["negative_slope"] < 0.01 else NO_FLAT,
             ),
         ),
@@ -137,37 +139,27 @@ def _kinds() -> list[ActivationKind]:
             module=NN + "RReLU", functional=F + "rrelu", passes_training=True, infer=_rrelu,
             formula="x if x >= 0 else a * x, a ~ U(lower, upper) (training) or (lower + upper) / 2 (eval)",
             example={"lower": 0.1, "upper": 0.2},
-            flat=FlatRegion(
-                "x < 0 when upper < 0.01", lambda x, y, p: (x < 0) & (p["upper"] < 0.01),
-                lambda p: FlatBounds.below(0.0) if p["upper"] < 0.01 else NO_FLAT,
-            ),
+            flat=FlatRegion("x < 0 when upper < 0.01", lambda p: FlatBounds.below(0.0) if p["upper"] < 0.01 else NO_FLAT),
         ),
         ActivationKind(
             name="elu", summary="Exponential linear unit.", params={"alpha": (float, Field(1.0, ge=0))},
             module=NN + "ELU", functional=F + "elu", positional=("alpha",),
             formula="x if x > 0 else alpha * (exp(x) - 1)", range_fn=lambda p: (-p["alpha"], INF),
             example={"alpha": 0.5},
-            flat=FlatRegion(
-                "x < ln(0.01 * max(1, alpha) / alpha); x <= 0 when alpha is 0",
-                lambda x, y, p: x < math.log(0.01 * max(1.0, p["alpha"]) / p["alpha"]) if p["alpha"] > 0 else x <= 0,
-                _elu_bounds,
-            ),
+            flat=FlatRegion("x < ln(0.01 * max(1, alpha) / alpha); x <= 0 when alpha is 0", _elu_bounds),
         ),
         ActivationKind(
             name="selu", summary="Scaled ELU with self-normalizing constants.", params={},
             module=NN + "SELU", functional=F + "selu",
             formula="1.0507 * (x if x > 0 else 1.67326 * (exp(x) - 1))", output_range=(-1.0507009873554805 * 1.6732632423543772, INF),
-            flat=FlatRegion("x < ln(0.01)", lambda x, y, p: x < math.log(0.01), lambda p: FlatBounds.below(math.log(0.01))),
+            flat=FlatRegion("x < ln(0.01)", FlatBounds.below(math.log(0.01))),
         ),
         ActivationKind(
             name="celu", summary="Continuously differentiable ELU.", params={"alpha": (float, Field(1.0, gt=0))},
             module=NN + "CELU", functional=F + "celu", positional=("alpha",),
             formula="max(0, x) + min(0, alpha * (exp(x / alpha) - 1))", range_fn=lambda p: (-p["alpha"], INF),
             example={"alpha": 2.0},
-            flat=FlatRegion(
-                "x < alpha * ln(0.01)", lambda x, y, p: x < p["alpha"] * math.log(0.01),
-                lambda p: FlatBounds.below(p["alpha"] * math.log(0.01)),
-            ),
+            flat=FlatRegion("x < alpha * ln(0.01)", lambda p: FlatBounds.below(p["alpha"] * math.log(0.01))),
         ),
         ActivationKind(
             name="gelu", summary="Gaussian error linear unit.",
@@ -175,44 +167,40 @@ def _kinds() -> list[ActivationKind]:
             module=NN + "GELU", functional=F + "gelu",
             formula="x * Phi(x)  (tanh form: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))))",
             output_range=(-0.1701, INF), example={"approximate": "tanh"},
-            flat=FlatRegion("x < -3.2 (the vanishing negative tail)", lambda x, y, p: x < -3.2, lambda p: FlatBounds.below(-3.2)),
+            flat=FlatRegion("x < -3.2 (the vanishing negative tail)", FlatBounds.below(-3.2)),
         ),
         ActivationKind(
             name="silu", summary="Sigmoid-weighted linear unit (swish).", params={}, aliases=("swish",),
             module=NN + "SiLU", functional=F + "silu", formula="x * sigmoid(x)", output_range=(-0.2785, INF),
-            flat=FlatRegion("x < -6.5 (the vanishing negative tail)", lambda x, y, p: x < -6.5, lambda p: FlatBounds.below(-6.5)),
+            flat=FlatRegion("x < -6.5 (the vanishing negative tail)", FlatBounds.below(-6.5)),
         ),
         ActivationKind(
             name="mish", summary="Self-regularized non-monotonic activation.", params={},
             module=NN + "Mish", functional=F + "mish", formula="x * tanh(softplus(x))", output_range=(-0.3089, INF),
-            flat=FlatRegion("x < -6.5 (the vanishing negative tail)", lambda x, y, p: x < -6.5, lambda p: FlatBounds.below(-6.5)),
+            flat=FlatRegion("x < -6.5 (the vanishing negative tail)", FlatBounds.below(-6.5)),
         ),
         ActivationKind(
             name="sigmoid", summary="Logistic function: squashes to (0, 1) and saturates at both ends.", params={},
             aliases=("logistic",), module=NN + "Sigmoid", functional="torch.sigmoid",
             formula="1 / (1 + exp(-x))", output_range=(0.0, 1.0),
-            flat=FlatRegion(
-                "|x| > 6 (sigmoid' < 1% of its peak 0.25)", lambda x, y, p: x.abs() > 6, lambda p: FlatBounds.outside(-6.0, 6.0),
-            ),
+            flat=FlatRegion("|x| > 6 (sigmoid' < 1% of its peak 0.25)", FlatBounds.outside(-6.0, 6.0)),
         ),
         ActivationKind(
             name="hardsigmoid", summary="Piecewise-linear sigmoid.", params={},
             module=NN + "Hardsigmoid", functional=F + "hardsigmoid", formula="relu6(x + 3) / 6",
             output_range=(0.0, 1.0),
-            flat=FlatRegion("|x| >= 3", lambda x, y, p: x.abs() >= 3, lambda p: FlatBounds.outside(-3.0, 3.0, closed=True)),
+            flat=FlatRegion("|x| >= 3", FlatBounds.outside(-3.0, 3.0, closed=True)),
         ),
         ActivationKind(
             name="logsigmoid", summary="Logarithm of the sigmoid.", params={},
             module=NN + "LogSigmoid", functional=F + "logsigmoid", formula="log(1 / (1 + exp(-x)))",
-            output_range=(-INF, 0.0), flat=FlatRegion("x > 4.6", lambda x, y, p: x > 4.6, lambda p: FlatBounds.above(4.6)),
+            output_range=(-INF, 0.0), flat=FlatRegion("x > 4.6", FlatBounds.above(4.6)),
         ),
         ActivationKind(
             name="tanh", summary="Hyperbolic tangent: zero-centred, saturates at -1 and 1.", params={},
             module=NN + "Tanh", functional="torch.tanh", formula="(exp(x) - exp(-x)) / (exp(x) + exp(-x))",
             output_range=(-1.0, 1.0),
-            flat=FlatRegion(
-                "|x| > 3 (tanh' < 1% of its peak 1)", lambda x, y, p: x.abs() > 3, lambda p: FlatBounds.outside(-3.0, 3.0),
-            ),
+            flat=FlatRegion("|x| > 3 (tanh' < 1% of its peak 1)", FlatBounds.outside(-3.0, 3.0)),
         ),
         ActivationKind(
             name="hardtanh", summary="Clamp to [min_val, max_val].",
@@ -221,7 +209,7 @@ def _kinds() -> list[ActivationKind]:
             formula="min(max(x, min_val), max_val)", range_fn=lambda p: (p["min_val"], p["max_val"]),
             example={"min_val": -2.0, "max_val": 2.0},
             flat=FlatRegion(
-                "x <= min_val or x >= max_val", lambda x, y, p: (x <= p["min_val"]) | (x >= p["max_val"]),
+                "x <= min_val or x >= max_val",
                 lambda p: FlatBounds.outside(p["min_val"], p["max_val"], closed=True, of_output=True),
             ),
         ),
@@ -229,66 +217,68 @@ def _kinds() -> list[ActivationKind]:
             name="hardswish", summary="Piecewise approximation of swish.", params={},
             module=NN + "Hardswish", functional=F + "hardswish", formula="x * relu6(x + 3) / 6",
             output_range=(-0.375, INF),
-            flat=FlatRegion("x <= -3", lambda x, y, p: x <= -3, lambda p: FlatBounds.below(-3.0, closed=True)),
+            flat=FlatRegion("x <= -3", FlatBounds.below(-3.0, closed=True)),
         ),
         ActivationKind(
             name="softplus", summary="Smooth ReLU; linear above threshold / beta.",
             params={"beta": (float, Field(1.0, gt=0)), "threshold": (float, 20.0)},
             module=NN + "Softplus", functional=F + "softplus", formula="log(1 + exp(beta * x)) / beta",
             range_fn=lambda p: (min(0.0, p["threshold"] / p["beta"]), INF), example={"beta": 2.0, "threshold": 10.0},
+            # A mask: beta * x is rounded in the tensor's dtype, so its edge in x moves with the dtype: no one interval.
             flat=FlatRegion(
                 "beta * x < -4.6 and beta * x <= threshold (above threshold it is linear)",
-                lambda x, y, p: (p["beta"] * x < -4.6) & (p["beta"] * x <= p["threshold"]),
+                mask=lambda x, y, p: (p["beta"] * x < -4.6) & (p["beta"] * x <= p["threshold"]),
             ),
         ),
         ActivationKind(
             name="softsign", summary="x / (1 + |x|): a gentler tanh.", params={},
             module=NN + "Softsign", functional=F + "softsign", formula="x / (1 + |x|)", output_range=(-1.0, 1.0),
-            flat=FlatRegion("|x| > 9", lambda x, y, p: x.abs() > 9, lambda p: FlatBounds.outside(-9.0, 9.0)),
+            flat=FlatRegion("|x| > 9", FlatBounds.outside(-9.0, 9.0)),
         ),
         ActivationKind(
             name="softshrink", summary="Soft thresholding toward zero.", params={"lambd": (float, Field(0.5, ge=0))},
             module=NN + "Softshrink", functional=F + "softshrink", positional=("lambd",),
             formula="x - lambd if x > lambd, x + lambd if x < -lambd, else 0", example={"lambd": 0.25},
-            flat=FlatRegion("|x| <= lambd", lambda x, y, p: x.abs() <= p["lambd"], _within_lambd),
+            flat=FlatRegion("|x| <= lambd", _within_lambd),
         ),
         ActivationKind(
             name="hardshrink", summary="Hard thresholding: zero inside [-lambd, lambd].",
             params={"lambd": (float, Field(0.5, ge=0))}, module=NN + "Hardshrink", functional=F + "hardshrink",
             positional=("lambd",), formula="x if |x| > lambd else 0", example={"lambd": 0.25},
-            flat=FlatRegion("|x| <= lambd", lambda x, y, p: x.abs() <= p["lambd"], _within_lambd),
+            flat=FlatRegion("|x| <= lambd", _within_lambd),
         ),
         ActivationKind(
             name="tanhshrink", summary="x - tanh(x).", params={}, module=NN + "Tanhshrink",
             functional=F + "tanhshrink", formula="x - tanh(x)",
-            flat=FlatRegion("|x| < 0.1", lambda x, y, p: x.abs() < 0.1, lambda p: FlatBounds(-0.1, 0.1)),
+            flat=FlatRegion("|x| < 0.1", FlatBounds(-0.1, 0.1)),
         ),
         ActivationKind(
             name="threshold", summary="Replaces values not above threshold with value.",
             params={"threshold": (float, ...), "value": (float, ...)},
             module=NN + "Threshold", functional=F + "threshold", positional=("threshold", "value"),
             formula="x if x > threshold else value", example={"threshold": 0.1, "value": -1.0},
-            flat=FlatRegion("x <= threshold", lambda x, y, p: x <= p["threshold"], lambda p: FlatBounds.below(p["threshold"], closed=True)),
+            flat=FlatRegion("x <= threshold", lambda p: FlatBounds.below(p["threshold"], closed=True)),
         ),
         ActivationKind(
             name="softmax", summary="Normalized exponentials along dim: a probability distribution.",
             params={"dim": (int, Dim)}, module=NN + "Softmax", functional=F + "softmax", positional=("dim",),
             infer=_softmax_like, formula="exp(x_i) / sum_j exp(x_j)", output_range=(0.0, 1.0), probability=True,
             example={"dim": 1},
-            flat=FlatRegion("p(1 - p) < 0.0025 (p within 0.25% of 0 or 1)", lambda x, y, p: _saturated_probability(y)),
+            flat=FlatRegion("p(1 - p) < 0.0025 (p within 0.25% of 0 or 1)", mask=_saturated_probability),
         ),
         ActivationKind(
             name="log_softmax", summary="Logarithm of softmax, computed stably.",
             params={"dim": (int, Dim)}, module=NN + "LogSoftmax", functional=F + "log_softmax",
             positional=("dim",), infer=_softmax_like, formula="x_i - log(sum_j exp(x_j))",
             output_range=(-INF, 0.0), probability=True, example={"dim": 1},
-            flat=FlatRegion("p > 0.99", lambda x, y, p: y > math.log(0.99)),
+            # A mask: the region is one of the output (a log-probability), no interval of x.
+            flat=FlatRegion("p > 0.99", mask=lambda x, y, p: y > math.log(0.99)),
         ),
         ActivationKind(
             name="softmin", summary="Softmax of -x.", params={"dim": (int, Dim)}, module=NN + "Softmin",
             functional=F + "softmin", positional=("dim",), infer=_softmax_like,
             formula="exp(-x_i) / sum_j exp(-x_j)", output_range=(0.0, 1.0), probability=True, example={"dim": 1},
-            flat=FlatRegion("p(1 - p) < 0.0025", lambda x, y, p: _saturated_probability(y)),
+            flat=FlatRegion("p(1 - p) < 0.0025", mask=_saturated_probability),
         ),
         ActivationKind(
             name="glu", summary="Gated linear unit: splits dim in halves a, b and returns a * sigmoid(b).",
@@ -302,9 +292,10 @@ def _kinds() -> list[ActivationKind]:
             functional="specbuilder.torch_ops.step", positional=("threshold",),
             formula="1 if x >= threshold else 0", output_range=(0.0, 1.0),
             example={"threshold": 0.5, "surrogate": "ste"},
+            # A mask: with surrogate 'none' NaN is flat too (no gradient passes anywhere); an interval never holds NaN.
             flat=FlatRegion(
                 "everywhere with surrogate 'none'; nowhere with 'ste'",
-                lambda x, y, p: _everywhere(x) if p["surrogate"] == "none" else _nowhere(x),
+                mask=lambda x, y, p: _everywhere(x) if p["surrogate"] == "none" else _nowhere(x),
             ),
         ),
     ]

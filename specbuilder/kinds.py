@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,8 @@ def check_dim(dim: int, shape: Shape, field: str = "dim") -> int:
 
 @dataclass(frozen=True)
 class FlatBounds:
-    """A flat region stated as an interval of the input ``x``, for fused statistics kernels.
+    """A flat region stated as an interval of the input ``x``: the mask (``holds``) and fused
+    statistics kernels both read it.
 
     ``inside``: flat where ``lo < x < hi``; otherwise flat where ``x < lo or x > hi``. A closed
     end turns its ``<`` into ``<=`` (the bound itself is flat). NaN is never flat. Bounds are
@@ -98,6 +100,21 @@ class FlatBounds:
         """``x < lo or x > hi`` (``<=``, ``>=`` when closed)."""
         return cls(lo, hi, inside=False, lo_closed=closed, hi_closed=closed, of_output=of_output)
 
+    def holds(self, x: Any) -> Any:
+        """Which elements of tensor ``x`` lie in the region: a bool tensor shaped like ``x``, False
+        at NaN. Each end is one comparison of ``x`` with a Python number, in ``x``'s dtype; a closed
+        infinite end of an inside interval is left out (every value but NaN passes it, and the
+        other end refuses NaN)."""
+        if not self.inside:
+            low = x <= self.lo if self.lo_closed else x < self.lo
+            return low | (x >= self.hi if self.hi_closed else x > self.hi)
+        ends = []
+        if not (self.lo_closed and self.lo == -math.inf):
+            ends.append(x >= self.lo if self.lo_closed else x > self.lo)
+        if not (self.hi_closed and self.hi == math.inf):
+            ends.append(x <= self.hi if self.hi_closed else x < self.hi)
+        return functools.reduce(operator.and_, ends) if ends else x == x
+
 
 NO_FLAT = FlatBounds(0.0, 0.0)
 """The empty region (``0 < x < 0``): for parameter values with no flat region."""
@@ -107,16 +124,37 @@ NO_FLAT = FlatBounds(0.0, 0.0)
 class FlatRegion:
     """Where an activation's derivative is below 1% of its largest value.
 
-    ``where(x, y, params)`` takes the activation's input ``x`` and output ``y`` (tensors) and
-    returns a boolean tensor; ``text`` says the same thing for people. ``bounds(params)``, where
-    given, states the same region as a ``FlatBounds`` interval of ``x`` (exactly equal to
-    ``where``, a test checks it) so a fused kernel can test it without calling ``where``; it is
-    None where the region is no interval of ``x`` (it reads ``y``, or a product of ``x``).
+    ``text`` says it for people. The region itself is stated once, by exactly one of:
+
+    - ``bounds``: a ``FlatBounds`` interval of the input ``x``, or a function of the parameters
+      giving one. The mask is the interval's (``FlatBounds.holds``) and a fused kernel tests the
+      interval directly;
+    - ``mask(x, y, params)``: a function of the input and output tensors giving a bool tensor,
+      only for a region that is no interval of ``x`` (it reads ``y``, a product of ``x``, or
+      counts NaN as flat); the entry says why.
     """
 
     text: str
-    where: Callable[[Any, Any, Mapping[str, Any]], Any]
-    bounds: Callable[[Mapping[str, Any]], FlatBounds] | None = None
+    bounds: FlatBounds | Callable[[Mapping[str, Any]], FlatBounds] | None = None
+    mask: Callable[[Any, Any, Mapping[str, Any]], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.bounds is None) == (self.mask is None):
+            raise TypeError(f"flat region {self.text!r}: give exactly one of bounds and mask")
+
+    def bounds_for(self, params: Mapping[str, Any]) -> FlatBounds | None:
+        """The region as an interval of ``x`` for these parameters; None where it is given by ``mask``."""
+        if self.bounds is None or isinstance(self.bounds, FlatBounds):
+            return self.bounds
+        return self.bounds(params)
+
+    def where(self, x: Any, y: Any, params: Mapping[str, Any]) -> Any:
+        """The flat elements: a bool tensor, from input ``x`` and output ``y`` (it broadcasts to ``y``)."""
+        bounds = self.bounds_for(params)
+        if bounds is None:
+            assert self.mask is not None
+            return self.mask(x, y, params)
+        return bounds.holds(x)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import nn
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.compiler import compile_spec
 from specbuilder.errors import SpecError
-from specbuilder.kinds import ActivationKind
+from specbuilder.kinds import NO_FLAT, ActivationKind, FlatBounds, FlatRegion
 from specbuilder.spec import LAYER_MODELS, ModelSpec, lookup_type, parse_spec
 from specbuilder.torch_ops import step
 
@@ -255,6 +255,80 @@ def test_flat_region_is_where_the_derivative_is_below_one_percent(kind: Activati
     assert flat.shape == y.shape and flat.dtype == torch.bool
     steep = flat & (jacobian.abs().amax(2) > 0.01 * largest)
     assert not steep.any(), f"{kind.flat.text!r} claims flat where |dy/dx| > 1% of {largest.item():.4g}: x = {x.detach()[steep][:5].tolist()}"
+
+
+DTYPES = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+"""Float dtypes and the integer of the same width, to step a value to its neighbours in that dtype."""
+
+
+def interval_grid(bounds: FlatBounds, dtype: torch.dtype) -> torch.Tensor:
+    """Each finite bound as the dtype holds it and its four neighbours either side, signed zeros and
+    the smallest subnormals, +-inf, NaN, and a spread of ordinary values, all of ``dtype``."""
+    finite = [b for b in (bounds.lo, bounds.hi) if math.isfinite(b)]
+    steps = torch.arange(-4, 5, dtype=DTYPES[dtype])
+    near = (torch.tensor(finite, dtype=dtype).view(DTYPES[dtype])[:, None] + steps).view(dtype).flatten()
+    tiny = torch.tensor([1], dtype=DTYPES[dtype]).view(dtype)
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan], dtype=dtype)
+    spread = torch.linspace(-40, 40, 321, dtype=torch.float64).to(dtype)
+    return torch.cat([near, tiny, -tiny, special, spread])
+
+
+def holds_by_the_letter(bounds: FlatBounds, value: float, dtype: torch.dtype) -> bool:
+    """``FlatBounds``' contract, one Python comparison at a time: inside ``lo < x < hi``, else
+    ``x < lo or x > hi``, a closed end's ``<`` made ``<=``, the bounds rounded to ``dtype``, NaN never."""
+    lo, hi = (torch.tensor(b, dtype=dtype).item() for b in (bounds.lo, bounds.hi))
+    if math.isnan(value):
+        return False
+    if bounds.inside:
+        return (lo <= value if bounds.lo_closed else lo < value) and (value <= hi if bounds.hi_closed else value < hi)
+    return (value <= lo if bounds.lo_closed else value < lo) or (value >= hi if bounds.hi_closed else value > hi)
+
+
+def assert_mask_by_the_letter(bounds: FlatBounds, x: torch.Tensor, flat: torch.Tensor) -> None:
+    """``flat`` is a bool mask of ``x`` equal to ``holds_by_the_letter`` at every element."""
+    assert flat.dtype == torch.bool and flat.shape == x.shape
+    expected = [holds_by_the_letter(bounds, value, x.dtype) for value in x.tolist()]
+    wrong = [value for value, got, want in zip(x.tolist(), flat.tolist(), expected) if got != want]
+    assert not wrong, f"{bounds}: mask wrong at x = {wrong[:8]}"
+
+
+# Intervals no entry has today, so that every branch of FlatBounds.holds is held to the contract.
+UNUSUAL_BOUNDS = [
+    FlatBounds(-math.inf, math.inf, lo_closed=True, hi_closed=True),
+    FlatBounds(-math.inf, 1.5),
+    FlatBounds(-1.5, math.inf),
+    FlatBounds(0.75, 0.75, lo_closed=True, hi_closed=True),
+    FlatBounds.outside(-math.inf, math.inf, closed=True),
+    FlatBounds.above(2.0, closed=True),
+    NO_FLAT,
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda dtype: str(dtype).removeprefix("torch."))
+@pytest.mark.parametrize("bounds", UNUSUAL_BOUNDS, ids=str)
+def test_flat_bounds_hold_by_the_letter_beyond_the_registry(bounds: FlatBounds, dtype: torch.dtype) -> None:
+    x = interval_grid(bounds, dtype)
+    assert_mask_by_the_letter(bounds, x, bounds.holds(x))
+
+
+FLAT_BY_BOUNDS = [case for case in FLAT if case.values[0].flat.bounds is not None]
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda dtype: str(dtype).removeprefix("torch."))
+@pytest.mark.parametrize(("kind", "params"), FLAT_BY_BOUNDS)
+def test_flat_mask_from_bounds_is_the_interval_at_every_end(kind: ActivationKind, params: dict[str, Any], dtype: torch.dtype) -> None:
+    """A region given by bounds masks exactly the elements its interval says, at the ends
+    themselves and their neighbours in each dtype, at +-inf and NaN."""
+    p = one_layer(kind, params, (1,)).layers[0].params()
+    bounds = kind.flat.bounds_for(p)
+    assert bounds is not None
+    x = interval_grid(bounds, dtype)
+    assert_mask_by_the_letter(bounds, x, kind.flat.where(x, x, p))
+
+
+def test_flat_region_takes_exactly_one_of_bounds_and_mask() -> None:
+    with pytest.raises(TypeError, match="'x < 0': give exactly one of bounds and mask"):
+        FlatRegion("x < 0")
+    with pytest.raises(TypeError, match="exactly one"):
+        FlatRegion("x < 0", FlatBounds.below(0.0), mask=lambda x, y, p: x < 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])

@@ -34,9 +34,9 @@ class FlatTest:
     @classmethod
     def of(cls, region: FlatRegion, params: Mapping[str, Any]) -> FlatTest:
         """The registry's ``bounds`` in kernel form, else a mask from its ``where``."""
-        if region.bounds is None:
+        bounds = region.bounds_for(params)
+        if bounds is None:
             return cls(FLAT_MASK)
-        bounds = region.bounds(params)
         lo, hi = _closed(bounds)
         if not bounds.inside:
             return cls(FLAT_OUTSIDE, lo, hi, bounds.of_output)
@@ -111,9 +111,10 @@ class Probe:
         return self.node.name
 
     def flat_mask(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The flat elements (bool, shaped like ``y``): for float32, by the registry's interval
-        where it has one (a test holds it equal to ``where``), else by its ``where`` (the
-        interval's bounds are float32 values; ``where`` compares in the tensor's own dtype)."""
+        """The flat elements (bool, shaped like ``y``): for float32, by the kernel's form of the
+        registry's interval where it has one (a test holds it equal to ``where``), else by its
+        ``where`` (the kernel's bounds are float32 values; ``where`` compares in the tensor's own
+        dtype)."""
         if self.flat is not None and self.flat.mode != FLAT_MASK and y.dtype == torch.float32:
             return self.flat.mask(x, y)
         region = self.node.kind.flat
