@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "specbuilder.cli.train_commands",
     "specbuilder.cli.plot_commands",
     "specbuilder.cli.serve_commands",
+    "specbuilder.cli.store_commands",
     "specbuilder.cli.demo_command",
 )
 """Modules whose ``register(commands)`` adds subcommands, in help order."""

@@ -657,6 +657,32 @@ class ModelStore:
             self._insert(db, record)
         return record
 
+    def adopt(self, record: ModelRecord, weights: Mapping[str, torch.Tensor] | None) -> ModelRecord:
+        """Store an entry of another store as it is: its id, name, times, status and training record, with
+        ``weights`` (None for an entry without). For copying stores (``specbuilder.store.copy``).
+
+        Only a final entry is taken (a running run belongs to its own store); ``FileExistsError`` if
+        the id is here already. Visible once complete, like ``save``, and within the same limits.
+        """
+        check_status(record.status, FINAL_STATUSES)
+        if self.exists(record.id):
+            raise FileExistsError(f"model {record.id} is in this store already")
+        what = f"model {record.name!r}"
+        if weights is None:
+            adopted = record.model_copy(update={"has_weights": False, "weights_bytes": 0})
+            with self._transaction() as db:
+                self._check_room(db, what, rows=1)
+                self._insert(db, adopted)
+            return adopted
+        with self._committing_weights(record, _tensors(weights, record.spec), what, rows=1) as (db, size):
+            adopted = record.model_copy(update={"has_weights": True, "weights_bytes": size})
+            self._insert(db, adopted)
+        return adopted
+
+    def weights(self, model_id: str) -> dict[str, torch.Tensor]:
+        """A stored model's weights on the CPU, by state_dict key; ``NoWeights`` for an entry without."""
+        return self._read_weights(self.get(model_id), torch.device("cpu"))
+
     def start_run(self, spec: SpecLike, config: Any = None, name: str | None = None, dataset: Any = None) -> ModelRecord:
         """Record a training run now starting: status ``running``, no weights yet.
 
