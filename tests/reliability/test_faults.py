@@ -29,7 +29,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server_helpers import ENDLESS, ServerProcess, batch, connect, open_channel, server_process, serving, spec_source, train_request
+import pytest
+from server_helpers import ENDLESS, ServerProcess, batch, connect, open_channel, server_process, serving, spec_source, train_request, wait_for
+from stores import aws_env, stored_weights
 from specbuilder.proto import encode_value
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub
@@ -89,8 +91,37 @@ def completed_model(stub: ModelServiceStub, name: str) -> str:
     return events[-1].run_id
 
 
-def weight_files(store: Path) -> set[str]:
-    return {path.name for path in (store / "weights").iterdir()}
+@dataclass(frozen=True)
+class Where:
+    """A store the servers share: a directory, or a PostgreSQL index with weights in a bucket (and a short run lease)."""
+
+    store: str | Path
+    weights: str | None = None
+
+    def __str__(self) -> str:
+        return "directory" if self.weights is None else "postgresql+s3"
+
+    @property
+    def flags(self) -> list[str]:
+        """``serve`` flags after ``--store`` (which ``server_process`` gives)."""
+        return [] if self.weights is None else ["--weights", self.weights, "--store-lease", str(LEASE_SECONDS)]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The same as ``ServerConfig`` settings."""
+        extra = {} if self.weights is None else {"weights": self.weights, "store_lease_seconds": LEASE_SECONDS}
+        return {"store": self.store, **extra}
+
+    def weight_ids(self) -> set[str]:
+        """The ids whose weights the store holds (a temporary file or an unreferenced object by its own name)."""
+        from specbuilder.store import ModelStore
+
+        with ModelStore.open(self.store, weights=self.weights) as store:
+            return stored_weights(store)
+
+
+LEASE_SECONDS = 2
+""""The run lease of the PostgreSQL backend here: a killed server's runs read interrupted this soon."""
 
 
 def drain(call: Any) -> str:
@@ -107,14 +138,16 @@ def drain(call: Any) -> str:
 class Ledger:
     """What the store must hold: each completed model's weights digest, and the runs a signal cut short."""
 
-    store: Path
+    where: Where
     models: dict[str, str] = field(default_factory=dict)
     victims: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """run id -> (signal, what the run was doing, how its Train stream ended)."""
 
     def check(self, stub: ModelServiceStub) -> tuple[list[str], dict[str, str]]:
         """Check a (re)started server's store: completed models lost or changed, and how each cut-short run reads."""
-        listed = {model.id: model for model in stub.ListModels(pb.ListModelsRequest()).models}
+        wait_for(lambda: not stub.ListModels(pb.ListModelsRequest(status=pb.RUN_STATUS_RUNNING)).models,
+                 "a killed server's runs to read interrupted (at once on a directory, within the lease on PostgreSQL)")
+        listed = {model.id: model for model in stub.ListModels(pb.ListModelsRequest(page_size=1000)).models}
         lost = [model_id for model_id, hashed in self.models.items()
                 if model_id not in listed or listed[model_id].status != pb.RUN_STATUS_COMPLETED or digest(stub, model_id) != hashed]
         assert [m.name for m in listed.values() if m.status == pb.RUN_STATUS_RUNNING] == []
@@ -128,15 +161,16 @@ class Ledger:
             if record.has_weights:  # complete: it loads and runs
                 assert stub.Evaluate(pb.EvaluateRequest(model_id=run_id, input=batch(BIG_X) if doing == "save" else SMALL_X)).output.shape
             outcomes[run_id] = OUTCOMES[record.status]
-        assert weight_files(self.store) == {f"{m.id}.safetensors" for m in listed.values() if m.has_weights}
+        assert self.where.weight_ids() == {m.id for m in listed.values() if m.has_weights}
         return lost, outcomes
 
 
-def cut_short(server: ServerProcess, stub: ModelServiceStub, store: Path, sent: signal.Signals, delay: float, tally: Any) -> dict[str, tuple[str, str]]:
+def cut_short(server: ServerProcess, stub: ModelServiceStub, where: Where, sent: signal.Signals, delay: float,
+              tally: Any) -> dict[str, tuple[str, str]]:
     """One run training endlessly, another (BIG) training briefly; ``sent`` goes to the server
-    ``delay`` seconds after a new file shows in the weights folder, that is, inside BIG's save (or
-    just after it). The run ids, with what each was doing and how its Train stream ended."""
-    before = weight_files(store)
+    ``delay`` seconds after new weights show in the store (a file, an object), that is, inside BIG's
+    save (or just after it). The run ids, with what each was doing and how its Train stream ended."""
+    before = where.weight_ids()
     training = stub.Train(train_request(name="cut-short-training", **ENDLESS))
     saving = stub.Train(big_request("cut-short-save"))
     saving_id = next(saving).run_id
@@ -148,11 +182,11 @@ def cut_short(server: ServerProcess, stub: ModelServiceStub, store: Path, sent: 
         reader.start()
     try:
         deadline = time.monotonic() + 60
-        while weight_files(store) <= before:  # polled often: the save lasts a fraction of a second
+        while where.weight_ids() <= before:  # polled often: the save lasts a fraction of a second
             assert time.monotonic() < deadline, "BIG's save never began"
             time.sleep(0.001)
         time.sleep(delay)
-        moment = "renamed into place" if f"{saving_id}.safetensors" in weight_files(store) else "a temporary file"
+        moment = "in place" if saving_id in where.weight_ids() else "not committed yet"
         server.process.send_signal(sent)
         assert server.process.wait() == (0 if sent == signal.SIGTERM else -signal.SIGKILL)
     finally:
@@ -166,14 +200,25 @@ def cut_short(server: ServerProcess, stub: ModelServiceStub, store: Path, sent: 
     return {run_id: (doing, endings[doing]) for run_id, doing in victims.items()}
 
 
-def test_killed_and_stopped_servers_lose_no_model_and_leave_nothing_partial(tmp_path: Path, budget: Any, tally: Any) -> None:
+@pytest.fixture(params=("directory", "postgresql+s3"))
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
+    """The store of a kill test: a directory, or PostgreSQL and a bucket (their servers started by the suite)."""
+    if request.param == "directory":
+        yield Where(tmp_path / "store")
+        return
+    postgres, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3_server")
+    with aws_env(s3):
+        yield Where(postgres.url(), s3.bucket())
+
+
+def test_killed_and_stopped_servers_lose_no_model_and_leave_nothing_partial(where: Where, budget: Any, tally: Any) -> None:
     """Each round: a server (in this process: quick to start) checks the store the last signal
     left and completes one more model; then a ``specbuilder serve`` process is cut short."""
-    store, rng = tmp_path / "store", random.Random(5)
+    rng = random.Random(5)
     signals = budget.pick([signal.SIGKILL] * 2, [signal.SIGKILL, signal.SIGKILL, signal.SIGTERM] * 5)
-    ledger, lost_total, survived, last = Ledger(store), 0, Counter(), {}
+    ledger, lost_total, survived, last = Ledger(where), 0, Counter(), {}
     for index in range(len(signals) + 1):
-        with serving(store) as restarted, connect(restarted.address) as stub:
+        with serving(**where.settings) as restarted, connect(restarted.address) as stub:
             if index:
                 lost, outcomes = ledger.check(stub)
                 lost_total += len(lost)
@@ -185,9 +230,9 @@ def test_killed_and_stopped_servers_lose_no_model_and_leave_nothing_partial(tmp_
                 break
             model_id = completed_model(stub, f"kept-{index}")
             ledger.models[model_id] = digest(stub, model_id)
-        with server_process(store) as server, connect(server.address) as stub:
+        with server_process(where.store, *where.flags) as server, connect(server.address) as stub:
             delay = 0.0 if index % 2 == 0 else rng.uniform(0.0, 0.3)  # at once: inside the write; later: anywhere up to the commit and past it
-            last = cut_short(server, stub, store, signals[index], delay, tally)
+            last = cut_short(server, stub, where, signals[index], delay, tally)
             ledger.victims.update({run_id: (signals[index].name, doing, ending) for run_id, (doing, ending) in last.items()})
     tally.figure("SIGKILLs survived", survived["SIGKILL"])
     tally.figure("SIGTERMs survived", survived["SIGTERM"])
@@ -220,7 +265,7 @@ def test_a_save_the_disk_refuses_fails_the_run_leaves_nothing_and_the_server_ser
             assert str(store) not in finished.reason  # the client learns what failed, not where the store lives
             record = stub.GetModel(pb.GetModelRequest(model_id=run_id))
             assert (record.status, record.has_weights, record.reason) == (pb.RUN_STATUS_FAILED, False, finished.reason)
-            assert weight_files(store) == {f"{model_id}.safetensors" for model_id in kept}  # nothing partial
+            assert Where(store).weight_ids() == set(kept)  # nothing partial
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             assert {model_id: digest(stub, model_id) for model_id in kept} == kept
