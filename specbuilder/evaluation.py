@@ -13,7 +13,8 @@ feed it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -46,7 +47,7 @@ class Evaluator:
 
     The monitor's hooks go on here and come off at ``close()`` (or the end of a ``with``);
     between passes it is disabled, so a module shared with other callers may keep it attached.
-    The module runs in whatever mode it is in: a caller wanting eval mode sets it (``evaluate`` does).
+    The module runs in whatever mode it is in: a caller wanting eval mode sets it (``eval_mode``; ``evaluate`` does).
     ``layers`` and ``bins`` are the monitor's (``ActivationMonitor``); a bad value raises ``ValueError`` here.
     """
 
@@ -93,6 +94,17 @@ class Evaluator:
         self.close()
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block, in the mode it had before after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def evaluate(module: nn.Module, x: torch.Tensor, *, statistics: bool = False, layers: Layers = "activations", bins: int = 64,
              amp: str | None = None, chunk: int = EVAL_CHUNK) -> Evaluation:
     """``module`` over the batch ``x`` (at least one sample, on the module's device) in eval
@@ -101,10 +113,5 @@ def evaluate(module: nn.Module, x: torch.Tensor, *, statistics: bool = False, la
     bins over the whole batch. ``amp`` (``"bf16"``, ``"fp16"``) runs the forward under
     autocast; statistics are taken in float32 either way. The module's mode is restored after.
     """
-    was_training = module.training
-    module.eval()
-    try:
-        with Evaluator(module, statistics=statistics, layers=layers, bins=bins, amp=amp) as evaluator:
-            return Evaluation(evaluator.outputs(x, chunk), evaluator.stats())
-    finally:
-        module.train(was_training)
+    with eval_mode(module), Evaluator(module, statistics=statistics, layers=layers, bins=bins, amp=amp) as evaluator:
+        return Evaluation(evaluator.outputs(x, chunk), evaluator.stats())

@@ -240,8 +240,8 @@ def _advance(bar: tqdm, loss: float, val_loss: float | None, accuracy: float | N
 
 def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig, dataset: Dataset, launch: Launch) -> Outcome:
     from specbuilder.store.records import check_name
-    from specbuilder.training import EpochEvent, FinishedEvent, StatsEvent, train_events
-    from specbuilder.training.distributed import DistributedError, launch_events
+    from specbuilder.training import EpochEvent, FinishedEvent, StatsEvent, launcher_for, train_events
+    from specbuilder.training.distributed import DistributedError
 
     with ExitStack() as scope:
         store = None
@@ -249,7 +249,7 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
             store = scope.enter_context(open_store(args.store, create=True))
             with store_errors("--name"):
                 check_name(args.name or spec.name)
-        events = launch_events(spec, dataset, config, launch=launch) if config.world_size > 1 else train_events(spec, dataset, config)
+        events = train_events(spec, dataset, config, launcher=launcher_for(config, launch))
         windows: list[tuple[int, Sequence[Any]]] = []
         try:
             try:
