@@ -211,6 +211,7 @@ class Run:
 
     @property
     def device(self) -> torch.device:
+        """Where the model and its data are."""
         return self.data.x_train.device
 
     @property
