@@ -165,7 +165,7 @@ def test_steps_between_reports_never_wait_for_the_device(amp: str | None) -> Non
     divergence check must read once per ``DIVERGENCE_CHECK`` steps (and at an epoch's end) only.
     fp16 is left out: ``GradScaler.step`` reads whether a step overflowed, once per step."""
     allowed = {name: _lines(function) for name, function in
-               (("divergence", loop._divergence), ("validation", loop.evaluate), ("report", ActivationMonitor.stats))}
+               (("divergence", loop._divergence), ("validation", loop.Run.assess), ("report", ActivationMonitor.stats))}
     events = train_events(mlp(), "spirals", {"epochs": 3, "device": "cuda", "amp": amp, "stats_every": 7})
     assert isinstance(next(events), StartedEvent)
     torch.cuda.set_sync_debug_mode("warn")

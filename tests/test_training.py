@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ from specbuilder.datasets import DATASETS, DataError, Dataset, load_dataset
 from specbuilder.errors import SpecError
 from specbuilder.training import (
     EVENTS, LOSSES, OPTIMIZERS, SCHEDULES, CancelToken, ConfigError, EpochEvent, FinishedEvent, StartedEvent,
-    StatsEvent, TrainConfig, parse_config, train, train_events,
+    StatsEvent, TrainConfig, in_process, launcher_for, parse_config, train, train_events,
 )
+from specbuilder.training import distributed
 from specbuilder.training.choices import Choice
 from specbuilder.training.losses import LossKind
 
@@ -465,3 +469,26 @@ def test_trains_and_detects_divergence_on_cuda() -> None:
     assert result.status == "completed" and next(result.module.parameters()).is_cuda
     diverged = train(mlp("identity", inputs=1, outputs=1, depth=1), "sine", {"device": "cuda", "optimizer": "sgd", "lr": 1000.0})
     assert diverged.status == "diverged" and diverged.reason.startswith("loss became ")
+
+
+# --- structure ---------------------------------------------------------------------------------
+
+
+def test_the_loop_imports_nothing_distributed() -> None:
+    """``loop`` is one process's training: DDP extends its ``Run`` from ``distributed``, never the other way."""
+    code = "import sys, specbuilder.training.loop; print(' '.join(sorted(m for m in sys.modules if m.startswith('specbuilder.training'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "specbuilder.training.loop" in loaded
+    assert "specbuilder.training.distributed" not in loaded and "specbuilder.training.launchers" not in loaded
+
+
+def test_the_launcher_is_chosen_by_world_size_and_in_process_keeps_to_one() -> None:
+    assert launcher_for(parse_config({})) is in_process
+    chosen = launcher_for(parse_config({"world_size": 2}))
+    assert isinstance(chosen, functools.partial) and chosen.func is distributed.launch_events
+    with pytest.raises(ConfigError) as caught:
+        next(train_events(mlp(outputs=3), blobs(), {"world_size": 2}, launcher=in_process))
+    assert caught.value.errors()[0]["path"] == "world_size"
+    config = {"epochs": 1, "seed": 4}
+    given, default = train(mlp(outputs=3), blobs(), config, launcher=in_process), train(mlp(outputs=3), blobs(), config)
+    assert given.history[0].loss == default.history[0].loss

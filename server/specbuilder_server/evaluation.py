@@ -2,11 +2,11 @@
 
 A ``Budget`` says when a call's compute must stop: its deadline, a cancel (the client went
 away), or the server's cap on compute seconds per call. It is checked before every layer, so a
-call stops within one layer of any of them (``Stopped``). A ``Pass`` serves one Evaluate call (one batch) or one StreamEvaluate call (many). Each batch
-runs under ``torch.inference_mode()`` and the model's lock; the statistics monitor, when asked
-for, is attached for the whole pass but enabled only while this pass's own batches run, so
-other calls on the same shared module neither see it nor feed it. The ``amp`` option runs each
-batch under autocast (statistics are still taken in float32). On CUDA nothing here waits for
+call stops within one layer of any of them (``Stopped``). A ``Pass`` serves one Evaluate call (one batch) or one StreamEvaluate call (many),
+on the core ``specbuilder.evaluation.Evaluator``: each batch runs under ``torch.inference_mode()``
+and the model's lock; the statistics monitor, when asked for, is attached for the whole pass but
+enabled only while this pass's own batches run, so other calls on the same shared module neither
+see it nor feed it. The ``amp`` option runs each batch under autocast (statistics are still taken in float32). On CUDA nothing here waits for
 the device: compute time is measured with events and read once, when the pass reports it.
 """
 
@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
+from functools import partial
 from types import TracebackType
 
 import grpc
 import torch
 from torch import nn
 
-from specbuilder.devices import DeviceTimer, amp_dtype, autocast
-from specbuilder.stats import ActivationMonitor, LayerStats
+from specbuilder.devices import DeviceTimer
+from specbuilder.evaluation import Evaluator
+from specbuilder.stats import LayerStats
 from specbuilder_server.errors import RequestError
 from specbuilder_server.models import Ready
 from specbuilder_server.requests import Options
@@ -79,28 +82,32 @@ def forward(module: nn.Module, batch: torch.Tensor, budget: Budget) -> torch.Ten
 
 
 class Pass:
-    """Batches through ``ready`` with ``options``; ``seconds`` counts the time spent computing."""
+    """Batches through ``ready`` with ``options``; ``seconds`` counts the time spent computing.
+
+    The core ``Evaluator`` runs each batch (inference mode, autocast, the monitor counting only
+    this pass's batches); here it is attached, run and closed under the model's lock, and its
+    forward checks the call's ``Budget`` between layers.
+    """
 
     def __init__(self, ready: Ready, options: Options) -> None:
         self.ready = ready
         self.options = options
         self._timer = DeviceTimer(ready.device)
-        self._precision = autocast(ready.device, amp_dtype(options.amp))
         self.batches = 0
         self.rows = 0
-        self._monitor: ActivationMonitor | None = None
+        self._evaluator: Evaluator | None = None
 
     def __enter__(self) -> Pass:
-        if self.options.layers is not None:
-            with self.ready.lock:  # hooks must not change while another call's forward runs
-                self._monitor = ActivationMonitor(self.ready.module, layers=self.options.layers, bins=self.options.bins, grads=False)
-                self._monitor.enabled = False
+        layers = self.options.layers
+        with self.ready.lock if layers is not None else nullcontext():  # hooks must not change while another call's forward runs
+            self._evaluator = Evaluator(self.ready.module, statistics=layers is not None, layers=layers or "activations",
+                                        bins=self.options.bins, amp=self.options.amp)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        if self._monitor is not None:
+        if self._evaluator is not None and self._evaluator.monitor is not None:
             with self.ready.lock:
-                self._monitor.close()
+                self._evaluator.close()
 
     @property
     def seconds(self) -> float:
@@ -110,15 +117,10 @@ class Pass:
     def run(self, batch: torch.Tensor, budget: Budget = UNLIMITED) -> torch.Tensor:
         """The model's output for ``batch`` (on the model's device, possibly still being computed
         there); statistics accumulate. ``Stopped`` when ``budget`` runs out between layers."""
+        assert self._evaluator is not None, "a Pass runs batches inside its with block"
         started = self._timer.start()
-        with self.ready.lock, torch.inference_mode(), self._precision:
-            if self._monitor is not None:
-                self._monitor.enabled = True
-            try:
-                output = forward(self.ready.module, batch, budget)
-            finally:
-                if self._monitor is not None:
-                    self._monitor.enabled = False
+        with self.ready.lock:
+            output = self._evaluator.run(batch, partial(forward, self.ready.module, budget=budget))
         self._timer.stop(started)
         self.batches += 1
         self.rows += len(batch)
@@ -126,9 +128,9 @@ class Pass:
 
     def stats(self) -> list[LayerStats]:
         """Statistics over every batch so far; empty when they were not asked for."""
-        if self._monitor is None:
+        if self._evaluator is None or self._evaluator.monitor is None:
             return []
         started = time.perf_counter()
-        stats = self._monitor.stats()
+        stats = self._evaluator.stats()
         self._timer.add(time.perf_counter() - started)
         return stats

@@ -53,8 +53,6 @@ CONFIG_FLAGS: tuple[tuple[str, type, str, str], ...] = (
 """TrainConfig fields with a flag of their own: (field, argparse type, metavar, help). A flag overrides --config."""
 PLOT_STATS_EVERY = 10
 """``--plot`` without a ``stats_every`` setting takes statistics every this many steps."""
-EVAL_CHUNK = 4096
-"""Samples per forward pass in ``eval``; statistics merge exactly across them."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -242,8 +240,8 @@ def _advance(bar: tqdm, loss: float, val_loss: float | None, accuracy: float | N
 
 def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig, dataset: Dataset, launch: Launch) -> Outcome:
     from specbuilder.store.records import check_name
-    from specbuilder.training import EpochEvent, FinishedEvent, StatsEvent, train_events
-    from specbuilder.training.distributed import DistributedError, launch_events
+    from specbuilder.training import EpochEvent, FinishedEvent, StatsEvent, launcher_for, train_events
+    from specbuilder.training.distributed import DistributedError
 
     with ExitStack() as scope:
         store = None
@@ -251,7 +249,7 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
             store = scope.enter_context(open_store(args.store, create=True))
             with store_errors("--name"):
                 check_name(args.name or spec.name)
-        events = launch_events(spec, dataset, config, launch=launch) if config.world_size > 1 else train_events(spec, dataset, config)
+        events = train_events(spec, dataset, config, launcher=launcher_for(config, launch))
         windows: list[tuple[int, Sequence[Any]]] = []
         try:
             try:
@@ -386,26 +384,22 @@ def check_batch(shape: tuple[int, ...], spec: ModelSpec, path: Path) -> None:
 
 
 def forward(module: nn.Module, x: np.ndarray, stats: bool, amp: str | None = None) -> tuple[np.ndarray, list[Any]]:
-    """``module`` in eval mode over ``x`` in chunks (under autocast with ``amp``): the outputs, and
-    activation statistics when asked."""
+    """``specbuilder.evaluation.evaluate`` over ``x``, moved to the module's device and dtype:
+    the outputs as numpy (bfloat16, which numpy lacks, as float32), and statistics when asked."""
     import torch
 
-    from specbuilder.devices import amp_dtype, autocast, to_device
-    from specbuilder.stats import ActivationMonitor
+    from specbuilder.devices import to_device
+    from specbuilder.evaluation import evaluate
 
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
     batch = to_device(torch.from_numpy(np.ascontiguousarray(x)), device, dtype)
-    module.eval()
-    with ExitStack() as scope:
-        monitor = scope.enter_context(ActivationMonitor(module, grads=False)) if stats else None
-        with torch.inference_mode(), autocast(device, amp_dtype(amp)):
-            outputs = torch.cat([module(batch[i:i + EVAL_CHUNK]) for i in range(0, len(batch), EVAL_CHUNK)])
-        layers = monitor.stats() if monitor is not None else []
-    if outputs.dtype == torch.bfloat16:  # numpy has no bfloat16
+    evaluation = evaluate(module, batch, statistics=stats, amp=amp)
+    outputs = evaluation.outputs
+    if outputs.dtype == torch.bfloat16:
         outputs = outputs.float()
-    return outputs.cpu().numpy(), layers
+    return outputs.cpu().numpy(), evaluation.stats
 
 
 def _load_for_eval(args: argparse.Namespace, x: np.ndarray) -> nn.Module:

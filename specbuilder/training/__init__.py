@@ -1,7 +1,9 @@
 """Training: ``train(spec, data, config)`` and its streaming form ``train_events``.
 
-``world_size`` > 1 trains with DistributedDataParallel over that many processes
-(``specbuilder.training.distributed``; ``launch_events`` with a ``Launch`` for several nodes).
+A launcher starts the run (``launchers``): ``in_process`` here (``loop``: ``Run``), or, with
+``world_size`` > 1, DistributedDataParallel over that many processes
+(``specbuilder.training.distributed``; ``launch_events`` with a ``Launch`` for several nodes);
+``launcher_for`` chooses by ``world_size``.
 ``config`` (``TrainConfig``) and the registries of losses, optimizers and schedules never
 import torch, so clients can validate a config without it; the loop, its events and
 ``TrainResult`` load on first use.
@@ -18,9 +20,14 @@ from specbuilder.training.optimizers import OPTIMIZERS
 from specbuilder.training.schedules import SCHEDULES
 
 _LAZY = {
-    "train": "specbuilder.training.loop",
-    "train_events": "specbuilder.training.loop",
+    "train": "specbuilder.training.launchers",
+    "train_events": "specbuilder.training.launchers",
+    "Launcher": "specbuilder.training.launchers",
+    "launcher_for": "specbuilder.training.launchers",
     "TrainResult": "specbuilder.training.loop",
+    "Run": "specbuilder.training.loop",
+    "in_process": "specbuilder.training.loop",
+    "place_model": "specbuilder.training.loop",
     "CancelToken": "specbuilder.training.events",
     "EVENTS": "specbuilder.training.events",
     "Event": "specbuilder.training.events",

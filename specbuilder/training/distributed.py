@@ -51,7 +51,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from multiprocessing.context import SpawnContext
 from multiprocessing.queues import Queue
 from typing import Any
@@ -69,15 +68,14 @@ from specbuilder.compiler import FunctionalModel, compile_spec
 from specbuilder.datasets import DataLike, Dataset, as_dataset
 from specbuilder.rng import RunStream
 from specbuilder.spec import parse_spec
+from specbuilder.evaluation import Evaluator, eval_mode
 from specbuilder.stats import ActivationMonitor, LayerStats
 from specbuilder.stats.distributed import all_merge_monitor, collective_device
 from specbuilder.training.config import TrainConfig, parse_config, problem_at
 from specbuilder.training.data import choose_loss, encode_targets, fit_inputs
-from specbuilder.training.events import (
-    EVENTS, CancelToken, EpochEvent, EpochMetrics, EvalMetrics, Event, FinishedEvent, StartedEvent,
-)
+from specbuilder.training.events import EVENTS, CancelToken, EpochEvent, EpochMetrics, Event, FinishedEvent, StartedEvent
 from specbuilder.training.losses import LOSSES
-from specbuilder.training.loop import DIVERGENCE_CHECK, ModelLike, TrainResult, _place, _Run, evaluate, run_events
+from specbuilder.training.loop import DIVERGENCE_CHECK, ModelLike, Run, TrainResult, place_model
 
 POLL_SECONDS = 0.05
 """How often the launching process, waiting for events, passes on a cancel or the time limit."""
@@ -196,75 +194,64 @@ class SharedCancel(CancelToken):
 
 
 @dataclass
-class RankRun(_Run):
+class RankRun(Run):
     """One rank's run: DDP around the module, its sampler shard, decisions and reports agreed
-    with the other ranks (see the module docstring). ``module`` becomes the DDP wrapper the
-    training step calls; ``inner`` is the model itself (evaluation, statistics)."""
+    with the other ranks (see the module docstring). ``step_module`` is the DDP wrapper the
+    training step calls; evaluation and statistics use ``module``, the model itself."""
 
     rank: int = 0
     world: int = 1
-    inner: nn.Module = field(init=False)
     sampler: DistributedSampler[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.inner = self.module
-        device = self.data.x_train.device
-        self.module = DistributedDataParallel(self.inner, device_ids=[device.index] if device.type == "cuda" else None)
+        super().__post_init__()
+        device = self.device
+        self.step_module = DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda" else None)
         self.sampler = DistributedSampler(range(len(self.data.x_train)), num_replicas=self.world, rank=self.rank, seed=self.config.seed)
         self.check_every = DIVERGENCE_CHECK
         if isinstance(self.random, RunStream):
             self.random = RunStream((self.config.seed + self.rank) % SEED_SPACE, device)
 
     def order(self, epoch: int, shuffle: torch.Generator) -> torch.Tensor:
+        """This rank's shard of the epoch's permutation (``DistributedSampler``'s indices)."""
         self.sampler.set_epoch(epoch)
-        return torch.tensor(list(self.sampler), dtype=torch.int64, device=self.data.x_train.device)
+        return torch.tensor(list(self.sampler), dtype=torch.int64, device=self.device)
 
     def stop_requested(self) -> bool:
         return self.status != "completed"  # set only where every rank agrees: see diverged
 
     def diverged(self, pending: list[torch.Tensor], losses: list[float], epoch: int) -> bool:
         """One all-reduce: the step losses summed over ranks and whether any rank must stop."""
-        wanted = _Run.stop_requested(self)
+        wanted = Run.stop_requested(self)
         flag = torch.tensor([float(wanted)], dtype=torch.float64, device=pending[0].device)
         packed = torch.cat([torch.stack(pending).double(), flag])
         dist.all_reduce(packed)
-        if not wanted and packed[-1].item() > 0 and not _Run.stop_requested(self):
+        if not wanted and packed[-1].item() > 0 and not Run.stop_requested(self):
             self.status, self.reason = "cancelled", f"another rank was stopped (cancel or time limit) after {self.steps} steps"
         pending[:] = list((packed[:-1] / self.world).unbind())
         return super().diverged(pending, losses, epoch)
 
-    def window_stats(self) -> list[LayerStats]:
-        assert self.monitor is not None
-        all_merge_monitor(self.monitor)
-        return self.monitor.stats()
+    def stats_of(self, monitor: ActivationMonitor) -> list[LayerStats]:
+        """The statistics of every rank's monitor merged, as one monitor seeing all their batches would report."""
+        all_merge_monitor(monitor)
+        return monitor.stats()
 
-    def _sharded(self, x: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None, chunk: int) -> tuple[float, float | None]:
-        """Mean loss and accuracy over ``x``, each rank evaluating its contiguous slice."""
+    def assess(self, x: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None, *,
+               statistics: bool = False) -> tuple[float, float | None, list[LayerStats]]:
+        """``Run.assess`` over the whole of ``x``, each rank evaluating its contiguous slice; sums
+        and statistics are merged across ranks."""
         n = len(x)
         begin, end = n * self.rank // self.world, n * (self.rank + 1) // self.world
-        sums = torch.zeros(2, dtype=torch.float64)
-        if end > begin:
-            loss, accuracy = evaluate(self.inner, x[begin:end], targets[begin:end], None if labels is None else labels[begin:end],
-                                      self.data.predict, self.loss_fn, chunk, self.config.amp)
-            sums = torch.tensor([loss * (end - begin), (accuracy or 0.0) * (end - begin)], dtype=torch.float64)
+        with eval_mode(self.module), Evaluator(self.module, statistics=statistics, amp=self.config.amp) as evaluator:
+            sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+            if end > begin:
+                outputs = evaluator.outputs(x[begin:end], self.eval_chunk)
+                sums = self.totals(outputs, targets[begin:end], None if labels is None else labels[begin:end])
+            stats = [] if evaluator.monitor is None else self.stats_of(evaluator.monitor)
         sums = sums.to(collective_device())
         dist.all_reduce(sums)
         loss_sum, correct = sums.tolist()
-        return loss_sum / n, None if labels is None else round(correct) / n
-
-    def validate(self, chunk: int) -> tuple[float | None, float | None]:
-        data = self.data
-        return self._sharded(data.x_val, data.t_val, data.labels_val, chunk) if len(data.x_val) else (None, None)
-
-    def final(self, chunk: int) -> tuple[EvalMetrics, list[LayerStats]]:
-        data = self.data
-        split = "validation" if len(data.x_val) else "training"
-        x, targets, labels = (data.x_val, data.t_val, data.labels_val) if split == "validation" else (data.x_train, data.t_train, data.labels_train)
-        with ActivationMonitor(self.inner, grads=False) as monitor:
-            loss, accuracy = self._sharded(x, targets, labels, chunk)
-            all_merge_monitor(monitor)
-            stats = monitor.stats()
-        return EvalMetrics(split=split, samples=len(x), loss=loss, accuracy=accuracy), stats
+        return loss_sum / n, None if labels is None else round(correct) / n, stats
 
 
 @dataclass
@@ -326,8 +313,7 @@ def _rank_main(job: _Job) -> None:
         module = compile_spec(parse_spec(job.spec, max_params=None), job.style, device, job.dtype, max_params=None, init=False)
         module.load_state_dict(torch.load(io.BytesIO(job.weights), weights_only=True))
         config = parse_config(job.config).model_copy(update={"device": str(device), "max_seconds": None})
-        make_run = partial(RankRun, rank=rank, world=world)
-        for event in run_events(module, job.dataset, config, cancel=job.cancel, make_run=make_run):
+        for event in RankRun.prepare(module, job.dataset, config, cancel=job.cancel, rank=rank, world=world).events():
             if local_rank == 0:
                 _report(job, event, world, rank, config.batch_size)
     finally:
@@ -387,7 +373,7 @@ def _checked(model: ModelLike, data: DataLike, config: TrainConfig, launch: Laun
     """Everything one process would check before its first step, here, before any rank starts:
     the module to report into, the collective backend, the device, the dataset, ranks per node."""
     nproc = launch.ranks_per_node(config.world_size)
-    module, spec, device = _place(model, config)
+    module, spec, device = place_model(model, config)
     backend = _backend(config, device, nproc)
     dataset = as_dataset(data, seed=config.seed)
     loss = choose_loss(config.loss, dataset, spec)

@@ -1,4 +1,4 @@
-"""The training loop: ``train_events`` yields progress events, ``train`` returns the result.
+"""The training loop in one process: ``Run`` and ``in_process``, the launcher ``train_events`` uses by default.
 
 The hot loop is what a person writes by hand, no more: data lives on the device, each epoch
 is one seeded shuffle (a single gather), a batch is a slice, and the activation monitor is
@@ -26,10 +26,10 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -38,12 +38,13 @@ from specbuilder.compiler import compile_spec
 from specbuilder.datasets import DataLike, as_dataset
 from specbuilder.devices import AMP_DTYPES, amp_dtype, autocast, resolve_device
 from specbuilder.errors import Problem, SpecError
+from specbuilder.evaluation import EVAL_CHUNK, evaluate
 from specbuilder.kinds import resolve
 from specbuilder.rng import RunStream, draws_random
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.stats import ActivationMonitor, LayerStats
-from specbuilder.training.config import TrainConfig, parse_config, problem_at
-from specbuilder.training.data import Predict, Prepared, choose_loss, prepare
+from specbuilder.training.config import TrainConfig, problem_at
+from specbuilder.training.data import Prepared, choose_loss, prepare
 from specbuilder.training.events import (
     CancelToken, EpochEvent, EpochMetrics, EvalMetrics, Event, FinishedEvent, StartedEvent, StatsEvent, Status,
 )
@@ -52,8 +53,6 @@ from specbuilder.training.optimizers import OPTIMIZERS
 
 DIVERGENCE_CHECK = 16
 """On CUDA, losses are checked for NaN/inf once per this many steps (one host sync each)."""
-EVAL_CHUNK = 4096
-"""Samples per forward pass when evaluating (or the batch size, if larger)."""
 MIN_LOSS_SCALE = 1.0
 """fp16: a loss scale below this (from 2**16, halved at every overflowing step) ends the run as diverged."""
 
@@ -111,8 +110,10 @@ def _check_trainable(spec: ModelSpec, module: nn.Module, data: Prepared, config:
                                              f"at least 2 samples, but the {evaluated} it evaluates leave one alone; change validation_split, or send more samples")
 
 
-def _place(model: ModelLike, config: TrainConfig) -> tuple[nn.Module, ModelSpec, torch.device]:
-    """The module to train (compiled from a spec, or the given one), its spec and its device."""
+def place_model(model: ModelLike, config: TrainConfig) -> tuple[nn.Module, ModelSpec, torch.device]:
+    """The module to train (compiled from a spec, or the given one moved to ``config.device``), its
+    spec and its device; with device "auto" a given module stays where it is. ``ConfigError`` at
+    ``device`` for a device this machine lacks; ``TypeError`` for a module specbuilder did not compile."""
     try:
         device = None if config.device == "auto" and isinstance(model, nn.Module) else resolve_device(config.device)
     except ValueError as error:
@@ -133,40 +134,6 @@ def widened(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.to(dtype) if out.dtype != dtype and out.dtype in AMP_DTYPES.values() else out
 
 
-@torch.no_grad()
-def evaluate(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None,
-             predict: Predict | None, loss_fn: LossFn, chunk: int, amp: str | None = None) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None without labels) over ``x`` in eval mode, with one host copy.
-
-    ``amp`` (``"bf16"``, ``"fp16"``) runs the forward under autocast; the loss is taken in ``x``'s dtype.
-    """
-    was_training = module.training
-    module.eval()
-    precision = autocast(x.device, amp_dtype(amp))
-    total = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.float64)
-    for begin in range(0, len(x), chunk):
-        with precision:
-            out = module(x[begin:begin + chunk])
-        out = widened(out, x.dtype)
-        total += loss_fn(out, targets[begin:begin + chunk]) * len(out)
-        if labels is not None and predict is not None:
-            correct += (predict(out) == labels[begin:begin + chunk]).sum()
-    module.train(was_training)
-    loss_sum, correct_sum = torch.stack([total, correct]).tolist()
-    return loss_sum / len(x), None if labels is None else correct_sum / len(x)
-
-
-def _final(module: nn.Module, data: Prepared, loss_fn: LossFn, chunk: int, amp: str | None) -> tuple[EvalMetrics, list[LayerStats]]:
-    """Metrics and activation statistics of the trained model over the validation (else training) set."""
-    split = "validation" if len(data.x_val) else "training"
-    x, targets, labels = (data.x_val, data.t_val, data.labels_val) if split == "validation" else (data.x_train, data.t_train, data.labels_train)
-    with ActivationMonitor(module, grads=False) as monitor:
-        loss, accuracy = evaluate(module, x, targets, labels, data.predict, loss_fn, chunk, amp)
-        stats = monitor.stats()
-    return EvalMetrics(split=split, samples=len(x), loss=loss, accuracy=accuracy), stats
-
-
 def _divergence(pending: list[torch.Tensor], losses: list[float], steps: int, epoch: int) -> str | None:
     """Read the pending step losses into ``losses``; a reason naming the first NaN/inf step, if any."""
     values = [pending[0].item()] if len(pending) == 1 else torch.stack(pending).tolist()
@@ -178,33 +145,87 @@ def _divergence(pending: list[torch.Tensor], losses: list[float], steps: int, ep
 
 
 @dataclass
-class _Run:
-    """One training run's fixed parts and its progress: what the hot loop touches."""
+class Run:
+    """One training run in this process: its fixed parts, its progress, and the steps that train it.
+
+    ``Run.prepare`` builds one from what ``train`` takes and checks it; ``events`` trains,
+    yielding the run's events. The methods between are the run's policy, each in one place: the
+    epoch's sample ``order``, when a run must ``stop_requested``, whether it ``diverged``, the
+    statistics of a monitor (``stats_of``), the loss and accuracy over a set (``assess``). A
+    subclass changes what differs for it (``specbuilder.training.distributed.RankRun``: one rank of DDP).
+    """
 
     module: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss_fn: LossFn
+    """The model being trained (compiled by specbuilder)."""
+    spec: ModelSpec
+    dataset: str
+    """The dataset's name."""
+    loss: str
+    """The loss's name."""
     data: Prepared
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
     config: TrainConfig
     cancel: CancelToken | None
-    deadline: float | None
+    started: float
+    """``time.monotonic()`` when the run was asked for: its time limit counts from here."""
     check_every: int
+    """Steps between divergence checks (each one a host read of the pending losses)."""
     scaler: torch.amp.GradScaler | None = None
     """fp16 only: scales the loss so small gradients survive float16."""
-    monitor: ActivationMonitor | None = None
-    """Set once its hooks are on; enabled only on the steps it reports."""
     random: AbstractContextManager[object] = nullcontext()
     """Around each training forward: the run's own ``RunStream`` where the model draws random numbers (dropout)."""
+    monitor: ActivationMonitor | None = None
+    """Set by ``events`` once its hooks are on; enabled only on the steps it reports."""
     steps: int = 0
     status: Status = "completed"
     reason: str = ""
+    step_module: nn.Module = field(init=False)
+    """What a training step calls: ``module`` here; a subclass may wrap it (DDP does)."""
+
+    def __post_init__(self) -> None:
+        self.step_module = self.module
+
+    @classmethod
+    def prepare(cls, model: ModelLike, data: DataLike, config: TrainConfig, *, cancel: CancelToken | None = None,
+                **fields: Any) -> Self:
+        """A run of ``model`` on ``data`` (see ``train_events``), checked before anything runs:
+        invalid input raises ``ConfigError``, ``SpecError`` or ``DataError`` here. ``fields``
+        go to the constructor (a subclass's own)."""
+        started = time.monotonic()
+        module, spec, device = place_model(model, config)
+        dataset = as_dataset(data, seed=config.seed)
+        loss_spec = choose_loss(config.loss, dataset, spec)
+        dtype = next(module.parameters(), torch.empty(0)).dtype
+        prepared = prepare(dataset, spec, loss_spec, config.validation_split, config.seed, device, dtype)
+        _check_trainable(spec, module, prepared, config)
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.optimizer.params().items()}
+        return cls(
+            module=module, spec=spec, dataset=dataset.name, loss=loss_spec.type, data=prepared,
+            loss_fn=partial(resolve(LOSSES[loss_spec.type].function), **loss_spec.params()),
+            optimizer=resolve(OPTIMIZERS[config.optimizer.type].cls)(module.parameters(), lr=config.lr, **options),
+            config=config, cancel=cancel, started=started, check_every=1 if device.type == "cpu" else DIVERGENCE_CHECK,
+            scaler=torch.amp.GradScaler(device.type) if config.amp == "fp16" else None,
+            random=RunStream(config.seed, device) if draws_random(spec) else nullcontext(), **fields,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model and its data are."""
+        return self.data.x_train.device
+
+    @property
+    def eval_chunk(self) -> int:
+        """Samples per forward pass when evaluating: ``EVAL_CHUNK``, or the batch size if larger."""
+        return max(self.config.batch_size, EVAL_CHUNK)
 
     def stop_requested(self) -> bool:
         """Whether a cancel or the time limit ends the run now (setting status and reason)."""
+        limit = self.config.max_seconds
         if self.cancel is not None and self.cancel.cancelled:
             self.status, self.reason = "cancelled", f"{self.cancel.reason} after {self.steps} steps"
-        elif self.deadline is not None and time.monotonic() > self.deadline:
-            self.status, self.reason = "cancelled", f"time limit of {self.config.max_seconds:g} s reached after {self.steps} steps"
+        elif limit is not None and time.monotonic() > self.started + limit:
+            self.status, self.reason = "cancelled", f"time limit of {limit:g} s reached after {self.steps} steps"
         return self.status != "completed"
 
     def diverged(self, pending: list[torch.Tensor], losses: list[float], epoch: int) -> bool:
@@ -221,24 +242,50 @@ class _Run:
         return reason is not None
 
     def order(self, epoch: int, shuffle: torch.Generator) -> torch.Tensor:
-        """The epoch's sample order: one seeded permutation of the training set (a rank takes its shard instead)."""
-        return torch.randperm(len(self.data.x_train), generator=shuffle, device=self.data.x_train.device)
+        """The epoch's sample order: one seeded permutation of the training set."""
+        return torch.randperm(len(self.data.x_train), generator=shuffle, device=self.device)
 
-    def window_stats(self) -> list[LayerStats]:
-        """The monitor's statistics of the step just monitored."""
-        assert self.monitor is not None
-        return self.monitor.stats()
+    def stats_of(self, monitor: ActivationMonitor) -> list[LayerStats]:
+        """What ``monitor`` has seen, as reported statistics."""
+        return monitor.stats()
 
-    def validate(self, chunk: int) -> tuple[float | None, float | None]:
+    @torch.no_grad()
+    def totals(self, outputs: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Summed loss and correct predictions (0 without labels) over ``outputs``, as float64 on
+        their device (no host sync); the loss is taken per ``eval_chunk`` in the model's dtype."""
+        total = torch.zeros((), device=outputs.device, dtype=torch.float64)
+        correct = torch.zeros((), device=outputs.device, dtype=torch.float64)
+        predict, chunk = self.data.predict, self.eval_chunk
+        for begin in range(0, len(outputs), chunk):
+            out = widened(outputs[begin:begin + chunk], self.data.x_train.dtype)
+            total += self.loss_fn(out, targets[begin:begin + chunk]) * len(out)
+            if labels is not None and predict is not None:
+                correct += (predict(out) == labels[begin:begin + chunk]).sum()
+        return torch.stack([total, correct])
+
+    def assess(self, x: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None, *,
+               statistics: bool = False) -> tuple[float, float | None, list[LayerStats]]:
+        """Mean loss, accuracy (None without labels) and, with ``statistics``, the activation
+        statistics of the model over ``x`` in eval mode (``specbuilder.evaluation.evaluate``), with one host copy."""
+        evaluation = evaluate(self.module, x, statistics=statistics, amp=self.config.amp, chunk=self.eval_chunk)
+        loss_sum, correct = self.totals(evaluation.outputs, targets, labels).tolist()
+        return loss_sum / len(x), None if labels is None else correct / len(x), evaluation.stats
+
+    def validate(self) -> tuple[float | None, float | None]:
         """Validation loss and accuracy after an epoch; None without a validation set."""
         data = self.data
         if not len(data.x_val):
             return None, None
-        return evaluate(self.module, data.x_val, data.t_val, data.labels_val, data.predict, self.loss_fn, chunk, self.config.amp)
+        loss, accuracy, _ = self.assess(data.x_val, data.t_val, data.labels_val)
+        return loss, accuracy
 
-    def final(self, chunk: int) -> tuple[EvalMetrics, list[LayerStats]]:
-        """Metrics and activation statistics of the trained model (see ``_final``)."""
-        return _final(self.module, self.data, self.loss_fn, chunk, self.config.amp)
+    def final(self) -> tuple[EvalMetrics, list[LayerStats]]:
+        """Metrics and activation statistics of the trained model over the validation (else training) set."""
+        data = self.data
+        split = "validation" if len(data.x_val) else "training"
+        x, targets, labels = (data.x_val, data.t_val, data.labels_val) if split == "validation" else (data.x_train, data.t_train, data.labels_train)
+        loss, accuracy, stats = self.assess(x, targets, labels, statistics=True)
+        return EvalMetrics(split=split, samples=len(x), loss=loss, accuracy=accuracy), stats
 
     def epoch(self, epoch: int, shuffle: torch.Generator, losses: list[float]) -> Iterator[StatsEvent]:
         """One pass over the shuffled training set; yields a stats event every ``stats_every`` steps."""
@@ -260,14 +307,14 @@ class _Run:
                     monitor.grad_scale = scaler.scale(one)  # the scale this step's gradients carry, on the device
             self.optimizer.zero_grad(set_to_none=True)
             with precision, self.random:
-                out = self.module(xs[begin:begin + batch])
+                out = self.step_module(xs[begin:begin + batch])
             loss = self.loss_fn(widened(out, dtype), ts[begin:begin + batch])
             (loss if scaler is None else scaler.scale(loss)).backward()
             pending.append(loss.detach())
             diverged = len(pending) >= self.check_every and self.diverged(pending, losses, epoch)
             if monitored:
                 monitor.enabled = False
-                yield StatsEvent(step=self.steps, epoch=epoch + 1, layers=self.window_stats())
+                yield StatsEvent(step=self.steps, epoch=epoch + 1, layers=self.stats_of(monitor))
                 monitor.reset()
             if diverged:
                 return
@@ -283,7 +330,7 @@ class _Run:
         if pending:
             self.diverged(pending, losses, epoch)
 
-    def epochs(self, shuffle: torch.Generator, chunk: int) -> Iterator[StatsEvent | EpochEvent]:
+    def epochs(self, shuffle: torch.Generator) -> Iterator[StatsEvent | EpochEvent]:
         """Every epoch, each closed by validation and an epoch event, until done or stopped."""
         config = self.config
         for epoch in range(config.epochs):
@@ -295,86 +342,44 @@ class _Run:
             yield from self.epoch(epoch, shuffle, losses)
             if self.status != "completed":
                 return
-            val_loss, accuracy = self.validate(chunk)
+            val_loss, accuracy = self.validate()
             yield EpochEvent(metrics=EpochMetrics(
                 epoch=epoch + 1, step=self.steps, loss=sum(losses) / len(losses), val_loss=val_loss, accuracy=accuracy,
                 lr=lr, seconds=time.perf_counter() - started,
             ))
         self.reason = f"trained {config.epochs} epochs ({self.steps} steps)"
 
+    def events(self) -> Iterator[Event]:
+        """Train: ``started``, then ``epoch`` and ``stats`` events as they happen, ``finished`` last (with the ``TrainResult``)."""
+        config, data, module, spec = self.config, self.data, self.module, self.spec
+        history: list[EpochMetrics] = []
+        watch = ActivationMonitor(module, grads=True) if config.stats_every else nullcontext()
+        with watch as monitor:
+            if monitor is not None:
+                monitor.enabled = False
+            self.monitor = monitor
+            yield StartedEvent(
+                model=spec.name, parameters=spec.num_params, dataset=self.dataset, train_samples=len(data.x_train),
+                val_samples=len(data.x_val), steps_per_epoch=math.ceil(len(data.x_train) / config.batch_size),
+                loss=self.loss, device=str(self.device), config=config,
+            )
+            module.train()
+            for event in self.epochs(torch.Generator(device=self.device).manual_seed(config.seed)):
+                if isinstance(event, EpochEvent):
+                    history.append(event.metrics)
+                yield event
+        final, stats = self.final()
+        seconds = time.monotonic() - self.started
+        result = TrainResult(module, history, stats, final, self.status, self.reason, self.steps, len(history), self.dataset, seconds, config)
+        finished = FinishedEvent(status=self.status, reason=self.reason, steps=self.steps, epochs=len(history), seconds=seconds, final=final)
+        finished._result = result
+        yield finished
 
-def train_events(model: ModelLike, data: DataLike, config: TrainConfig | Mapping[str, Any] | str | None = None, *,
-                 cancel: CancelToken | None = None) -> Iterator[Event]:
-    """Train, yielding ``started``, then ``epoch`` and ``stats`` events, and ``finished`` last.
 
-    ``model``: a spec (any form ``parse_spec`` takes) or a module compiled by specbuilder
-    (trained in place; with device "auto" it stays where it is). ``data``: a built-in dataset
-    name, an ``.npz`` path, ``(x, y)`` arrays or tensors, or a ``Dataset``. Invalid input raises
-    ``ConfigError``, ``SpecError`` or ``DataError`` before training starts; afterwards nothing
-    raises: the finished event says how the run ended and carries the ``TrainResult``.
-
-    With ``world_size`` > 1 the run is distributed: ``specbuilder.training.distributed``
-    launches the ranks and relays rank 0's events here as they happen.
-    """
-    config = parse_config(config)
+def in_process(model: ModelLike, data: DataLike, config: TrainConfig, *, cancel: CancelToken | None = None) -> Iterator[Event]:
+    """The launcher that trains in this process (see ``train_events``): ``Run.prepare``, then its events.
+    A ``config`` with ``world_size`` > 1 is refused: that run takes ``distributed.launch_events``."""
     if config.world_size > 1:
-        from specbuilder.training.distributed import launch_events
-
-        yield from launch_events(model, data, config, cancel=cancel)
-    else:
-        yield from run_events(model, data, config, cancel=cancel)
-
-
-def run_events(model: ModelLike, data: DataLike, config: TrainConfig, *, cancel: CancelToken | None = None,
-               make_run: Callable[..., _Run] = _Run) -> Iterator[Event]:
-    """``train_events`` in this process; ``make_run`` builds the run (a distributed rank passes its own ``_Run``)."""
-    started = time.monotonic()
-    module, spec, device = _place(model, config)
-    dataset = as_dataset(data, seed=config.seed)
-    loss_spec = choose_loss(config.loss, dataset, spec)
-    dtype = next(module.parameters(), torch.empty(0)).dtype
-    prepared = prepare(dataset, spec, loss_spec, config.validation_split, config.seed, device, dtype)
-    _check_trainable(spec, module, prepared, config)
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.optimizer.params().items()}
-    run = make_run(
-        module=module,
-        optimizer=resolve(OPTIMIZERS[config.optimizer.type].cls)(module.parameters(), lr=config.lr, **options),
-        loss_fn=partial(resolve(LOSSES[loss_spec.type].function), **loss_spec.params()),
-        data=prepared, config=config, cancel=cancel, deadline=None if config.max_seconds is None else started + config.max_seconds,
-        check_every=1 if device.type == "cpu" else DIVERGENCE_CHECK,
-        scaler=torch.amp.GradScaler(device.type) if config.amp == "fp16" else None,
-        random=RunStream(config.seed, device) if draws_random(spec) else nullcontext(),
-    )
-    chunk = max(config.batch_size, EVAL_CHUNK)
-    history: list[EpochMetrics] = []
-    watch = ActivationMonitor(module, grads=True) if config.stats_every else nullcontext()
-    with watch as monitor:
-        if monitor is not None:
-            monitor.enabled = False
-        run.monitor = monitor
-        yield StartedEvent(
-            model=spec.name, parameters=spec.num_params, dataset=dataset.name, train_samples=len(prepared.x_train),
-            val_samples=len(prepared.x_val), steps_per_epoch=math.ceil(len(prepared.x_train) / config.batch_size),
-            loss=loss_spec.type, device=str(device), config=config,
-        )
-        module.train()
-        for event in run.epochs(torch.Generator(device=device).manual_seed(config.seed), chunk):
-            if isinstance(event, EpochEvent):
-                history.append(event.metrics)
-            yield event
-    final, stats = run.final(chunk)
-    seconds = time.monotonic() - started
-    result = TrainResult(module, history, stats, final, run.status, run.reason, run.steps, len(history), dataset.name, seconds, config)
-    finished = FinishedEvent(status=run.status, reason=run.reason, steps=run.steps, epochs=len(history), seconds=seconds, final=final)
-    finished._result = result
-    yield finished
-
-
-def train(model: ModelLike, data: DataLike, config: TrainConfig | Mapping[str, Any] | str | None = None, *,
-          on_event: Callable[[Event], None] | None = None, cancel: CancelToken | None = None) -> TrainResult:
-    """Train ``model`` on ``data``; ``on_event`` sees every event as it happens. See ``train_events``."""
-    for event in train_events(model, data, config, cancel=cancel):
-        if on_event is not None:
-            on_event(event)
-    assert isinstance(event, FinishedEvent)
-    return event.result
+        raise problem_at("world_size", f"is {config.world_size}, but this launcher trains in one process; "
+                                       "launch it with specbuilder.training.distributed.launch_events")
+    yield from Run.prepare(model, data, config, cancel=cancel).events()
