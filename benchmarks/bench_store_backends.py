@@ -49,7 +49,8 @@ ROWS = 10_000
 """Entries in each index for the listing (``--quick``: a tenth)."""
 PAGE = 100
 RUN_SPEC: dict[str, Any] = {"name": "tiny", "input_shape": [4], "layers": [{"type": "linear", "out_features": 2}]}
-"""The spec of the listed runs: their size does not matter, the page reads summary columns only."""
+"""A tiny spec: the listed runs' (a page reads summary columns only, so their size does not matter), and what a
+fresh replica validates so that its channel connects before the timed Evaluate."""
 
 
 def store_servers() -> ModuleType:
