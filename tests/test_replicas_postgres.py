@@ -93,6 +93,7 @@ def test_a_model_trained_on_one_replica_is_read_evaluated_exported_and_deleted_o
             on_a.get_model(trained.model_id)
         with pytest.raises(NotFound, match=trained.model_id):
             on_a.evaluate(trained.model_id, X)
+    assert [p for p in replicas.store.root.rglob("*") if p.is_file()] == []  # no host kept anything of the store
 
 
 def test_a_replica_killed_mid_training_leaves_its_run_interrupted_for_the_other(replicas: Replicas) -> None:
