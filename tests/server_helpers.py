@@ -198,8 +198,8 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(store: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """``python -m specbuilder serve --port 0 --store STORE *flags``; waits for its ``listening on`` line."""
+def server_process(store: Path | str, *flags: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """``python -m specbuilder serve --port 0 --store STORE *flags`` (a directory or a URL); waits for its ``listening on`` line."""
     command = [sys.executable, "-m", "specbuilder", "serve", "--port", "0", "--store", str(store), "--device", "cpu", "--grace", "2", *flags]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

@@ -96,11 +96,11 @@ class S3Server:
             self.process.wait()
             self.process = None
 
-    def bucket(self) -> str:
-        """A fresh bucket's ``s3://`` URL."""
+    def bucket(self, name: str | None = None) -> str:
+        """A fresh bucket's ``s3://`` URL; ``name`` makes that bucket (again, after a restart emptied the server)."""
         import boto3
 
-        name = f"t-{uuid.uuid4().hex[:12]}"
+        name = name or f"t-{uuid.uuid4().hex[:12]}"
         boto3.client("s3", endpoint_url=self.endpoint, **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
                      region_name=AWS["AWS_DEFAULT_REGION"]).create_bucket(Bucket=name)
         return f"s3://{name}/models"
