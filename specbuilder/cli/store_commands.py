@@ -30,7 +30,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     copy.add_argument("target", type=store_location, metavar="DST", help="the store to copy into: a directory or postgresql://...")
     copy.add_argument("--source-weights", metavar="URL", help="where SRC keeps weights, for a PostgreSQL SRC: s3://BUCKET/PREFIX or a directory")
     copy.add_argument("--target-weights", metavar="URL", help="where DST keeps weights, for a PostgreSQL DST: s3://BUCKET/PREFIX or a directory")
-    copy.set_defaults(run=run_copy)
+    store.set_defaults(run=run_store)
+
+
+def run_store(args: argparse.Namespace) -> int:
+    """``store ACTION``: the action's runner."""
+    return ACTIONS[args.action](args)
 
 
 def run_copy(args: argparse.Namespace) -> int:
@@ -52,3 +57,7 @@ def run_copy(args: argparse.Namespace) -> int:
                 raise CommandError(f"store copy: {error}") from None
     print(f"{len(done.copied)} copied, {len(done.verified)} already there and verified, {len(done.running)} still running (left out)")
     return 0
+
+
+ACTIONS = {"copy": run_copy}
+"""``store``'s actions by name."""

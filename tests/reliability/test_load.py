@@ -175,7 +175,11 @@ def test_many_clients_mixing_calls(tmp_path: Path, budget: Any, tally: Any) -> N
             clients = load(server.address, seconds, 1000, reference)
         with grpc.insecure_channel(server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        stored = {record.id: record.status for record in stub.ListModels(pb.ListModelsRequest()).models}
+        stored, token = {}, None
+        while token != "":  # every page
+            page = stub.ListModels(pb.ListModelsRequest(page_size=1000, page_token=token or ""))
+            stored.update({record.id: record.status for record in page.models})
+            token = page.next_page_token
         settled = idle_mib(pid, baseline + SETTLE_MIB)
 
     outcomes = sum((client.outcomes for client in clients), Counter())
