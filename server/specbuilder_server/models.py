@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -142,10 +143,17 @@ class Models:
         """What a request's spec source is remembered by."""
         return source.SerializeToString(deterministic=True)
 
-    def for_source(self, source: service_pb2.SpecSource, path: str) -> Ready:
-        """``compiled`` for the spec a request sends, remembered by the source's bytes."""
+    def for_source(self, source: service_pb2.SpecSource, path: str, check: Callable[[ModelSpec], object] | None = None) -> Ready:
+        """``compiled`` for the spec a request sends, remembered by the source's bytes; ``check`` sees the
+        spec first, before anything is compiled (and may refuse it by raising)."""
         key = self.source_key(source)
-        return self.cache.by_source(key) or self.compiled(requests.spec_of(source, path, self._max_params), source=key)
+        ready = self.cache.by_source(key)
+        if ready is not None:
+            return ready
+        spec = requests.spec_of(source, path, self._max_params)
+        if check is not None:
+            check(spec)
+        return self.compiled(spec, source=key)
 
     def stored(self, model_id: str) -> Ready:
         """A stored model with its weights; ``ModelNotFound`` / ``NoWeights`` from the store.

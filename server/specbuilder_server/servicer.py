@@ -157,12 +157,13 @@ class ModelServicer:
         where = "send it there (its path is in this status's trailing metadata)" if self.local_socket else "this server has no local socket"
         raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"{path}.shared_memory: {why}; {where}", metadata=metadata)
 
-    async def _ready(self, request: Any) -> Ready:
-        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``)."""
+    async def _ready(self, request: Any, check: Callable[[ModelSpec], object] | None = None) -> Ready:
+        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``); ``check`` sees a
+        spec sent with the request before it is compiled."""
         kind = request.WhichOneof("model")
         if kind == "spec":
             ready = self._models.cache.by_source(self._models.source_key(request.spec))
-            return ready or await self.blocking(self._models.for_source, request.spec, "spec")
+            return ready or await self.blocking(self._models.for_source, request.spec, "spec", check)
         if kind == "model_id":
             return await self.blocking(self._models.stored, requests.model_id(request.model_id))
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
@@ -193,11 +194,12 @@ class ModelServicer:
                        budget: Budget) -> service_pb2.EvaluateResponse:
         """Evaluate, for gRPC and the local socket alike; raises what the call fails with."""
         request = received.message
-        ready = await self._ready(request)
+        rows = _rows(request.input)
+        ready = await self._ready(request, lambda spec: self._check_cost(spec, rows, "input"))  # refused before it is compiled
         options = requests.options_of(request.options, ready.spec)
         if not request.HasField("input"):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
-        flops = self._check_cost(ready.spec, _rows(request.input), "input")
+        flops = self._check_cost(ready.spec, rows, "input")
         response = service_pb2.EvaluateResponse()
         stats, seconds = await self._compute(flops, budget, self._one_pass, ready, options, request.input, received.data,
                                              response.output, regions, budget)

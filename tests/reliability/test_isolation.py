@@ -261,6 +261,16 @@ def test_a_call_too_costly_is_refused_and_one_over_its_compute_cap_is_stopped(tm
     assert capped.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_compute_seconds" in capped.message
 
 
+def test_the_audits_1024_layer_spec_is_refused_before_it_is_compiled(tmp_path: Path, tally: Tally) -> None:
+    deep = {**CONV, "name": "deep-conv", "layers": CONV["layers"][:1] * 1024}
+    rows = np.zeros((190, 3, 32, 32), np.float32)
+    with serving(tmp_path / "store") as server, connect(server.address) as stub:
+        failure = rpc_error(lambda: stub.Evaluate(service_pb2.EvaluateRequest(spec=spec_source(deep), input=batch(rows)), timeout=60))
+        assert failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_flops_per_call" in failure.message
+        assert len(server.servicer._models.cache) == 0, "nothing was compiled for a call refused for its cost"
+    tally.count("1024 convolutions (37.8 M parameters) on 190 rows, default limits", failure.code.name)
+
+
 def test_small_calls_are_answered_while_a_large_one_computes_and_a_cancel_stops_it(tmp_path: Path, tally: Tally) -> None:
     rows = np.zeros((190, 3, 32, 32), np.float32)
     with serving(tmp_path / "store") as server, connect(server.address) as stub:
