@@ -32,6 +32,7 @@ def test_models_list_and_rm_on_a_postgresql_store(postgres: Postgres, s3_server:
     with ModelStore.open(url, weights=bucket) as store:
         assert store.list() == []
     monkeypatch.delenv("SPECBUILDER_WEIGHTS")
+    assert run("models", "list", "--store", url, "--weights", bucket).code == 0  # the flag, where no variable is set
     refused = run("models", "list", "--store", url)
     assert refused.code != 0 and any("needs a place for weights" in line for line in refused.err)
 

@@ -76,7 +76,7 @@ def run_model(args: argparse.Namespace) -> int:
     else:
         from specbuilder.stats import LayerStats
 
-        with open_store(store_path(args)) as store, store_errors("plot model"):
+        with open_store(store_path(args), weights=args.weights) as store, store_errors("plot model"):
             record = store.get(args.id)
         stats = [LayerStats.model_validate(layer) for layer in record.stats]
     if not stats:

@@ -1,7 +1,7 @@
 """The model store as commands see it: the ``--store`` option, its default, and errors for people.
 
 ``--store`` is a directory or a ``postgresql://`` URL; a PostgreSQL store's weights location
-(``s3://BUCKET/PREFIX`` or a shared directory) comes from ``$SPECBUILDER_WEIGHTS``.
+(``s3://BUCKET/PREFIX`` or a shared directory) is ``--weights``, else ``$SPECBUILDER_WEIGHTS``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ if TYPE_CHECKING:
     from specbuilder.store import ModelStore
 
 
-def add_store_option(parser: argparse.ArgumentParser) -> None:
-    """``--store DIR``, defaulting to the store ``specbuilder serve`` uses."""
-    parser.add_argument("--store", type=store_location, metavar="DIR|URL", help=(
-        "model store: a directory, or postgresql://USER@HOST:PORT/DATABASE with $SPECBUILDER_WEIGHTS naming where its "
-        "weights are (default $SPECBUILDER_STORE, else the one `serve` uses)"))
+STORE_HELP = ("model store: a directory, or postgresql://USER@HOST:PORT/DATABASE with --weights "
+              "(default $SPECBUILDER_STORE, else the one `serve` uses)")
+
+
+def add_store_option(parser: argparse.ArgumentParser, help: str = STORE_HELP) -> None:
+    """``--store DIR|URL`` (by default the store ``specbuilder serve`` uses, as ``help`` says), and ``--weights URL`` for a PostgreSQL one."""
+    parser.add_argument("--store", type=store_location, metavar="DIR|URL", help=help)
+    parser.add_argument("--weights", metavar="URL", default=None, help=(
+        "where a PostgreSQL store keeps weights: s3://BUCKET/PREFIX or a shared directory (default $SPECBUILDER_WEIGHTS)"))
 
 
 URL_PREFIX = re.compile(r"(postgres(?:ql)?):/+")
@@ -62,8 +66,9 @@ def store_errors(what: str) -> Iterator[None]:
 
 
 @contextmanager
-def open_store(path: Path | str, create: bool = False) -> Iterator[ModelStore]:
-    """The store at ``path`` (a directory or a URL), closed afterwards; unless ``create``, a directory store must
+def open_store(path: Path | str, create: bool = False, weights: str | None = None) -> Iterator[ModelStore]:
+    """The store at ``path`` (a directory or a URL; ``weights``, else ``$SPECBUILDER_WEIGHTS``, where a
+    PostgreSQL store keeps weights), closed afterwards; unless ``create``, a directory store must
     already be there (a typo makes no empty store)."""
     from specbuilder.store import ModelStore
 
@@ -71,7 +76,7 @@ def open_store(path: Path | str, create: bool = False) -> Iterator[ModelStore]:
     if isinstance(location, Path) and not create and not (location / "index.sqlite3").is_file():
         raise CommandError(f"no model store at {location}: pass --store DIR or set SPECBUILDER_STORE")
     with store_errors("--store"):
-        store = ModelStore.open(location, weights=os.environ.get("SPECBUILDER_WEIGHTS") or None)
+        store = ModelStore.open(location, weights=weights or os.environ.get("SPECBUILDER_WEIGHTS") or None)
     with store:
         yield store
 

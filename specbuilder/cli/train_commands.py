@@ -72,7 +72,7 @@ def _register_train(commands: argparse._SubParsersAction[argparse.ArgumentParser
     for name, kind, metavar, text in CONFIG_FLAGS:
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=metavar, help=text)
     train.add_argument("--config", type=Path, metavar="FILE.json", help="a TrainConfig as a JSON object (see the training docs)")
-    train.add_argument("--store", type=Path, metavar="DIR", help="save the trained model in this model store and print its id")
+    add_store_option(train, help="save the trained model in this model store (a directory, or postgresql://... with --weights) and print its id")
     train.add_argument("--name", help="the stored model's name (default: the spec's)")
     train.add_argument("--plot", type=Path, metavar="FILE.png", help=(
         f"write final activation histograms and dead/saturated fractions over training (statistics every {PLOT_STATS_EVERY} steps unless set)"))
@@ -246,7 +246,7 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
     with ExitStack() as scope:
         store = None
         if args.store is not None:  # opened, and the name checked, before a long run rather than after
-            store = scope.enter_context(open_store(args.store, create=True))
+            store = scope.enter_context(open_store(args.store, create=True, weights=args.weights))
             with store_errors("--name"):
                 check_name(args.name or spec.name)
         events = train_events(spec, dataset, config, launcher=launcher_for(config, launch))
@@ -416,7 +416,7 @@ def _load_for_eval(args: argparse.Namespace, x: np.ndarray) -> nn.Module:
         return compile_spec(spec, args.style, device, seed=0 if args.seed is None else args.seed)
     if args.seed is not None:
         raise CommandError("--seed: only with a SPEC (a stored model has its trained weights)")
-    with open_store(store_path(args)) as store, store_errors("--model"):
+    with open_store(store_path(args), weights=args.weights) as store, store_errors("--model"):
         module = store.load(args.model, device, args.style)
     check_batch(x.shape, module.spec, args.input)
     return module
@@ -478,7 +478,7 @@ def run_models_list(args: argparse.Namespace) -> int:
         where = args.server
     else:
         where = str(store_path(args))
-        with open_store(Path(where)) as store, store_errors("--status"):
+        with open_store(where, weights=args.weights) as store, store_errors("--status"):
             records = store.list(args.status)
     if not records:
         print(f"no models in {where}" + (f" with status {args.status}" if args.status else ""))
@@ -496,7 +496,7 @@ def run_models_show(args: argparse.Namespace) -> int:
         with connect(args) as client:
             record = client.get_model(args.id)
     else:
-        with open_store(store_path(args)) as store, store_errors("models show"):
+        with open_store(store_path(args), weights=args.weights) as store, store_errors("models show"):
             record = store.get(args.id)
     print(record_text(record))
     return 0
@@ -509,7 +509,7 @@ def run_models_rm(args: argparse.Namespace) -> int:
             record = client.get_model(args.id)
             client.delete_model(args.id)
     else:
-        with open_store(store_path(args)) as store, store_errors("models rm"):
+        with open_store(store_path(args), weights=args.weights) as store, store_errors("models rm"):
             record = store.get(args.id)
             store.delete(args.id)
     print(f"deleted model {record.id} ({record.name})")
