@@ -13,6 +13,8 @@ of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to ta
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,11 +69,20 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """A PostgreSQL server for this test session (each xdist worker has its own)."""
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
-    yield server
-    server.close()
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server for this test session (each xdist worker has its own).
+
+    Its data lives outside pytest's temporary tree: pytest resets that tree's root to 0700 when a
+    worker starts using it, which would lock out the server's own user (pgserver runs it as one)
+    in the middle of a run."""
+    root = Path(tempfile.mkdtemp(prefix="specbuilder-postgres-"))
+    root.chmod(0o755)
+    server = Postgres(root / "data")
+    try:
+        yield server
+    finally:
+        server.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
