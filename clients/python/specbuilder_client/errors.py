@@ -9,23 +9,15 @@ its path (``layers[2].negative_slope``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from specbuilder.errors import Problem
 
-@dataclass(frozen=True)
-class Violation:
-    """One problem with a request, at one path (``layers[2].negative_slope``)."""
-
-    path: str
-    message: str
-    type: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+Violation = Problem
+"""One problem with a request, at one path (``layers[2].negative_slope``): the core's ``Problem``, as the server's
+BadRequest details and ValidateSpec's violations carry it."""
 
 
 class SpecbuilderError(Exception):
