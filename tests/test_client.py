@@ -251,3 +251,20 @@ def test_an_unreachable_server_is_unavailable() -> None:
     with Client("127.0.0.1:1", timeout=10) as nowhere, pytest.raises(Unavailable) as caught:
         nowhere.list_models()
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_statistics_through_the_client_carry_everything_the_core_reports(client: Client) -> None:
+    spec = {"name": "two-kinds", "input_shape": [3, 4, 4], "layers": [
+        {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1, "activation": "relu"},
+        {"type": "flatten"}, {"type": "linear", "out_features": 7, "activation": "tanh"}]}
+    x = np.random.default_rng(2).normal(size=(16, 3, 4, 4)).astype(np.float32)
+    remote = client.evaluate(spec, x, statistics=True).stats
+    module = compile_spec(spec, device="cpu").eval()
+    from specbuilder.stats import ActivationMonitor
+
+    with ActivationMonitor(module) as monitor, torch.inference_mode():
+        module(torch.from_numpy(x))
+        local = monitor.stats()
+    assert [s.units for s in remote] == [s.units for s in local] == [5, 7]  # channels of the conv, features of the linear
+    assert [s.histogram.scale for s in remote] == [s.histogram.scale for s in local] == ["symlog", "linear"]  # type: ignore[union-attr]
+    assert [s.histogram.edges for s in remote] == [s.histogram.edges for s in local]  # type: ignore[union-attr]

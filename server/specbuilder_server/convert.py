@@ -26,7 +26,7 @@ from specbuilder_client.results import status_value
 
 _STATS_SCALARS = (
     "index", "name", "kind", "count", "nan_count", "inf_count", "zero_fraction", "saturated_fraction",
-    "dead_fraction", "grad_norm", "entropy", "max_probability",
+    "dead_fraction", "units", "grad_norm", "entropy", "max_probability",
 )
 _FINITE_MOMENTS = ("mean", "std", "min", "max")
 """None when a layer saw no finite value; NaN on the wire, where these fields are not optional."""
@@ -52,6 +52,7 @@ def layer_stats(item: Data) -> service_pb2.LayerStats:
     if histogram:
         message.histogram.edges.extend(histogram["edges"])
         message.histogram.counts.extend(histogram["counts"])
+        message.histogram.scale = histogram.get("scale", "")
     return message
 
 

@@ -140,15 +140,17 @@ class EvaluateRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[SpecSource, _Mapping]] = ..., model_id: _Optional[str] = ..., input: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., options: _Optional[_Union[EvaluateOptions, _Mapping]] = ...) -> None: ...
 
 class Histogram(_message.Message):
-    __slots__ = ("edges", "counts")
+    __slots__ = ("edges", "counts", "scale")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
     edges: _containers.RepeatedScalarFieldContainer[float]
     counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, edges: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    scale: str
+    def __init__(self, edges: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., scale: _Optional[str] = ...) -> None: ...
 
 class LayerStats(_message.Message):
-    __slots__ = ("index", "name", "kind", "count", "mean", "std", "min", "max", "nan_count", "inf_count", "zero_fraction", "saturated_fraction", "dead_fraction", "histogram", "grad_norm", "entropy", "max_probability")
+    __slots__ = ("index", "name", "kind", "count", "mean", "std", "min", "max", "nan_count", "inf_count", "zero_fraction", "saturated_fraction", "dead_fraction", "histogram", "grad_norm", "entropy", "max_probability", "units")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +168,7 @@ class LayerStats(_message.Message):
     GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
     ENTROPY_FIELD_NUMBER: _ClassVar[int]
     MAX_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     kind: str
@@ -183,7 +186,8 @@ class LayerStats(_message.Message):
     grad_norm: float
     entropy: float
     max_probability: float
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., count: _Optional[int] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., nan_count: _Optional[int] = ..., inf_count: _Optional[int] = ..., zero_fraction: _Optional[float] = ..., saturated_fraction: _Optional[float] = ..., dead_fraction: _Optional[float] = ..., histogram: _Optional[_Union[Histogram, _Mapping]] = ..., grad_norm: _Optional[float] = ..., entropy: _Optional[float] = ..., max_probability: _Optional[float] = ...) -> None: ...
+    units: int
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., count: _Optional[int] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., nan_count: _Optional[int] = ..., inf_count: _Optional[int] = ..., zero_fraction: _Optional[float] = ..., saturated_fraction: _Optional[float] = ..., dead_fraction: _Optional[float] = ..., histogram: _Optional[_Union[Histogram, _Mapping]] = ..., grad_norm: _Optional[float] = ..., entropy: _Optional[float] = ..., max_probability: _Optional[float] = ..., units: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("output", "stats", "compute_seconds")

@@ -46,10 +46,11 @@ def _spec(message: Any) -> ModelSpec:
 
 
 class Histogram(Result):
-    """A histogram with fixed edges: ``len(edges) == len(counts) + 1``."""
+    """A histogram with fixed edges: ``len(edges) == len(counts) + 1``, spaced ``linear`` or ``symlog``."""
 
     edges: list[float]
     counts: list[int]
+    scale: str = Field(description="how the edges are spaced: linear, or symlog (about linear near 0, logarithmic beyond)")
 
 
 class LayerStats(Result):
@@ -68,6 +69,7 @@ class LayerStats(Result):
     zero_fraction: float = Field(description="fraction of elements exactly zero")
     saturated_fraction: float = Field(description="fraction of elements in the activation's flat region")
     dead_fraction: float = Field(description="fraction of units in the flat region for every sample seen")
+    units: int = Field(description="units (features or channels) the dead fraction is taken over")
     histogram: Histogram | None
     grad_norm: float | None = Field(description="gradient norm reaching the output, during training")
     entropy: float | None = Field(description="mean row entropy, for softmax-like outputs")
@@ -76,12 +78,13 @@ class LayerStats(Result):
     @classmethod
     def from_proto(cls, message: service_pb2.LayerStats) -> LayerStats:
         optional = {name: getattr(message, name) if message.HasField(name) else None for name in ("grad_norm", "entropy", "max_probability")}
-        histogram = Histogram(edges=list(message.histogram.edges), counts=list(message.histogram.counts)) if message.HasField("histogram") else None
+        histogram = (Histogram(edges=list(message.histogram.edges), counts=list(message.histogram.counts), scale=message.histogram.scale)
+                     if message.HasField("histogram") else None)
         return cls(
             index=message.index, name=message.name, kind=message.kind, count=message.count,
             mean=message.mean, std=message.std, min=message.min, max=message.max,
             nan_count=message.nan_count, inf_count=message.inf_count, zero_fraction=message.zero_fraction,
-            saturated_fraction=message.saturated_fraction, dead_fraction=message.dead_fraction,
+            saturated_fraction=message.saturated_fraction, dead_fraction=message.dead_fraction, units=message.units,
             histogram=histogram, **optional,
         )
 
