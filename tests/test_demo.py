@@ -67,7 +67,7 @@ def test_every_tutorial_network_is_valid(label: str, activation: dict[str, objec
 def test_hidden_fractions_weigh_layers_by_their_elements() -> None:
     def layer(count: int, dead: float, saturated: float) -> LayerStats:
         return LayerStats(index=0, name="a", kind="relu", count=count, mean=0, std=0, min=0, max=0, nan_count=0, inf_count=0,
-                          zero_fraction=0, saturated_fraction=saturated, dead_fraction=dead, histogram=None, grad_norm=None,
+                          zero_fraction=0, saturated_fraction=saturated, dead_fraction=dead, units=4, histogram=None, grad_norm=None,
                           entropy=None, max_probability=None)
 
     assert hidden_fractions([layer(100, 0.5, 1.0), layer(300, 0.1, 0.0)]) == pytest.approx((0.2, 0.25))
