@@ -296,7 +296,7 @@ def test_a_run_whose_process_was_killed_reads_interrupted_in_a_store_that_stayed
     with ModelStore(tmp_path) as store:
         child = subprocess.Popen(
             [sys.executable, "-c", "import sys, json; from specbuilder.store import ModelStore; "
-             f"s = ModelStore(sys.argv[1]); print(s.start_run(json.loads(sys.argv[2])).id, flush=True); sys.stdin.read()",
+             "s = ModelStore(sys.argv[1]); print(s.start_run(json.loads(sys.argv[2])).id, flush=True); sys.stdin.read()",
              str(tmp_path), json.dumps(MLP)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )

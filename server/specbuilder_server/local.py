@@ -13,7 +13,6 @@ peer's own user owns (``SharedRegions.readable_by``); failures come back as the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os

@@ -18,7 +18,6 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
