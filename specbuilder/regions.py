@@ -19,9 +19,9 @@ A region is read only on behalf of the user who owns it: ``readable_by(uid)`` gi
 for a caller whose user is known (the local socket's ``SO_PEERCRED``), which refuses any region
 whose owner (``fstat``) is another user before mapping it (``RegionDenied``). Names in
 ``/dev/shm`` are visible to every user of the host and the server's own rights may reach a
-region its caller's do not, so a path that cannot tell who the caller is reads none
-(``Refused``), unless the operator trusts every caller with the server's rights (``SharedRegions``
-itself, for a single-tenant host).
+region its caller's do not, so a path that cannot tell who the caller is reads none, unless the
+operator trusts every caller with the server's rights (``SharedRegions`` itself, for a
+single-tenant host).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class RegionError(ValueError):
 
 
 class RegionDenied(RegionError):
-    """A region the caller may not have read: another user's, or any, where the caller's user is unknown."""
+    """A region the caller may not have read: another user's."""
 
 
 class RegionReader(Protocol):
@@ -150,14 +150,4 @@ class _Owned:
         return self.regions._view(name, offset, nbytes, self.uid)
 
 
-@dataclass(frozen=True)
-class Refused:
-    """The reader where no region may be read; ``why`` says so and what to do instead."""
-
-    why: str
-
-    def view(self, name: str, offset: int, nbytes: int) -> AbstractContextManager[memoryview]:
-        raise RegionDenied(self.why)
-
-
-__all__ = ["RegionDenied", "RegionError", "RegionReader", "Refused", "SharedRegions"]
+__all__ = ["RegionDenied", "RegionError", "RegionReader", "SharedRegions"]

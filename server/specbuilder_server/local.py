@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from specbuilder.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS, frame
-from specbuilder.regions import Refused, SharedRegions
+from specbuilder.regions import SharedRegions
 from specbuilder.v1 import service_pb2
 from specbuilder_server.decoding import SERVICE, malformed, parser_for
 from specbuilder_server.errors import as_request_error, rich_status
@@ -145,8 +145,7 @@ class LocalSocket:
         raw = await reader.readexactly(length)
         try:
             received = _parse(raw)
-            shared = received.message.input.WhichOneof("payload") == "shared_memory"
-            regions = self._regions.readable_by(uid) if shared else Refused("only shared-memory tensors are read from regions")
+            regions = self._regions.readable_by(uid)
             reply = frame(OK, (await self._servicer.evaluate(received, regions, self._servicer.budget(None))).SerializeToString())
         except DecodeError:
             reply = frame(STATUS, _status(grpc.StatusCode.INVALID_ARGUMENT, str(malformed(_METHOD.input_type.full_name))))

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -29,7 +29,7 @@ from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
-from specbuilder.regions import RegionReader, Refused, SharedRegions
+from specbuilder.regions import RegionReader, SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
@@ -142,19 +142,20 @@ class ModelServicer:
                 f"{limit:.3g} per call (max_flops_per_call); send at most {max(limit // per_row, 1):,} samples per call")
         return flops
 
-    def _grpc_regions(self, tensor: tensor_pb2.Tensor, path: str) -> RegionReader | None:
-        """Where a gRPC call's shared-memory tensors are read from. gRPC cannot tell the caller's user, so
-        unless the operator trusts every caller (``shared_memory_over_grpc``) a shared-memory tensor is
-        refused, naming the local socket, where the caller's user is checked."""
+    def _grpc_regions(self, tensors: Mapping[str, tensor_pb2.Tensor]) -> SharedRegions | None:
+        """Where a gRPC call's shared-memory tensors (``tensors``, by path) are read from. gRPC cannot tell the
+        caller's user, so unless the operator trusts every caller (``shared_memory_over_grpc``) a shared-memory
+        tensor is refused, naming the local socket, where the caller's user is checked."""
         if self._regions is None or self._config.shared_memory_over_grpc:
             return self._regions
-        why = ("shared memory is read only on the server's local socket, where the caller's user is checked against the "
-               "region's owner; gRPC cannot tell who the caller is")
-        if tensor.WhichOneof("payload") != "shared_memory":
-            return Refused(why)
-        metadata = ((localsocket.METADATA_KEY, self.local_socket),) if self.local_socket else ()
-        where = "send it there (its path is in this status's trailing metadata)" if self.local_socket else "this server has no local socket"
-        raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"{path}.shared_memory: {why}; {where}", metadata=metadata)
+        for path, tensor in tensors.items():
+            if tensor.WhichOneof("payload") == "shared_memory":
+                metadata = ((localsocket.METADATA_KEY, self.local_socket),) if self.local_socket else ()
+                where = "send it there (its path is in this status's trailing metadata)" if self.local_socket else "this server has no local socket"
+                raise RequestError(grpc.StatusCode.PERMISSION_DENIED, (
+                    f"{path}.shared_memory: shared memory is read only on the server's local socket, where the caller's user is "
+                    f"checked against the region's owner; gRPC cannot tell who the caller is; {where}"), metadata=metadata)
+        return None
 
     async def _ready(self, request: Any, check: Callable[[ModelSpec], object] | None = None) -> Ready:
         """The model a request names (``spec`` or ``model_id``, a oneof called ``model``); ``check`` sees a
@@ -260,7 +261,7 @@ class ModelServicer:
 
     @handled
     async def Evaluate(self, received: Received[service_pb2.EvaluateRequest], context: grpc.aio.ServicerContext) -> service_pb2.EvaluateResponse:
-        regions = self._grpc_regions(received.message.input, "input")
+        regions = self._grpc_regions({"input": received.message.input})
         response = await self.evaluate(received, regions, self.budget(context))
         if self.local_socket is not None and received.message.input.WhichOneof("payload") == "shared_memory":
             context.set_trailing_metadata(((localsocket.METADATA_KEY, self.local_socket),))
@@ -298,7 +299,7 @@ class ModelServicer:
         path = f"batch[{index}]"
         if message.WhichOneof("item") != "batch":
             raise invalid(path, "every message after the first must be a batch; start comes once", "unexpected_start")
-        regions = self._grpc_regions(message.batch, path)
+        regions = self._grpc_regions({path: message.batch})
         flops = self._check_cost(run.ready.spec, _rows(message.batch), path)
         response = service_pb2.StreamEvaluateResponse()
         response.output.batch_index = index
@@ -331,11 +332,8 @@ class ModelServicer:
     def _train_inputs(self, request: service_pb2.TrainRequest) -> tuple[ModelSpec, Any, tuple[Any, str]]:
         spec = requests.spec_of(request.spec, "spec", self._config.max_params)
         config = requests.train_config(request.config, self._models.device)
-        regions = None
-        if request.HasField("arrays"):
-            for part in ("x", "y"):
-                regions = self._grpc_regions(getattr(request.arrays, part), f"arrays.{part}")
-        return spec, config, requests.train_data(request, regions=regions)
+        arrays = {f"arrays.{part}": getattr(request.arrays, part) for part in ("x", "y")} if request.HasField("arrays") else {}
+        return spec, config, requests.train_data(request, regions=self._grpc_regions(arrays))
 
     # -- the store -------------------------------------------------------------------------
 
