@@ -31,6 +31,17 @@ T = TypeVar("T")
 Task = Callable[[], None]
 
 
+def _settle(future: Future[T], fn: Callable[[], T]) -> bool:
+    """Run ``fn`` for ``future`` and hand it what ``fn`` returns or raises; False (``fn`` not run) if it was cancelled."""
+    if not future.set_running_or_notify_cancel():
+        return False
+    try:
+        future.set_result(fn())
+    except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
+        future.set_exception(error)
+    return True
+
+
 class _Worker(threading.Thread):
     """A thread that runs the tasks handed to it until its pool lets it go."""
 
@@ -59,16 +70,7 @@ class ComputeThreads:
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """``fn(*args, **kwargs)`` on the idle thread, or on a new one; its future."""
         future: Future[T] = Future()
-
-        def task() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
-                future.set_exception(error)
-
-        self.start(task)
+        self.start(lambda: _settle(future, lambda: fn(*args, **kwargs)))
         return future
 
     def start(self, task: Task) -> None:
@@ -123,13 +125,9 @@ class Lane:
                     self._busy = False
                     return
                 fn, future, submitted = self._waiting.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
             started = time.perf_counter()
-            try:
-                future.set_result(fn())
-            except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
-                future.set_exception(error)
+            if not _settle(future, fn):
+                continue
             if self._observe is not None:
                 self._observe(started - submitted, time.perf_counter() - started)
 
