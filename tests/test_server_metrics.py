@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import SPIRALS, batch, connect, rpc_error, server_process, serving, spec_source, train_request
 
@@ -52,3 +53,22 @@ def test_serve_prints_where_its_metrics_are(tmp_path: Path) -> None:
         assert line.startswith("metrics on http://127.0.0.1:")
         port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
         assert ("specbuilder_streams_open", ()) in scrape(port)
+
+
+def test_a_server_that_cannot_start_says_why_and_lets_go_of_its_metrics_port(tmp_path: Path) -> None:
+    import socket
+
+    from specbuilder_server import ServerConfig, ServerStartError, start_server
+
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        metrics_port = free.getsockname()[1]
+        free.close()
+        with pytest.raises(ServerStartError, match="cannot serve metrics on 127.0.0.1"):
+            start_server(ServerConfig(port=0, store=tmp_path / "a", device="cpu", metrics_port=taken.getsockname()[1]))
+        with pytest.raises(ServerStartError, match="cannot listen on"):  # the gRPC port is the one taken now
+            start_server(ServerConfig(port=taken.getsockname()[1], store=tmp_path / "b", device="cpu", metrics_port=metrics_port))
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", metrics_port))  # the failed start served no metrics there any more

@@ -205,15 +205,20 @@ def start_server(config: ServerConfig) -> RunningServer:
     metrics.trainings.set_function(lambda: jobs.running)
     metrics.streams.set_function(lambda: len(servicer.streams))
     loop = _Loop()
+    stop_metrics = None
     try:
-        stop_metrics = None if config.metrics_port is None else metrics.serve(config.host, config.metrics_port)
+        if config.metrics_port is not None:
+            try:
+                stop_metrics = metrics.serve(config.host, config.metrics_port)
+            except OSError as error:
+                raise ServerStartError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error}") from None
         server, port, health_servicer, local = loop.run(_serve(config, servicer, credentials, regions))
-    except BaseException as error:
+    except BaseException:
+        if stop_metrics is not None:
+            stop_metrics()
         loop.close()
         pool.shutdown(wait=False)
         opened.close()
-        if isinstance(error, OSError):
-            raise ServerStartError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {error}") from None
         raise
     log.info("listening on %s:%d (device %s, %r; %s)", config.host, port, device, opened, config.protection)
     return RunningServer(config, loop, server, pool, port, health_servicer, jobs, opened, local, servicer, stop_metrics)
