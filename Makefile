@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
 PIP := $(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: demo test soak proto bench clean
+.PHONY: demo test soak proto proto-release bench clean
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +16,11 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 demo: $(VENV)/.installed  ## the main job
 	$(PY) -m specbuilder demo
 
-test: $(VENV)/.installed  ## set up from nothing and run the whole suite
+$(BUF): package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+test: $(VENV)/.installed $(BUF)  ## set up from nothing and run the whole suite
 	$(PY) -m pytest -q -n 2
 
 soak: $(VENV)/.installed  ## the reliability suite in its long mode, with its tables
@@ -25,8 +30,11 @@ soak: $(VENV)/.installed  ## the reliability suite in its long mode, with its ta
 proto: $(VENV)/.installed  ## regenerate Python code from protos/
 	$(PY) -m specbuilder.protogen
 
+proto-release: $(BUF)  ## record protos/ as released: from then on `make test` refuses breaking changes to them
+	$(BUF) build --exclude-source-info -o protos/released/v1.json
+
 bench: $(VENV)/.installed  ## print the benchmark tables (README figures)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache
