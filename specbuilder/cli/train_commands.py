@@ -5,7 +5,9 @@ way: the epoch table, then each monitored layer's final statistics (dead, satura
 fractions, moments, gradient norm). torch loads only when a command runs locally; the training
 config is checked here first either way, so its errors read ``path: message`` in both cases.
 ``train --nproc N`` trains here in N processes (``specbuilder.training.distributed``), and on
-several nodes with torchrun's rendezvous flags.
+several nodes with torchrun's rendezvous flags. ``train --tensorboard DIR`` writes TensorBoard
+event files as it trains, ``models tensorboard ID DIR`` those a stored record allows
+(``specbuilder.tensorboard``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ from specbuilder.training.config import ConfigError, TrainConfig, parse_config
 if TYPE_CHECKING:
     from torch import nn
 
+    from specbuilder.tensorboard import EventWriter
     from specbuilder.training.distributed import Launch
 
 CONFIG_FLAGS: tuple[tuple[str, type, str, str], ...] = (
@@ -50,8 +53,8 @@ CONFIG_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("amp", str, "bf16|fp16", "mixed precision (autocast; fp16 adds a grad scaler); statistics stay float32"),
 )
 """TrainConfig fields with a flag of their own: (field, argparse type, metavar, help). A flag overrides --config."""
-PLOT_STATS_EVERY = 10
-"""``--plot`` without a ``stats_every`` setting takes statistics every this many steps."""
+WATCH_STATS_EVERY = 10
+"""``--plot`` or ``--tensorboard`` without a ``stats_every`` setting take statistics every this many steps."""
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +77,11 @@ def _register_train(commands: argparse._SubParsersAction[argparse.ArgumentParser
     add_store_option(train, help="save the trained model in this model store (a directory, or postgresql://... with --weights) and print its id")
     train.add_argument("--name", help="the stored model's name (default: the spec's)")
     train.add_argument("--plot", type=Path, metavar="FILE.png", help=(
-        f"write final activation histograms and dead/saturated fractions over training (statistics every {PLOT_STATS_EVERY} steps unless set)"))
+        f"write final activation histograms and dead/saturated fractions over training (statistics every {WATCH_STATS_EVERY} steps unless set)"))
+    train.add_argument("--tensorboard", type=Path, metavar="DIR", help=(
+        "write TensorBoard event files to DIR as training goes: epoch loss, validation loss, accuracy, learning rate; "
+        f"each statistics window's activation histograms, dead and saturated fractions, gradient norms (every "
+        f"{WATCH_STATS_EVERY} steps unless set); the final statistics. DIR must hold no event files yet"))
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_distributed_options(train)
     add_max_params(train)
@@ -127,8 +134,9 @@ def _register_eval(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _register_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    models = commands.add_parser("models", help="list, show or delete stored models", description=(
-        "The model store: 'list' tables every model, 'show ID' prints one record, 'rm ID' deletes one."))
+    models = commands.add_parser("models", help="list, show or delete stored models; write one's TensorBoard events", description=(
+        "The model store: 'list' tables every model, 'show ID' prints one record, 'rm ID' deletes one, "
+        "'tensorboard ID DIR' writes its record as TensorBoard event files."))
     actions = models.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="a table of stored models: id, name, status, params, created, accuracy")
     listing.add_argument("--status", help="only models with this status (completed, diverged, cancelled, ...)")
@@ -136,7 +144,14 @@ def _register_models(commands: argparse._SubParsersAction[argparse.ArgumentParse
     show.add_argument("id", metavar="ID")
     remove = actions.add_parser("rm", help="delete a stored model")
     remove.add_argument("id", metavar="ID")
-    for parser in (listing, show, remove):
+    board = actions.add_parser("tensorboard", help="write a stored model's epoch metrics and final statistics as TensorBoard event files",
+                               description=(
+        "Write what the record keeps as TensorBoard event files in DIR (which must hold none yet): each epoch's loss, "
+        "validation loss, accuracy and learning rate, and the final activation histograms and dead and saturated "
+        "fractions of a run that ended. Training windows are not stored: train --tensorboard writes them as it trains."))
+    board.add_argument("id", metavar="ID")
+    board.add_argument("directory", type=Path, metavar="DIR")
+    for parser in (listing, show, remove, board):
         add_store_option(parser)
         add_server_options(parser)
     models.set_defaults(run=run_models)
@@ -175,8 +190,8 @@ def train_settings(args: argparse.Namespace) -> tuple[dict[str, Any], TrainConfi
     settings.update({name: getattr(args, name) for name, *_ in CONFIG_FLAGS if getattr(args, name) is not None})
     if args.nproc is not None or args.nnodes is not None:
         settings["world_size"] = (args.nproc or 1) * (args.nnodes or 1)
-    if args.plot is not None and "stats_every" not in settings:
-        settings["stats_every"] = PLOT_STATS_EVERY
+    if (args.plot is not None or args.tensorboard is not None) and "stats_every" not in settings:
+        settings["stats_every"] = WATCH_STATS_EVERY
     try:
         return settings, parse_config(settings)
     except ConfigError as error:
@@ -237,7 +252,24 @@ def _advance(bar: tqdm, loss: float, val_loss: float | None, accuracy: float | N
     bar.update(1)
 
 
-def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig, dataset: Dataset, launch: Launch) -> Outcome:
+@contextmanager
+def _tensorboard(directory: Path | None) -> Iterator[EventWriter | None]:
+    """The event writer of ``--tensorboard DIR``, its directory checked now, closed afterwards; None without
+    the flag. Its errors, in the block too, become ``CommandError``."""
+    if directory is None:
+        yield None
+        return
+    from specbuilder.tensorboard import EventWriter, TensorBoardError
+
+    try:
+        with EventWriter(directory) as board:
+            yield board
+    except TensorBoardError as error:
+        raise CommandError(str(error)) from None
+
+
+def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig, dataset: Dataset, launch: Launch,
+                 board: EventWriter | None) -> Outcome:
     from specbuilder.store.records import check_name
     from specbuilder.training import EpochEvent, FinishedEvent, StatsEvent, launcher_for, train_events
     from specbuilder.training.distributed import DistributedError
@@ -265,8 +297,12 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
                 for event in events:
                     if isinstance(event, EpochEvent):
                         _advance(bar, event.metrics.loss, event.metrics.val_loss, event.metrics.accuracy)
+                        if board is not None:
+                            board.epoch(event.metrics)
                     elif isinstance(event, StatsEvent):
                         windows.append((event.step, event.layers))
+                        if board is not None:
+                            board.window(event.step, event.layers)
                     elif isinstance(event, FinishedEvent):
                         result = event.result
         except DistributedError as error:
@@ -288,7 +324,8 @@ def _train_local(args: argparse.Namespace, spec: ModelSpec, config: TrainConfig,
     return outcome
 
 
-def _train_remote(args: argparse.Namespace, spec: ModelSpec, settings: dict[str, Any], config: TrainConfig, dataset: Dataset) -> Outcome:
+def _train_remote(args: argparse.Namespace, spec: ModelSpec, settings: dict[str, Any], config: TrainConfig, dataset: Dataset,
+                  board: EventWriter | None) -> Outcome:
     from specbuilder_client import EpochEvent, StatsEvent, TrainStarted
 
     data: str | tuple[np.ndarray, np.ndarray] = args.data if args.data in DATASETS else (dataset.x, dataset.y)
@@ -303,8 +340,12 @@ def _train_remote(args: argparse.Namespace, spec: ModelSpec, settings: dict[str,
                       f"{event.steps_per_epoch} steps per epoch", flush=True)
             elif isinstance(event, EpochEvent):
                 _advance(bar, event.loss, event.val_loss, event.accuracy)
+                if board is not None:
+                    board.epoch(event)
             elif isinstance(event, StatsEvent):
                 windows.append((event.step, event.stats))
+                if board is not None:
+                    board.window(event.step, event.stats)
         result = run.result()
     return Outcome(status=result.status, reason=result.reason, history=as_dicts(result.history), stats=result.stats,
                    windows=windows, model_id=result.model_id)
@@ -322,11 +363,14 @@ def run_train(args: argparse.Namespace) -> int:
     launch = None if args.server else launch_options(args)
     if args.plot is not None:
         check_out(args.plot)
-    dataset = _dataset(args.data, config.seed)
-    if launch is None:
-        outcome = _train_remote(args, spec, settings, config, dataset)
-    else:
-        outcome = _train_local(args, spec, config, dataset, launch)
+    with _tensorboard(args.tensorboard) as board:
+        dataset = _dataset(args.data, config.seed)
+        if launch is None:
+            outcome = _train_remote(args, spec, settings, config, dataset, board)
+        else:
+            outcome = _train_local(args, spec, config, dataset, launch, board)
+        if board is not None:
+            board.final(len(outcome.history), outcome.stats)
     if outcome.history:
         print()
         print(history_table(outcome.history))
@@ -347,6 +391,8 @@ def run_train(args: argparse.Namespace) -> int:
         from specbuilder import plots
 
         write_figure(plots.training(outcome.stats, outcome.windows), args.plot)
+    if args.tensorboard is not None:
+        print(f"wrote TensorBoard events to {args.tensorboard}")
     if outcome.status == "diverged":
         raise CommandError(f"training diverged: {outcome.reason}")
     return 0
@@ -489,15 +535,44 @@ def run_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_models_show(args: argparse.Namespace) -> int:
-    """One record in full."""
+def _record(args: argparse.Namespace) -> Any:
+    """The record of model ``args.id``: the client's ``ModelRecord`` with ``--server``, else the store's."""
     if args.server:
         with connect(args) as client:
-            record = client.get_model(args.id)
+            return client.get_model(args.id)
+    with open_store(store_path(args), weights=args.weights) as store, store_errors(f"models {args.action}"):
+        return store.get(args.id)
+
+
+def run_models_show(args: argparse.Namespace) -> int:
+    """One record in full."""
+    print(record_text(_record(args)))
+    return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def run_models_tensorboard(args: argparse.Namespace) -> int:
+    """What a record keeps as TensorBoard event files: its epochs and, of a run that ended, its final statistics."""
+    from specbuilder.tensorboard import TensorBoardError, write_record
+
+    record = _record(args)
+    try:
+        written = write_record(args.directory, record)
+    except TensorBoardError as error:
+        raise CommandError(str(error)) from None
+    except ValueError as error:  # a stored histogram whose edges and counts disagree
+        raise CommandError(f"model {record.id}: {error}") from None
+    if not written.epochs and not written.final_layers:
+        print(f"model {record.id} ({record.name}) has no epochs or final statistics: nothing written")
     else:
-        with open_store(store_path(args), weights=args.weights) as store, store_errors("models show"):
-            record = store.get(args.id)
-    print(record_text(record))
+        final = f" and the final statistics of {_count(written.final_layers, 'layer')} (final/*)" if written.final_layers else ""
+        print(f"wrote {_count(written.epochs, 'epoch')} (epoch/*){final} of model {record.id} ({record.name}) to {args.directory}")
+    if written.left_out:
+        print(f"final statistics not written: {written.left_out}")
+    print("training windows (train/*) are not stored; specbuilder train --tensorboard DIR writes them as it trains")
     return 0
 
 
@@ -515,7 +590,7 @@ def run_models_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_ACTIONS = {"list": run_models_list, "show": run_models_show, "rm": run_models_rm}
+MODEL_ACTIONS = {"list": run_models_list, "show": run_models_show, "rm": run_models_rm, "tensorboard": run_models_tensorboard}
 
 
 def run_models(args: argparse.Namespace) -> int:
