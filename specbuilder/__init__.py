@@ -6,12 +6,10 @@ consumers such as the gRPC client stay light; the torch-backed names load on fir
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.errors import Problem, SpecError
 from specbuilder.layers import LAYERS
+from specbuilder.lazy import lazy_getattr
 from specbuilder.spec import ModelSpec, parse_spec
 
 _LAZY = {
@@ -34,8 +32,4 @@ _LAZY = {
 
 __all__ = ["ACTIVATIONS", "LAYERS", "ModelSpec", "Problem", "SpecError", "parse_spec", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'specbuilder' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -32,12 +32,6 @@ SOFTMAX_MACS_PER_ELEMENT = 3
 of exponentials, and to normalize."""
 
 
-def _nowhere(x: Any) -> Any:
-    return (x != x) & (x == x)
-
-
-def _everywhere(x: Any) -> Any:
-    return (x != x) | (x == x)
 
 
 def _identity(params: Mapping[str, Any], shape: Shape) -> Inferred:
@@ -88,6 +82,13 @@ def _elu_bounds(p: Mapping[str, Any]) -> FlatBounds:
 
 def _within_lambd(p: Mapping[str, Any]) -> FlatBounds:
     return FlatBounds(-p["lambd"], p["lambd"], lo_closed=True, hi_closed=True)
+
+
+def _step_flat(x: Any, y: Any, params: Mapping[str, Any]) -> Any:
+    """A mask: everywhere with surrogate 'none', NaN included (no gradient passes anywhere, and an
+    interval never holds NaN); nowhere with 'ste'."""
+    everywhere = (x != x) | (x == x)
+    return everywhere if params["surrogate"] == "none" else ~everywhere
 
 
 def _saturated_probability(x: Any, y: Any, params: Mapping[str, Any]) -> Any:
@@ -292,11 +293,7 @@ def _kinds() -> list[ActivationKind]:
             functional="specbuilder.torch_ops.step", positional=("threshold",),
             formula="1 if x >= threshold else 0", output_range=(0.0, 1.0),
             example={"threshold": 0.5, "surrogate": "ste"},
-            # A mask: with surrogate 'none' NaN is flat too (no gradient passes anywhere); an interval never holds NaN.
-            flat=FlatRegion(
-                "everywhere with surrogate 'none'; nowhere with 'ste'",
-                mask=lambda x, y, p: _everywhere(x) if p["surrogate"] == "none" else _nowhere(x),
-            ),
+            flat=FlatRegion("everywhere with surrogate 'none'; nowhere with 'ste'", mask=_step_flat),
         ),
     ]
 

@@ -133,7 +133,7 @@ def _signature_and_doc(kind: LayerKind, schemas: Mapping[str, Any]) -> tuple[ins
         lines.append(f"    activation: {_ACTIVATION_DOC}")
     head = [f"Append a '{kind.name}' layer ({kind.module}): {kind.summary}"]
     if isinstance(kind, ActivationKind):
-        low, high = kind.range_for({p: model.model_fields[p].default for p in kind.params if not model.model_fields[p].is_required()})
+        low, high = kind.range_for(model.defaults())
         head.append(f"\n    {kind.formula}, output range [{low:g}, {high:g}]" + (f"; flat where {kind.flat.text}" if kind.flat else ""))
     if kind.aliases:
         head.append(f"\nAlso known as: {', '.join(kind.aliases)}.")

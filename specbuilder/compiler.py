@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from specbuilder.devices import resolve_device, resolve_dtype
-from specbuilder.kinds import PASS_THROUGH, resolve
+from specbuilder.kinds import PASS_THROUGH
+from specbuilder.registry import resolve
 from specbuilder.rng import GLOBAL_RNG
 from specbuilder.spec import DEFAULT_MAX_PARAMS, STYLES, ModelSpec, Node, Style, parse_spec
 

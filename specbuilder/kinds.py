@@ -1,20 +1,22 @@
 """What every layer kind declares: one record per kind drives the spec schema, shape inference,
 the compiler (module and functional form), code generation, statistics and the docs.
 
-The records name torch objects by dotted path (``"torch.nn.LeakyReLU"``) rather than holding
-them, so validating a spec never imports torch, and the code generator writes the same names
-the compiler calls.
+A ``LayerKind`` is a registry ``Entry`` (``specbuilder.registry``). The records name torch
+objects by dotted path (``"torch.nn.LeakyReLU"``, imported by ``registry.resolve``) rather than
+holding them, so validating a spec never imports torch, and the code generator writes the same
+names the compiler calls.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from specbuilder.registry import Entry
 
 Shape = tuple[int, ...]
 """A per-sample shape: the batch dimension is never part of it."""
@@ -157,14 +159,10 @@ class FlatRegion:
         return bounds.holds(x)
 
 
-@dataclass(frozen=True)
-class LayerKind:
+@dataclass(frozen=True, kw_only=True)
+class LayerKind(Entry):
     """One kind of layer: its parameters, shapes and torch forms."""
 
-    name: str
-    summary: str
-    params: Mapping[str, tuple[Any, Any]]
-    """Pydantic field definitions ``name -> (annotation, FieldInfo or default)``, torch's names."""
     module: str
     """Dotted path of the ``nn.Module`` class taking the inferred keyword arguments."""
     functional: str | None = None
@@ -193,7 +191,7 @@ class LayerKind:
         return self.functional is None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ActivationKind(LayerKind):
     """An activation: a layer kind with the facts statistics and docs need."""
 
@@ -209,10 +207,3 @@ class ActivationKind(LayerKind):
     def range_for(self, params: Mapping[str, Any]) -> tuple[float, float]:
         """The output range for these parameter values."""
         return self.range_fn(params) if self.range_fn else self.output_range
-
-
-@functools.cache
-def resolve(path: str) -> Any:
-    """Import the object a registry names by dotted path."""
-    module, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module), attr)

@@ -185,8 +185,8 @@ def atlas_params(kind: ActivationKind) -> dict[str, Any]:
     """The parameters an atlas panel uses: the defaults, and the entry's example for required ones."""
     from specbuilder.spec import ACTIVATION_MODELS
 
-    fields = ACTIVATION_MODELS[kind.name].model_fields
-    return {name: kind.example[name] for name in kind.params if fields[name].is_required()}
+    defaults = ACTIVATION_MODELS[kind.name].defaults()
+    return {name: kind.example[name] for name in kind.params if name not in defaults}
 
 
 def curve(kind: ActivationKind, params: dict[str, Any] | None = None, span: float = ATLAS_RANGE, points: int = ATLAS_POINTS) -> Curve:

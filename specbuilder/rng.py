@@ -8,9 +8,8 @@ seeding: same seed, different models. So specbuilder takes turns at them under `
 
 - ``compile_spec`` initializes weights holding it (seeded or not, the draws of one build are its own);
 - a training run keeps its own stream, a ``RunStream``, and swaps it in for each training
-  forward pass that may draw, and back out after (5 to 7 µs per step on a CPU, under 1% of a
-  small MLP's step, and only for models with random layers): runs with the same seed draw the
-  same numbers, whatever else runs.
+  forward pass that may draw, and back out after (only for models with random layers): runs
+  with the same seed draw the same numbers, whatever else runs.
 
 Code outside specbuilder that draws from the global generators in another thread at the same
 time is not serialized, as it never is in PyTorch.

@@ -1,10 +1,11 @@
 """The spec: ``ModelSpec`` (pydantic v2), the one validator and source of truth.
 
-Layer models are built from the registries (``LAYERS``, ``ACTIVATIONS``), so a new registry
-entry is a new spec type with no other edit. Validation runs in two stages and reports every
-problem at once: field checks by pydantic (types, bounds, unknown fields, NaN), then shape
-inference through the stack (inferred sizes, kernels that do not fit, dims out of range,
-parameter budget). A ``ModelSpec`` that exists is valid, and knows its shapes.
+Layer models are built from the registries (``LAYERS``, ``ACTIVATIONS``) by
+``specbuilder.registry.entry_model``, so a new registry entry is a new spec type with no other
+edit. Validation runs in two stages and reports every problem at once: field checks by pydantic
+(types, bounds, unknown fields, NaN), then shape inference through the stack (inferred sizes,
+kernels that do not fit, dims out of range, parameter budget). A ``ModelSpec`` that exists is
+valid, and knows its shapes.
 
 A hostile spec costs bounded work: its text is at most ``MAX_SPEC_SIZE``, a report lists its
 first ``MAX_PROBLEMS`` field problems, and every size, rank and real number is bounded.
@@ -19,19 +20,16 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     StringConstraints,
     ValidationError,
     ValidationInfo,
-    create_model,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -40,6 +38,7 @@ from specbuilder.activations import ACTIVATIONS
 from specbuilder.errors import Loc, Problem, SpecError, format_path, friendly, reraise, suggest
 from specbuilder.kinds import ActivationKind, LayerError, LayerKind, Shape
 from specbuilder.layers import LAYERS, MAX_SIZE, PositiveInt
+from specbuilder.registry import EntrySpec, Strict, entry_model, one_of, shorthand
 
 DEFAULT_MAX_PARAMS = 100_000_000
 """Specs with more parameters are refused unless ``max_params`` says otherwise."""
@@ -107,31 +106,27 @@ LayerName = Annotated[
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+class LayerSpec(EntrySpec):
+    """Base of every layer model: a ``type``, an optional module ``name`` and the kind's parameters."""
 
-
-class LayerSpec(_Strict):
-    """Base of every layer model: a ``type`` and an optional module ``name``."""
-
-    type: str
     name: LayerName | None = None
+    entry: ClassVar[LayerKind]
 
     @property
     def kind(self) -> LayerKind:
-        return KINDS[self.type]
-
-    def params(self) -> dict[str, Any]:
-        """The layer's own parameters, by torch's names."""
-        return {key: getattr(self, key) for key in self.kind.params}
+        """The registry entry of the layer's type."""
+        return self.entry
 
 
 class ActivationSpec(LayerSpec):
     """Base of every activation model."""
 
+    entry: ClassVar[ActivationKind]
+
     @property
     def kind(self) -> ActivationKind:
-        return ACTIVATIONS[self.type]
+        """The registry entry of the activation's type."""
+        return self.entry
 
 
 def _canonical_type(value: Any) -> Any:
@@ -143,35 +138,25 @@ def _canonical_type(value: Any) -> Any:
 
 
 def _activation_shorthand(value: Any) -> Any:
-    return _canonical_type({"type": value} if isinstance(value, str) else value)
+    return _canonical_type(shorthand(value))
 
 
-def _class_name(kind: LayerKind) -> str:
-    return kind.module.rpartition(".")[2] + "Spec"
+def _model(kind: LayerKind, base: type[LayerSpec], **fields: Any) -> type[LayerSpec]:
+    """The layer model of ``kind``, named for its torch class (``LeakyReLUSpec``)."""
+    return entry_model(kind, base, kind.module.rpartition(".")[2] + "Spec", module=__name__, **fields)
 
 
-def _model(kind: LayerKind, base: type[LayerSpec], extra: dict[str, Any]) -> type[LayerSpec]:
-    fields: dict[str, Any] = {"type": (Literal[kind.name], ...), **kind.params, **extra}
-    model = create_model(_class_name(kind), __base__=base, __doc__=kind.summary, **fields)
-    model.__module__ = __name__
-    return model
-
-
-ACTIVATION_MODELS: dict[str, type[LayerSpec]] = {k.name: _model(k, ActivationSpec, {}) for k in ACTIVATIONS.values()}
-AnyActivation = Annotated[Union[tuple(ACTIVATION_MODELS.values())], Field(discriminator="type")]  # noqa: UP007
-ActivationField = Annotated[AnyActivation | None, BeforeValidator(_activation_shorthand)]
+ACTIVATION_MODELS: dict[str, type[LayerSpec]] = {k.name: _model(k, ActivationSpec) for k in ACTIVATIONS.values()}
+ActivationField = Annotated[one_of(ACTIVATION_MODELS) | None, BeforeValidator(_activation_shorthand)]
 LAYER_MODELS: dict[str, type[LayerSpec]] = {
     **{
-        k.name: _model(k, LayerSpec, {"activation": (ActivationField, Field(None, description="shorthand for an activation layer after this one"))})
+        k.name: _model(k, LayerSpec, activation=(ActivationField, Field(None, description="shorthand for an activation layer after this one")))
         for k in LAYERS.values()
     },
     **ACTIVATION_MODELS,
 }
 """Canonical type -> pydantic model, for every layer type."""
-AnyLayer = Annotated[
-    Annotated[Union[tuple(LAYER_MODELS.values())], Field(discriminator="type")],  # noqa: UP007
-    BeforeValidator(_canonical_type),
-]
+AnyLayer = Annotated[one_of(LAYER_MODELS), BeforeValidator(_canonical_type)]
 
 
 @dataclass(frozen=True)
@@ -203,7 +188,7 @@ class Node:
         return isinstance(self.layer, ActivationSpec)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """A network as data: an input shape and a stack of layers."""
 
     name: ModelName = "model"

@@ -287,12 +287,18 @@ def mlps(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def cnns(draw: st.DrawFn) -> dict[str, Any]:
     n = draw(st.sampled_from([1, 2]))
-    input_shape = [draw(st.integers(1, 3)), *[draw(st.sampled_from([4, 8]))] * n]  # even after two poolings: glu halves the last dim
-    size = input_shape[1]
+    input_shape = [draw(st.integers(1, 3)), *[draw(st.sampled_from([4, 8]))] * n]
+    size = input_shape[1]  # the last dimension, the smallest: poolings halve it, and so does glu over dim -1
     layers: list[dict[str, Any]] = []
     for _ in range(draw(st.integers(1, 2))):
         conv = {"type": f"conv{n}d", "out_channels": draw(EVEN), "kernel_size": draw(st.integers(1, 3)), "padding": "same"}
-        layers.append(with_activation(conv, draw(ACTIVATION)))
+        activation = draw(ACTIVATION)
+        if activation is not None and activation["type"] == "glu" and activation.get("dim", -1) == -1:
+            if size % 2:
+                activation = None  # glu halves the last dimension, so it must be even
+            else:
+                size //= 2
+        layers.append(with_activation(conv, activation))
         if n == 2 and draw(st.booleans()):
             layers.append({"type": "batch_norm2d"})
         if size >= 2 and draw(st.booleans()):

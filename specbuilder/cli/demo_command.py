@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 DEFAULT_OUT = Path("out/demo.png")
 SERVER_ENV = {"OMP_NUM_THREADS": "1"}
-"""One torch thread on the server: the network is 32 units wide, so more threads only add their
-synchronization (on a busy 2-core machine, 2 threads made every run 5-10x slower)."""
+"""One torch thread on the server: the network is 32 units wide, too small to split, so more
+threads would only add their synchronization to every step."""
 COLUMNS = (("activation", 12, "<"), ("accuracy", 8, ">"), ("dead %", 6, ">"), ("saturated %", 11, ">"), ("1st-layer grad norm", 19, ">"))
 """(header, width, alignment) of each table column."""
 

@@ -99,8 +99,7 @@ def _default(value: Any) -> str:
 def run_activations(args: argparse.Namespace) -> int:
     rows = [("name", "parameters", "range", "formula")]
     for kind in ACTIVATIONS.values():
-        fields = ACTIVATION_MODELS[kind.name].model_fields
-        defaults = {name: fields[name].default for name in kind.params if not fields[name].is_required()}
+        defaults = ACTIVATION_MODELS[kind.name].defaults()
         params = ", ".join(f"{name}={_default(defaults[name])}" if name in defaults else name for name in kind.params)
         low, high = kind.range_for(defaults)
         rows.append((kind.name, params or "-", f"[{_number(low)}, {_number(high)}]", kind.formula))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -535,18 +535,23 @@ def run_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(args: argparse.Namespace) -> Any:
-    """The record of model ``args.id``: the client's ``ModelRecord`` with ``--server``, else the store's."""
+@contextmanager
+def _model_by_id(args: argparse.Namespace, command: str) -> Iterator[tuple[Callable[[str], Any], Callable[[str], object]]]:
+    """``get`` and ``delete`` of a model by id: on ``--server``, else in the local store, its
+    failures as ``command: message``; either way a failure is a ``CommandError``."""
     if args.server:
         with connect(args) as client:
-            return client.get_model(args.id)
-    with open_store(store_path(args), weights=args.weights) as store, store_errors(f"models {args.action}"):
-        return store.get(args.id)
+            yield client.get_model, client.delete_model
+    else:
+        with open_store(store_path(args), weights=args.weights) as store, store_errors(command):
+            yield store.get, store.delete
 
 
 def run_models_show(args: argparse.Namespace) -> int:
     """One record in full."""
-    print(record_text(_record(args)))
+    with _model_by_id(args, "models show") as (get, _):
+        record = get(args.id)
+    print(record_text(record))
     return 0
 
 
@@ -558,7 +563,8 @@ def run_models_tensorboard(args: argparse.Namespace) -> int:
     """What a record keeps as TensorBoard event files: its epochs and, of a run that ended, its final statistics."""
     from specbuilder.tensorboard import TensorBoardError, write_record
 
-    record = _record(args)
+    with _model_by_id(args, "models tensorboard") as (get, _):
+        record = get(args.id)
     try:
         written = write_record(args.directory, record)
     except TensorBoardError as error:
@@ -578,14 +584,9 @@ def run_models_tensorboard(args: argparse.Namespace) -> int:
 
 def run_models_rm(args: argparse.Namespace) -> int:
     """Delete one model."""
-    if args.server:
-        with connect(args) as client:
-            record = client.get_model(args.id)
-            client.delete_model(args.id)
-    else:
-        with open_store(store_path(args), weights=args.weights) as store, store_errors("models rm"):
-            record = store.get(args.id)
-            store.delete(args.id)
+    with _model_by_id(args, "models rm") as (get, delete):
+        record = get(args.id)
+        delete(args.id)
     print(f"deleted model {record.id} ({record.name})")
     return 0
 

@@ -66,6 +66,19 @@ struct Sums {
     float min = INFINITY, max = -INFINITY;
 };
 
+// Add the counts, moments and extremes of `from` (a chunk's Sums, or another thread's Partial) to `into`.
+template <typename From>
+inline void add_sums(Partial& into, const From& from) {
+    into.nan += from.nan;
+    into.finite += from.finite;
+    into.zero += from.zero;
+    into.flat += from.flat;
+    into.s1 += from.s1;
+    into.s2 += from.s2;
+    into.min = std::min(into.min, from.min);
+    into.max = std::max(into.max, from.max);
+}
+
 template <bool LOG>
 inline int32_t bin_of(float v, float origin, float scale, float top) {
     float t = v;
@@ -269,14 +282,7 @@ void run(const Config& c, const float* y, const void* src, int64_t n, float pivo
         ++h3[list[i + 3]];
     }
     for (; i < listed; ++i) ++h0[list[i]];
-    p.nan += r.nan;
-    p.finite += r.finite;
-    p.zero += r.zero;
-    p.flat += r.flat;
-    p.s1 += r.s1;
-    p.s2 += r.s2;
-    p.min = std::min(p.min, r.min);
-    p.max = std::max(p.max, r.max);
+    add_sums(p, r);
     any_left |= r.left;
 }
 
@@ -377,14 +383,7 @@ extern "C" int sb_update(const Config* c, const float* y, const void* x, int64_t
     int64_t* hist = counts + HISTOGRAM;
     for (const Partial& p : parts) {
         if (p.hist.empty()) continue;  // the runtime ran fewer threads than asked for
-        all.nan += p.nan;
-        all.finite += p.finite;
-        all.zero += p.zero;
-        all.flat += p.flat;
-        all.s1 += p.s1;
-        all.s2 += p.s2;
-        all.min = std::min(all.min, p.min);
-        all.max = std::max(all.max, p.max);
+        add_sums(all, p);
         for (int lane = 0; lane < LANES; ++lane)
             for (int b = 0; b < c->bins; ++b) hist[b] += p.hist[lane * (c->bins + 1) + b];
         for (int64_t u = 0; u < C; ++u) c->alive[u] |= p.alive[u];

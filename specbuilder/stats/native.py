@@ -1,7 +1,7 @@
 """The fused statistics kernel (``_kernel.cpp``): built on first use, loaded with ctypes.
 
 The source is plain C++ with OpenMP and no torch headers, so the system's ``g++`` builds it
-once in 5-10 s and nothing comes from PyPI (no ninja). It is built for the machine it runs on
+once and nothing comes from PyPI (no ninja). It is built for the machine it runs on
 (``-march=native``) and links the ``libgomp`` torch has already loaded, so it runs on torch's
 own OpenMP threads.
 

@@ -226,8 +226,8 @@ def _expected_shapes(spec: ModelSpec) -> Mapping[str, tuple[int, ...]]:
 
 @lru_cache(maxsize=256)
 def _shapes_of(canonical: str) -> Mapping[str, tuple[int, ...]]:
-    """``_expected_shapes`` once per distinct spec: the modules are built on the meta device (no
-    memory), which still costs 0.3–0.8 ms a spec, up to a quarter of storing a small model."""
+    """``_expected_shapes`` once per distinct spec (cached): building the modules, even on the meta
+    device (no memory), is work every save of the same spec would otherwise repeat."""
     with torch.device("meta"):
         return MappingProxyType({
             f"{node.name}.{key}": tuple(value.shape)
@@ -436,8 +436,8 @@ class ModelStore:
 
         A durable commit is fsynced before it returns. A progress commit (``durable=False``: a run
         starting, its history so far) is not: it survives the process dying at once, and a power loss
-        from the next durable commit on, which fsyncs the log it is in. It saves a training run an
-        fsync per write (0.4 ms each on an idle disk, more on a busy one).
+        from the next durable commit on, which fsyncs the log it is in, so a training run does not
+        wait on the disk for each of its progress writes.
         """
         with self._lock:
             db = self._open_db()
@@ -801,9 +801,8 @@ class ModelStore:
 
         Compiled without initialization, then given the file's tensors with a strict
         ``load_state_dict(assign=True)``: no copy, the parameters are a private copy-on-write
-        mapping of the file (changes never reach the store), which is ~8x faster than copying
-        into fresh memory. Raises ``NoWeights`` for a run that has none. The module is in
-        training mode, as compiled.
+        mapping of the file (changes never reach the store). Raises ``NoWeights`` for a run that
+        has none. The module is in training mode, as compiled.
         """
         record = self.get(model_id)
         target = resolve_device(device)

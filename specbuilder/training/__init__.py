@@ -11,9 +11,7 @@ import torch, so clients can validate a config without it; the loop, its events 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from specbuilder.lazy import lazy_getattr
 from specbuilder.training.config import ConfigError, TrainConfig, parse_config
 from specbuilder.training.losses import LOSSES
 from specbuilder.training.optimizers import OPTIMIZERS
@@ -44,8 +42,4 @@ _LAZY = {
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULES", "ConfigError", "TrainConfig", "parse_config", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'specbuilder.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

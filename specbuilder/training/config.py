@@ -18,7 +18,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from specbuilder.errors import Loc, Problem, SpecError, friendly, reraise, suggest
 from specbuilder.spec import Style
-from specbuilder.training.choices import Choice, ChoiceSpec, Strict, choice_field, choice_models
+from specbuilder.registry import EntrySpec, Strict
+from specbuilder.training.choices import Choice, choice_field, choice_models
 from specbuilder.training.losses import LOSSES
 from specbuilder.training.optimizers import OPTIMIZERS
 from specbuilder.training.schedules import SCHEDULES
@@ -26,7 +27,7 @@ from specbuilder.training.schedules import SCHEDULES
 OPTIMIZER_MODELS = choice_models(OPTIMIZERS, "Optimizer")
 LOSS_MODELS = choice_models(LOSSES, "Loss")
 SCHEDULE_MODELS = choice_models(SCHEDULES, "Schedule")
-CHOICES: dict[str, tuple[str, Mapping[str, Choice], Mapping[str, type[ChoiceSpec]]]] = {
+CHOICES: dict[str, tuple[str, Mapping[str, Choice], Mapping[str, type[EntrySpec]]]] = {
     "optimizer": ("optimizer", OPTIMIZERS, OPTIMIZER_MODELS),
     "loss": ("loss", LOSSES, LOSS_MODELS),
     "lr_schedule": ("schedule", SCHEDULES, SCHEDULE_MODELS),

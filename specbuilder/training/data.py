@@ -18,8 +18,8 @@ import torch
 from specbuilder.datasets import Dataset, DataError
 from specbuilder.devices import to_device
 from specbuilder.kinds import ActivationKind
+from specbuilder.registry import EntrySpec
 from specbuilder.spec import ModelSpec
-from specbuilder.training.choices import ChoiceSpec
 from specbuilder.training.config import LOSS_MODELS, problem_at
 from specbuilder.training.losses import LOSSES, LossKind, auto_loss, within
 
@@ -54,7 +54,7 @@ def output_range(spec: ModelSpec) -> tuple[float, float]:
     return (-math.inf, math.inf)
 
 
-def choose_loss(loss: ChoiceSpec | None, dataset: Dataset, spec: ModelSpec) -> ChoiceSpec:
+def choose_loss(loss: EntrySpec | None, dataset: Dataset, spec: ModelSpec) -> EntrySpec:
     """The configured loss, or the one ``auto_loss`` picks; checked against the model's outputs."""
     outputs = math.prod(spec.output_shape)
     if loss is None:
@@ -129,7 +129,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return order[n_val:], order[:n_val]
 
 
-def prepare(dataset: Dataset, spec: ModelSpec, loss: ChoiceSpec, fraction: float, seed: int, device: torch.device, dtype: torch.dtype) -> Prepared:
+def prepare(dataset: Dataset, spec: ModelSpec, loss: EntrySpec, fraction: float, seed: int, device: torch.device, dtype: torch.dtype) -> Prepared:
     """The dataset fitted to the model and the loss, split and moved to ``device`` (through pinned
     memory, without blocking, for CUDA: the tensors are copied while the next ones are gathered)."""
     kind = LOSSES[loss.type]

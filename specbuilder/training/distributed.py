@@ -168,22 +168,17 @@ class Launch:
 
 class SharedCancel(CancelToken):
     """A ``CancelToken`` the launching process and its ranks share: a spawn-context event and,
-    beside it, the reason. The launching process cancels; ranks read it at each check. (It keeps
-    none of the base class's threading parts: those cannot cross processes.)"""
+    beside it, the reason (its first ``REASON_BYTES`` - 1 bytes) under the array's own lock. The
+    launching process cancels; ranks read it at each check. (It keeps none of the base class's
+    threading parts: those cannot cross processes.)"""
 
     def __init__(self, context: SpawnContext) -> None:
-        self._flag = context.Event()
+        self._event = context.Event()
         self._text = context.Array("c", REASON_BYTES)
+        self._lock = self._text.get_lock()
 
-    def cancel(self, reason: str = "cancelled by the caller") -> None:
-        with self._text.get_lock():
-            if not self._flag.is_set():
-                self._text.value = reason.encode()[:REASON_BYTES - 1]
-                self._flag.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._flag.is_set()
+    def _keep(self, reason: str) -> None:
+        self._text.value = reason.encode()[:REASON_BYTES - 1]
 
     @property
     def reason(self) -> str:

@@ -8,8 +8,10 @@ which also carries the ``TrainResult`` (not serialized: it holds the module).
 
 from __future__ import annotations
 
+import multiprocessing.synchronize
 import threading
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
@@ -25,20 +27,26 @@ Status = Literal["completed", "diverged", "cancelled"]
 class CancelToken:
     """A thread-safe request to stop a run: the loop checks it before every step.
 
-    The first ``cancel()`` wins; its reason becomes the run's ``reason``.
+    The first ``cancel()`` wins; its reason becomes the run's ``reason``. A subclass may keep the
+    flag (``_event``), its ``_lock`` and the reason (``_keep``, ``reason``) elsewhere: in memory
+    shared with other processes (``specbuilder.training.distributed.SharedCancel``).
     """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
+        self._event: threading.Event | multiprocessing.synchronize.Event = threading.Event()
+        self._lock: AbstractContextManager[Any] = threading.Lock()
         self._reason = ""
 
     def cancel(self, reason: str = "cancelled by the caller") -> None:
         """Ask the run to stop before its next step."""
         with self._lock:
             if not self._event.is_set():
-                self._reason = reason
+                self._keep(reason)
                 self._event.set()
+
+    def _keep(self, reason: str) -> None:
+        """Record the first cancel's reason (called holding ``_lock``, before the flag is set)."""
+        self._reason = reason
 
     @property
     def cancelled(self) -> bool:

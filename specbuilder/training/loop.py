@@ -39,7 +39,7 @@ from specbuilder.datasets import DataLike, as_dataset
 from specbuilder.devices import AMP_DTYPES, amp_dtype, autocast, resolve_device
 from specbuilder.errors import Problem, SpecError
 from specbuilder.evaluation import EVAL_CHUNK, evaluate
-from specbuilder.kinds import resolve
+from specbuilder.registry import resolve
 from specbuilder.rng import RunStream, draws_random
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.stats import ActivationMonitor, LayerStats
