@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server_helpers import (SPIRALS, Pki, batch, certificate, connect, counted, open_channel, pki, rpc_error,  # noqa: F401 - fixtures
                             server_process, serving, spec_source, train_request, wait_for)
+from specbuilder.cli import main
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
 
@@ -178,6 +179,21 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_its_ca_signed(mutual:
     if admitted:
         wait_for(lambda: counted(mutual) == before + 1)
     assert counted(mutual) == before + admitted
+
+
+def test_the_client_and_the_command_line_present_a_client_certificate(mutual: RunningServer, pki: Pki,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from specbuilder_client import Client, Unavailable
+
+    with Client(mutual.address, root_certificates=pki.ca, certificate_chain=pki.client.cert, private_key=pki.client.key) as client:
+        assert client.validate(SPIRALS).valid
+    with Client(mutual.address, root_certificates=pki.ca, timeout=10) as anonymous, pytest.raises(Unavailable):
+        anonymous.validate(SPIRALS)
+    tls = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
+    assert main(["models", "list", "--server", mutual.address, *tls]) == 0
+    assert capsys.readouterr().out.strip() == f"no models in {mutual.address}"
+    assert main(["models", "list", "--server", mutual.address, *tls[:4]]) == 1
+    assert capsys.readouterr().err.strip() == "--tls-cert and --tls-key go together: give both or neither"
 
 
 def test_the_start_line_says_client_certificates_are_required(tmp_path: Path, pki: Pki) -> None:
