@@ -101,7 +101,7 @@ def test_reflection_describes_the_service_to_an_inference_token(guarded: Running
     assert MODEL_SERVICE in [service.name for service in answers[0].list_services_response.service]
 
 
-@pytest.mark.parametrize("document", ["protos/specbuilder/v1/service.proto"])
+@pytest.mark.parametrize("document", ["docs/reliability.md", "README.md", "protos/specbuilder/v1/service.proto"])
 def test_the_docs_list_the_rpcs_an_inference_token_may_call_as_the_table_does(document: str) -> None:
     text = (ROOT / document).read_text()
     found = re.search(r"inference token(?:s)? may call ([^.]*)\.", re.sub(r"\s*(?://)?\s*\n\s*(?://)?\s*", " ", text))
