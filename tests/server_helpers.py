@@ -9,15 +9,20 @@ Import what a test file needs (fixtures register by being imported into the test
 - ``stub``: a ``ModelServiceStub`` on a plaintext channel to ``server``.
 - ``connect(address)`` / ``open_channel(address)``: a stub / a channel (TLS when given credentials).
 - ``serving(store, **settings)``: a context manager for a server with other ``ServerConfig``
-  settings (token, TLS, limits; device cpu, 8 workers, 2 s grace); stopped when the block ends.
+  settings (tokens, TLS, limits; device cpu, 8 workers, 2 s grace); stopped when the block ends.
 - ``server_process(store, *flags)``: ``python -m specbuilder serve --port 0 --store DIR`` in a
   subprocess, the port read from its ``listening on HOST:PORT`` line; SIGTERM when the block ends.
 - ``spec_source(spec)``: a ``SpecSource`` holding a spec dict as JSON; ``SPIRALS`` is a small
   classifier for the built-in ``spirals`` dataset; ``batch(array)`` a wire tensor.
 - ``train_request(spec, dataset, name, **settings)``: a Train request; ``QUICK`` settings finish
   in well under a second, ``ENDLESS`` ones only end when cancelled; ``config_values(settings)``.
+- ``certificate``: a self-signed server certificate and key; ``pki``: a CA, a server and a client
+  certificate it signs, and a stranger's client certificate (``Pki``; made by ``certificates``).
+- ``invoke(channel, method, request, metadata)``: any RPC called by its descriptor (so a test can
+  cover every RPC of the service); ``message_class(descriptor)`` a message type's class.
 - ``rpc_error(call)``: the ``grpc.RpcError`` a call raises, with its BadRequest field paths;
   ``answer(call)``: any call's status name, message and result, without raising.
+- ``counted(server, method)``: the calls the servicer ran (a refused call never reaches it).
 - ``wait_for(check)``: poll a condition until it holds (a bounded wait, never a timing check).
 """
 
@@ -26,12 +31,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +44,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from certificates import Authority, Pair, self_signed
 from specbuilder.v1 import service_pb2, service_pb2_grpc, tensor_pb2
 from specbuilder.wire import to_proto
 from specbuilder_server import RunningServer, ServerConfig, start_server
@@ -87,6 +94,24 @@ def train_request(spec: dict[str, Any] = SPIRALS, dataset: str = "spirals", name
     return service_pb2.TrainRequest(spec=spec_source(spec), dataset=dataset, name=name, config=config_values(settings or QUICK))
 
 
+def message_class(descriptor: Descriptor) -> type[Any]:
+    """The Python class of a message type, by its descriptor (an RPC's ``input_type``)."""
+    return message_factory.GetMessageClass(descriptor)
+
+
+def invoke(channel: grpc.Channel, method: MethodDescriptor, request: Any, metadata: Sequence[tuple[str, str]]) -> Any:
+    """Call a ModelService ``method`` by its descriptor with one request message, reading a response stream to its end."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    wire = {"request_serializer": type(request).SerializeToString, "response_deserializer": message_class(method.output_type).FromString}
+    if method.client_streaming and method.server_streaming:
+        return list(channel.stream_stream(path, **wire)(iter([request]), metadata=metadata, timeout=30))
+    if method.client_streaming:
+        return channel.stream_unary(path, **wire)(iter([request]), metadata=metadata, timeout=30)
+    if method.server_streaming:
+        return list(channel.unary_stream(path, **wire)(request, metadata=metadata, timeout=30))
+    return channel.unary_unary(path, **wire)(request, metadata=metadata, timeout=30)
+
+
 @dataclass
 class Failure:
     """What a failed call said: its code, message and the BadRequest field paths."""
@@ -123,6 +148,14 @@ def answer(call: Callable[[], Any]) -> tuple[str, str, Any]:
     except grpc.RpcError as error:
         return error.code().name, error.details() or "", None
     return "OK", "", result
+
+
+def counted(server: RunningServer, method: str | None = None) -> float:
+    """How many ModelService calls (of ``method``, else of every method) the server's servicer has run, however they ended.
+    A call is counted as it ends, which may be just after its client has its status."""
+    families = server.servicer.metrics.registry.collect()
+    return sum(sample.value for family in families if family.name == "specbuilder_rpc" for sample in family.samples
+               if sample.name == "specbuilder_rpc_total" and method in (None, sample.labels["method"]))
 
 
 def wait_for(check: Callable[[], Any], what: str = "condition") -> Any:
@@ -226,15 +259,25 @@ def server_process(store: Path | str, *flags: str, env: dict[str, str] | None = 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
+    """A self-signed certificate for 127.0.0.1 and localhost and its key (``certificates.self_signed``)."""
+    pair = self_signed(tmp_path_factory.mktemp("tls"))
+    return pair.cert, pair.key
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Certificates for mutual TLS: a CA, a server and a client certificate it signs, and a client certificate
+    signed by another CA (``stranger``)."""
+
+    ca: Path
+    server: Pair
+    client: Pair
+    stranger: Pair
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA with a server and a client certificate, and a stranger's client certificate from another CA."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca, other = Authority.create(folder, "test-ca"), Authority.create(folder, "other-ca")
+    return Pki(ca.cert, ca.issue("server", server=True), ca.issue("client", server=False), other.issue("stranger", server=False))

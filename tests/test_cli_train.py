@@ -442,10 +442,10 @@ def test_remote_compile_and_errors(folder: Path, remote: RunningServer, tmp_path
 
 def test_remote_token_and_unreachable_server(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPECBUILDER_TOKEN", raising=False)
-    with serving(tmp_path / "store", token="s3cret") as guarded:
+    with serving(tmp_path / "store", tokens=("s3cret",)) as guarded:
         ran = run("models", "list", "--server", guarded.address)
         assert ran.code == 1
-        assert ran.err[-1] == "pass --token or set SPECBUILDER_TOKEN"
+        assert ran.err[-1] == "pass --token-file or --token, or set SPECBUILDER_TOKEN"
         assert run("models", "list", "--server", guarded.address, "--token", "s3cret").out == [f"no models in {guarded.address}"]
         monkeypatch.setenv("SPECBUILDER_TOKEN", "s3cret")
         assert run("models", "list", "--server", guarded.address).code == 0

@@ -28,7 +28,7 @@ X = np.random.default_rng(3).normal(size=(5, 2)).astype(np.float32)
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(tmp_path_factory.mktemp("store"), token=TOKEN, max_message_mb=1) as running:
+    with serving(tmp_path_factory.mktemp("store"), tokens=(TOKEN,), max_message_mb=1) as running:
         yield running
 
 
@@ -52,7 +52,7 @@ def test_a_message_over_the_server_limit_is_resource_exhausted(guarded: RunningS
 
 def test_tls_with_root_certificates_as_a_path_or_bytes(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
-    with serving(tmp_path / "store", tls_cert=cert, tls_key=key, token=TOKEN) as running:
+    with serving(tmp_path / "store", tls_cert=cert, tls_key=key, tokens=(TOKEN,)) as running:
         for roots in (cert, cert.read_bytes()):
             with Client(running.address, token=TOKEN, root_certificates=roots) as client:
                 assert client.validate(SPIRALS).valid

@@ -1,5 +1,5 @@
 """The local socket: shared-memory Evaluate calls leave gRPC for a Unix socket, with the same answers,
-the same errors, the same token, and gRPC again whenever the socket is gone."""
+the same errors, the same tokens and roles, and gRPC again whenever the socket is gone."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from server_helpers import SPIRALS, open_channel, serving, spec_source
 from specbuilder.localsocket import EVALUATE, HELLO, OK, STATUS, hello, read_head, read_payload, send_frame
 from specbuilder.v1 import service_pb2, tensor_pb2
 from specbuilder_client import Client, DeadlineExceeded, InvalidArgument, NotFound, SpecbuilderError
-from specbuilder_server import RunningServer, local
+from specbuilder_server import RunningServer, local, roles
 
 TOKEN = "local-socket-token"
+INFERENCE_TOKEN = "local-socket-inference-token"
 X = np.random.default_rng(5).normal(size=(64, 2)).astype(np.float32)
 CONNECTIONS = 8
 """The local socket's connection limit (the server's ``max_streams``) in these tests."""
@@ -29,14 +30,15 @@ CONNECTIONS = 8
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, token=TOKEN, max_streams=CONNECTIONS) as server:
+    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, tokens=(TOKEN,), inference_tokens=(INFERENCE_TOKEN,),
+                 max_streams=CONNECTIONS) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def trusting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server that also reads shared memory named in gRPC calls (single-tenant)."""
-    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, shared_memory_over_grpc=True, token=TOKEN) as server:
+    with serving(tmp_path_factory.mktemp("store"), shared_memory=True, shared_memory_over_grpc=True, tokens=(TOKEN,)) as server:
         yield server
 
 
@@ -119,7 +121,7 @@ def evaluate_request() -> bytes:
 
 
 @pytest.mark.parametrize(("first", "code", "words"), [
-    ((HELLO, hello("not-it")), grpc.StatusCode.UNAUTHENTICATED, "not this server's token"),
+    ((HELLO, hello("not-it")), grpc.StatusCode.UNAUTHENTICATED, "not one of this server's tokens"),
     ((HELLO, hello(None)), grpc.StatusCode.UNAUTHENTICATED, "needs a token"),
     ((HELLO, b"other-protocol/9\0" + TOKEN.encode()), grpc.StatusCode.FAILED_PRECONDITION, "specbuilder-local/1"),
     ((EVALUATE, evaluate_request()), grpc.StatusCode.INVALID_ARGUMENT, "hello"),
@@ -131,6 +133,19 @@ def test_a_connection_without_the_right_hello_is_refused_and_closed(running: Run
         kind, payload = exchange(connection, *first)
         assert kind == STATUS and status_of(payload)[0] == code and words in status_of(payload)[1]
         assert closed(connection)
+
+
+def test_the_local_socket_admits_the_roles_the_table_lets_call_evaluate(running: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Client(running.address, token=INFERENCE_TOKEN, shared_memory=True) as client:
+        client.evaluate(SPIRALS, X)
+        assert client.local_socket == running.local_socket and client.evaluate(SPIRALS, X).outputs.shape == (len(X), 2)
+    monkeypatch.setattr(roles, "ROLES", {})  # were Evaluate not listed for inference tokens
+    with raw_connection(running) as connection:
+        kind, payload = exchange(connection, HELLO, hello(INFERENCE_TOKEN))
+        code, message = status_of(payload)
+        assert (kind, code) == (STATUS, grpc.StatusCode.PERMISSION_DENIED) and "Evaluate needs the full-access role" in message
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
 
 
 def test_bad_frames_after_the_hello_get_statuses_and_the_server_keeps_serving(running: RunningServer) -> None:

@@ -5,12 +5,13 @@ calls waiting for a message, for their turn or for a slow reader are coroutines 
 no thread. Wires the parts together: the model store, the model cache, the training jobs, the
 worker threads for blocking work (``pool.TrimmingPool``, which gives memory back when idle),
 the compute lanes, the shared-memory regions and the local socket (with ``--shared-memory``),
-the servicer, Prometheus metrics (``metrics``; served with ``metrics_port``), the standard health service (SERVING overall and per service) and server
-reflection, the token interceptor when a token is set, TLS when a certificate is given, the
-message size limits, and the connections' age limit when one is set. ``RunningServer.stop(grace)``
-is the graceful stop (SIGTERM in ``specbuilder serve``): health turns NOT_SERVING, running
-trainings are cancelled and recorded, in-flight calls get ``grace`` seconds to finish, then the
-store is closed.
+the servicer, Prometheus metrics (``metrics``; served with ``metrics_port``), the standard health
+service (SERVING overall and per service) and server reflection, the token interceptor when tokens
+are set (``auth``, with their roles), TLS when a certificate is given (client certificates required
+with ``tls_client_ca``), the message size limits, and the connections' age limit when one is set.
+``RunningServer.stop(grace)`` is the graceful stop (SIGTERM in ``specbuilder serve``): health
+turns NOT_SERVING, running trainings are cancelled and recorded, in-flight calls get ``grace``
+seconds to finish, then the store is closed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from specbuilder.devices import resolve_device
 from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
 from specbuilder.v1 import service_pb2
-from specbuilder_server.auth import TokenAuth
+from specbuilder_server.auth import Access, TokenAuth
 from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.decoding import model_service
@@ -153,13 +154,15 @@ class RunningServer:
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS with the server's certificate, requiring client certificates signed by ``tls_client_ca`` when it is set."""
     if config.tls_cert is None or config.tls_key is None:
         return None
     try:
         pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
     except OSError as error:
         raise ServerStartError(f"cannot read the TLS files: {error}") from None
-    return grpc.ssl_server_credentials([pair])
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def connection_age(seconds: float | None) -> list[tuple[str, int]]:
@@ -227,8 +230,9 @@ def start_server(config: ServerConfig) -> RunningServer:
 async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grpc.ServerCredentials | None,
                  regions: SharedRegions | None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer, LocalSocket | None]:
     """On the loop: the gRPC server (and the local socket) bound and started."""
+    access = Access(config.tokens, config.inference_tokens)
     server = grpc.aio.server(
-        interceptors=[TokenAuth(config.token)] if config.token else [],
+        interceptors=[TokenAuth(access)] if access else [],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -246,7 +250,7 @@ async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grp
         raise ServerStartError(f"cannot listen on {config.address}: {error}") from None
     local = None
     if regions is not None and config.local_socket:
-        local = LocalSocket(servicer, regions, token=config.token, max_message_bytes=config.max_message_bytes,
+        local = LocalSocket(servicer, regions, access=access, max_message_bytes=config.max_message_bytes,
                             max_connections=config.max_streams)
         await local.start()
         servicer.local_socket = local.path

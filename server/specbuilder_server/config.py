@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from specbuilder.spec import DEFAULT_MAX_PARAMS
 
 DEFAULT_PORT = 50051
+Token = Annotated[str, Field(min_length=1, pattern=r"\S")]
+"""A bearer token: not empty, not only spaces (an empty token would read as "no token")."""
 MAX_MESSAGE_MB = 2047
 """gRPC's message length is a signed 32-bit number of bytes."""
 
@@ -44,9 +46,14 @@ class ServerConfig(BaseModel):
     store_max_bytes: Annotated[int | None, Field(ge=1, description=(
         "bytes of weights the store may hold; past it saves and trainings are refused (give every replica sharing the store the same)"))] = None
     store_max_models: Annotated[int | None, Field(ge=1, description="models and runs the store may hold; past it new ones are refused")] = None
-    token: Annotated[str | None, Field(min_length=1, pattern=r"\S", description="bearer token every RPC but health must carry")] = None
+    tokens: tuple[Token, ...] = Field((), repr=False, description=(
+        "full-access bearer tokens: with any token set, every RPC but health must carry one (several: any is accepted, for rotation)"))
+    inference_tokens: tuple[Token, ...] = Field((), repr=False, description=(
+        "bearer tokens that may only read and evaluate (roles.ROLES); other RPCs answer PERMISSION_DENIED"))
     tls_cert: Path | None = Field(None, description="PEM certificate chain; with tls_key, the server speaks TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description=(
+        "PEM certificates of the CAs that sign client certificates: with it, TLS requires every client to present one (mTLS)"))
     max_message_mb: Annotated[int, Field(ge=1, le=MAX_MESSAGE_MB, description="largest message, either direction")] = 64
     max_params: Annotated[int, Field(ge=1, description="specs with more parameters are refused")] = DEFAULT_MAX_PARAMS
     max_batch_elements: Annotated[int, Field(ge=1, description="batch size times the largest per-sample layer output")] = 50_000_000
@@ -87,22 +94,42 @@ class ServerConfig(BaseModel):
     def _tls_pair(self) -> ServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs TLS: give tls_cert and tls_key too (client certificates are checked in the TLS handshake)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_role_per_token(self) -> ServerConfig:
+        if set(self.tokens) & set(self.inference_tokens):
+            raise ValueError("a token is given both as a full-access token and as an inference token: give each token one role")
         return self
 
     @model_validator(mode="after")
     def _closed_by_default(self) -> ServerConfig:
-        if self.token is None and not self.insecure and not is_loopback(self.host):
+        if not self.authenticates and not self.insecure and not is_loopback(self.host):
             raise ValueError(
-                f"host {self.host} is reachable from other machines and no token is set: give a token (--token or "
-                "$SPECBUILDER_TOKEN), bind 127.0.0.1, or pass --insecure to serve everyone who reaches the port")
+                f"host {self.host} is reachable from other machines and no token is set: give a token (--token-file, "
+                "--token or $SPECBUILDER_TOKEN) or client certificates (--tls-client-ca), bind 127.0.0.1, or pass "
+                "--insecure to serve everyone who reaches the port")
         if self.shared_memory_over_grpc and not self.shared_memory:
             raise ValueError("shared_memory_over_grpc needs shared_memory")
         return self
 
     @property
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are: a token, or a client certificate."""
+        return bool(self.tokens or self.inference_tokens) or self.tls_client_ca is not None
+
+    @property
     def protection(self) -> str:
         """What protects the server, in words, for its start-up line."""
-        parts = ["TLS" if self.tls_cert else "plaintext", "token required" if self.token else "NO TOKEN: every caller is trusted"]
+        parts = ["TLS" if self.tls_cert else "plaintext"]
+        if self.tls_client_ca is not None:
+            parts.append("client certificate required")
+        if self.tokens or self.inference_tokens:
+            parts.append(f"token required ({len(set(self.tokens))} full access, {len(set(self.inference_tokens))} inference)")
+        else:
+            parts.append("NO TOKEN: every caller " + ("with a client certificate " if self.tls_client_ca else "") + "is trusted")
         if self.shared_memory_over_grpc:
             parts.append("shared memory over gRPC read with the server's rights (single-tenant)")
         return ", ".join(parts)

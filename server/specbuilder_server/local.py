@@ -4,16 +4,17 @@ A Unix socket in a directory of its own (mode 0700, removed on stop) that only t
 root) can reach, checked again per connection with ``SO_PEERCRED``. Connections are served on the
 server's event loop, at most ``max_connections`` at once, and one waiting for its next frame
 holds nothing but its buffer. Each frame is parsed like a gRPC request (``decoding``: the
-batch's elements, if inline, are not copied), checked against the same token and message limit,
-and handed to the same ``ModelServicer.evaluate``, reading shared memory only from regions the
-peer's own user owns (``SharedRegions.readable_by``); failures come back as the
-``google.rpc.Status`` a gRPC call would have ended with.
+batch's elements, if inline, are not copied), checked against the same tokens and roles
+(``auth.Access``: the hello's token must be one of the server's, with a role that may call
+Evaluate) and message limit, and handed to the same ``ModelServicer.evaluate``, reading shared
+memory only from regions the peer's own user owns (``SharedRegions.readable_by``); failures come
+back as the ``google.rpc.Status`` a gRPC call would have ended with. Client certificates play no
+part here: only the server's own user can reach the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ from google.rpc import status_pb2
 from specbuilder.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS, frame
 from specbuilder.regions import SharedRegions
 from specbuilder.v1 import service_pb2
+from specbuilder_server.auth import Access
 from specbuilder_server.decoding import SERVICE, malformed, parser_for
 from specbuilder_server.errors import as_request_error, rich_status
 from specbuilder_server.servicer import ModelServicer
@@ -39,6 +41,8 @@ HELLO_BYTES = 4096
 HELLO_SECONDS = 10.0
 """How long a new connection may take to say hello before it is closed: a silent one holds a slot."""
 _METHOD = SERVICE.methods_by_name["Evaluate"]
+_PATH = f"/{SERVICE.full_name}/{_METHOD.name}"
+"""The RPC the local socket answers, as the role table (``roles.ROLES``) names it."""
 _parse = parser_for(service_pb2.EvaluateRequest.FromString, _METHOD)
 """Bytes to ``Received``, as the gRPC path parses them (``decoding``)."""
 _CREDENTIALS = struct.Struct("3i")
@@ -58,11 +62,11 @@ def _failure(error: Exception) -> bytes:
 class LocalSocket:
     """Listens on a fresh Unix socket (``path``) and answers Evaluate frames until ``close``; lives on the server's event loop."""
 
-    def __init__(self, servicer: ModelServicer, regions: SharedRegions, *, token: str | None, max_message_bytes: int,
+    def __init__(self, servicer: ModelServicer, regions: SharedRegions, *, access: Access, max_message_bytes: int,
                  max_connections: int) -> None:
         self._servicer = servicer
         self._regions = regions
-        self._token = (token or "").encode()
+        self._access = access
         self._max_message_bytes = max_message_bytes
         self._max_connections = max_connections
         self._folder = tempfile.mkdtemp(prefix="specbuilder-")
@@ -117,9 +121,8 @@ class LocalSocket:
             protocol, _, token = (await asyncio.wait_for(reader.readexactly(length), HELLO_SECONDS)).partition(b"\0")
             if protocol != PROTOCOL:
                 problem = _status(grpc.StatusCode.FAILED_PRECONDITION, f"this server speaks {PROTOCOL.decode()}, the client {protocol[:64]!r}")
-            elif self._token and not hmac.compare_digest(token, self._token):
-                problem = _status(grpc.StatusCode.UNAUTHENTICATED, "the token sent in the hello is not this server's token"
-                                  if token else "this server needs a token: send it in the hello")
+            elif (refused := self._access.refusal(token, _PATH, "send it in the hello")) is not None:
+                problem = _status(*refused)
             else:
                 writer.write(frame(OK, b""))
                 await writer.drain()

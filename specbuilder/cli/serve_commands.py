@@ -8,7 +8,6 @@ rest of the command line never loads grpc. With ``--port 0`` a free port is pick
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -18,9 +17,8 @@ from types import FrameType
 from pydantic import ValidationError
 
 from specbuilder.cli.common import CommandError, add_max_params, count
+from specbuilder.cli.credentials import TOKEN_ENV, full_tokens, tokens
 from specbuilder.cli.stores import store_location
-
-TOKEN_ENV = "SPECBUILDER_TOKEN"
 
 
 def _positive(text: str) -> int:
@@ -74,9 +72,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="bytes of weights the store may hold; past it saves and trainings are refused (default: no limit)")
     serve.add_argument("--store-max-models", type=_positive, default=None, metavar="N",
                        help="models and runs the store may hold; past it new ones are refused (default: no limit)")
-    serve.add_argument("--token", default=None, help=f"bearer token every call but health must carry (default ${TOKEN_ENV}; prefer the variable: arguments show in ps)")
+    serve.add_argument("--token", action="append", help=(
+        f"a full-access bearer token: with any token set, every call but health must carry one (repeatable: any is accepted, "
+        f"for rotation; default ${TOKEN_ENV}; arguments show in ps: prefer --token-file)"))
+    serve.add_argument("--token-file", action="append", type=Path, metavar="FILE", help=(
+        "full-access tokens, one per line (# comments and blank lines skipped; repeatable); mode 600, or 640 owned by root"))
+    serve.add_argument("--inference-token", action="append", metavar="TOKEN", help=(
+        "a bearer token with the inference role: it may validate, compile, evaluate and read models; training, deleting and "
+        "exporting answer PERMISSION_DENIED (repeatable)"))
+    serve.add_argument("--inference-token-file", action="append", type=Path, metavar="FILE",
+                       help="inference tokens, one per line, as --token-file")
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate chain; with --tls-key the server speaks TLS")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path, metavar="PEM", help=(
+        "with --tls-cert: require a client certificate signed by one of these CAs (mTLS); with no token set, such a "
+        "certificate alone admits a caller, with full access"))
     serve.add_argument("--max-message-mb", type=_positive, default=default["max_message_mb"], metavar="MB",
                        help=f"largest message either way (default {default['max_message_mb']})")
     add_max_params(serve)
@@ -115,27 +125,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.set_defaults(run=run_serve)
 
 
-def _token(given: str | None) -> str | None:
-    """The token from ``--token`` or ``$SPECBUILDER_TOKEN``; an empty one is refused, never read as "no token"."""
-    if given is not None:
-        if not given.strip():
-            raise CommandError("serve: --token is empty: give the token, or leave the option out to serve without one")
-        return given
-    from_env = os.environ.get(TOKEN_ENV)
-    if from_env is not None and not from_env.strip():
-        raise CommandError(f"serve: ${TOKEN_ENV} is set but empty: give the token, or unset the variable to serve without one")
-    return from_env
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Start, print where, wait for SIGTERM/SIGINT, stop gracefully."""
     from specbuilder_server import ServerConfig, ServerStartError, start_server
 
     settings = {
-        "host": args.host, "port": args.port, "token": _token(args.token), "insecure": args.insecure,
+        "host": args.host, "port": args.port, "insecure": args.insecure,
+        "tokens": full_tokens("serve", args.token, args.token_file),
+        "inference_tokens": tokens("serve", "--inference-token", args.inference_token, args.inference_token_file),
         "metrics_port": args.metrics_port, "store_max_bytes": args.store_max_bytes, "store_max_models": args.store_max_models,
         "weights": args.weights, "store_lease_seconds": args.store_lease,
-        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "max_message_mb": args.max_message_mb,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca, "max_message_mb": args.max_message_mb,
         "max_params": args.max_params, "max_batch_elements": args.max_batch_elements,
         "max_concurrent_trains": args.max_concurrent_trains, "max_train_seconds": args.max_train_seconds,
         "device": args.device, "shared_memory": args.shared_memory, "local_socket": args.local_socket,

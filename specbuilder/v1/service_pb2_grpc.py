@@ -26,8 +26,11 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """The model service. Every RPC but the standard health service needs the bearer token
-    (metadata `authorization: Bearer <token>`) when the server has one.
+    """The model service. Every RPC but the standard health service needs a bearer token
+    (metadata `authorization: Bearer <token>`) when the server has tokens: UNAUTHENTICATED without
+    one it knows. Each token has a role. A full-access token may call every RPC; an inference token
+    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`
+    and `ListActivations`. Other RPCs answer an inference token PERMISSION_DENIED, naming the role.
     """
 
     def __init__(self, channel):
@@ -89,8 +92,11 @@ class ModelServiceStub:
 
 
 class ModelServiceServicer:
-    """The model service. Every RPC but the standard health service needs the bearer token
-    (metadata `authorization: Bearer <token>`) when the server has one.
+    """The model service. Every RPC but the standard health service needs a bearer token
+    (metadata `authorization: Bearer <token>`) when the server has tokens: UNAUTHENTICATED without
+    one it knows. Each token has a role. A full-access token may call every RPC; an inference token
+    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`
+    and `ListActivations`. Other RPCs answer an inference token PERMISSION_DENIED, naming the role.
     """
 
     def ValidateSpec(self, request, context):
@@ -228,8 +234,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """The model service. Every RPC but the standard health service needs the bearer token
-    (metadata `authorization: Bearer <token>`) when the server has one.
+    """The model service. Every RPC but the standard health service needs a bearer token
+    (metadata `authorization: Bearer <token>`) when the server has tokens: UNAUTHENTICATED without
+    one it knows. Each token has a role. A full-access token may call every RPC; an inference token
+    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`
+    and `ListActivations`. Other RPCs answer an inference token PERMISSION_DENIED, naming the role.
     """
 
     @staticmethod

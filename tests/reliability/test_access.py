@@ -24,14 +24,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, MethodDescriptor
+from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from server_helpers import ROOT, batch, connect, open_channel, serving, train_request
+from server_helpers import ROOT, batch, connect, invoke, message_class, open_channel, serving, train_request
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
 
@@ -57,23 +56,6 @@ WRONG_TOKENS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def message_class(descriptor: Descriptor) -> type[Any]:
-    return message_factory.GetMessageClass(descriptor)
-
-
-def invoke(channel: grpc.Channel, method: MethodDescriptor, request: Any, metadata: list[tuple[str, str]]) -> Any:
-    """Call ``method`` by its descriptor with one request message, reading a response stream to its end."""
-    path = f"/{SERVICE.full_name}/{method.name}"
-    wire = {"request_serializer": type(request).SerializeToString, "response_deserializer": message_class(method.output_type).FromString}
-    if method.client_streaming and method.server_streaming:
-        return list(channel.stream_stream(path, **wire)(iter([request]), metadata=metadata, timeout=30))
-    if method.client_streaming:
-        return channel.stream_unary(path, **wire)(iter([request]), metadata=metadata, timeout=30)
-    if method.server_streaming:
-        return list(channel.unary_stream(path, **wire)(request, metadata=metadata, timeout=30))
-    return channel.unary_unary(path, **wire)(request, metadata=metadata, timeout=30)
-
-
 def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
     try:
         call()
@@ -84,7 +66,7 @@ def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with serving(tmp_path_factory.mktemp("store"), token=TOKEN) as running:
+    with serving(tmp_path_factory.mktemp("store"), tokens=(TOKEN,)) as running:
         yield running
 
 

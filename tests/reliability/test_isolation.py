@@ -126,7 +126,7 @@ def threads_now() -> int:
 
 def test_unauthenticated_calls_that_never_send_their_request_hold_nothing(tmp_path: Path, attack: Attack, tally: Tally, budget: Any) -> None:
     hanging = budget.pick(100, 400)
-    with serving(tmp_path / "store", token=TOKEN) as server:
+    with serving(tmp_path / "store", tokens=(TOKEN,)) as server:
         idle = probe(server.address, tally, "idle server")
 
         async def open_calls() -> None:

@@ -4,6 +4,12 @@
 >>> with Client("127.0.0.1:50051") as client:
 ...     result = client.evaluate(spec, x, statistics=True)
 
+A server with tokens wants one: ``token="..."``, or ``token_file=`` a file holding it on one
+line (mode 600), which keeps it out of command lines and code. An inference token may read and
+evaluate; calls it may not make (train, delete, export) raise ``PermissionDenied``. Over TLS,
+``root_certificates=`` trusts the server's CA, and ``certificate_chain=`` with ``private_key=``
+present this client's certificate to a server started with ``--tls-client-ca``.
+
 Every failure raises a ``SpecbuilderError`` subclass carrying the status code, the server's
 message and, for ``InvalidArgument``, each problem's path.
 """

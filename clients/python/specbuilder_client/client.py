@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +20,7 @@ from specbuilder.spec import ModelSpec
 from specbuilder.v1 import service_pb2, service_pb2_grpc
 from specbuilder.wire import to_numpy, to_proto
 from specbuilder.localsocket import METADATA_KEY
+from specbuilder_client.credentials import Pem, bearer_token, channel_credentials
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.local import LocalConnection
@@ -44,10 +44,6 @@ def evaluate_options(
     )
 
 
-def _read_pem(source: bytes | str | PathLike[str]) -> bytes:
-    return source if isinstance(source, bytes) else Path(source).read_bytes()
-
-
 class Client:
     """A connection to a specbuilder server, or to several replicas over one store.
 
@@ -57,8 +53,12 @@ class Client:
     ``load_balancing`` names the policy (``round_robin``, ``pick_first``) for one target too,
     such as a DNS name with an address per replica. ``authority`` is the name TLS checks the
     certificates against (several addresses: the first one by default). ``token`` is sent as
-    ``authorization: Bearer <token>`` on every call. ``root_certificates`` (PEM bytes, or a
-    path to them) turns on TLS. ``timeout`` is the default deadline of unary calls, in seconds.
+    ``authorization: Bearer <token>`` on every call; ``token_file`` reads it from a file instead
+    (one line, mode 600: ``specbuilder.tokenfile``), so it never shows on a command line.
+    ``root_certificates`` (PEM bytes, or a path to them) turns on TLS; ``certificate_chain`` and
+    ``private_key`` are this client's certificate and key, for a server that requires client
+    certificates (``serve --tls-client-ca``; TLS on, trusting the system's roots unless
+    ``root_certificates`` is given). ``timeout`` is the default deadline of unary calls, in seconds.
     ``max_message_mb`` bounds messages both ways (the server has its own limit).
     ``shared_memory=True`` makes ``evaluate`` pass inputs through POSIX shared memory — for a
     server on this host started with ``--shared-memory`` — and, unless ``local_socket=False``,
@@ -71,19 +71,23 @@ class Client:
         self,
         target: str | Sequence[str],
         token: str | None = None,
-        root_certificates: bytes | str | PathLike[str] | None = None,
+        root_certificates: Pem | None = None,
         timeout: float | None = None,
         max_message_mb: int = 64,
         shared_memory: bool = False,
         load_balancing: str | None = None,
         authority: str | None = None,
         local_socket: bool = True,
+        token_file: str | PathLike[str] | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
     ) -> None:
         where = channel_target(target, load_balancing, authority)
+        token = bearer_token(token, token_file)
+        credentials = channel_credentials(root_certificates, certificate_chain, private_key)
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit), *where.options]
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(root_certificates))
+        if credentials is not None:
             self._channel = grpc.secure_channel(where.target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(where.target, options=options)

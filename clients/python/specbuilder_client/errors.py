@@ -51,7 +51,8 @@ class Unauthenticated(SpecbuilderError):
 
 
 class PermissionDenied(SpecbuilderError):
-    """The call names something the caller may not use (another user's shared memory)."""
+    """The caller may not do this: its token's role may not make the call (an inference token calling Train), or the
+    call names something the caller may not use (another user's shared memory)."""
 
 
 class Cancelled(SpecbuilderError):
