@@ -26,7 +26,7 @@ from specbuilder.v1 import tensor_pb2
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
-from specbuilder_server.app import SERVICE_NAME
+from specbuilder_server.lifecycle import SERVICE_NAME
 
 
 X = np.random.default_rng(0).normal(size=(7, 2)).astype(np.float32)

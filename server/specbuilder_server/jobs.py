@@ -1,6 +1,6 @@
 """Training runs as jobs: a bounded number, a store record per run, events handed to the Train call.
 
-A job runs ``train_events`` on a compute thread (``compute``: the idle one that served Evaluate
+A job runs ``train_events`` on a compute thread (``compute_lanes``: the idle one that served Evaluate
 calls, if any, so the process keeps one OpenMP team). Its record is created in the store as
 soon as the run has started (the spec, config and data were accepted), so ``GetModel`` shows it
 ``running``; progress is written as epochs end, and the outcome, weights included, before the
@@ -35,7 +35,7 @@ from specbuilder.datasets import Dataset
 from specbuilder.spec import ModelSpec
 from specbuilder.store import ModelStore, QuotaExceeded
 from specbuilder.training import CancelToken, Event, TrainConfig, train_events
-from specbuilder_server.compute import start_on_compute_thread
+from specbuilder_server.compute_lanes import start_on_compute_thread
 from specbuilder_server.errors import exhausted
 
 log = logging.getLogger("specbuilder_server")

@@ -12,7 +12,7 @@ they came, so calls on one lane take turns instead of splitting the cores. The s
 small call never waits behind a large one (it shares the cores with it instead). Training runs
 (``ComputeThreads.submit``) run alongside. Callers on the event loop await a lane's future; a
 task cancelled before it starts never runs, and one that runs stops at its ``Budget``'s next
-check (``evaluation``).
+check (``compute_budget``).
 """
 
 from __future__ import annotations

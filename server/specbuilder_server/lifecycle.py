@@ -3,7 +3,7 @@
 The server is a ``grpc.aio`` server on an event loop of its own (a thread, ``specbuilder-loop``):
 calls waiting for a message, for their turn or for a slow reader are coroutines there and hold
 no thread. Wires the parts together: the model store, the model cache, the training jobs, the
-worker threads for blocking work (``pool.TrimmingPool``, which gives memory back when idle),
+worker threads for blocking work (``worker_pool.TrimmingPool``, which gives memory back when idle),
 the compute lanes, the shared-memory regions and the local socket (with ``--shared-memory``),
 the servicer, Prometheus metrics (``metrics``; served with ``metrics_port``), the standard health service (SERVING overall and per service) and server
 reflection, the token interceptor when a token is set, TLS when a certificate is given, the
@@ -33,17 +33,17 @@ from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
 from specbuilder.v1 import service_pb2
 from specbuilder_server.auth import TokenAuth
-from specbuilder_server.compute import Lanes
+from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
-from specbuilder_server.decoding import model_service
 from specbuilder_server.jobs import TrainingJobs
-from specbuilder_server.local import LocalSocket
+from specbuilder_server.local_socket import LocalSocket
+from specbuilder_server.malloc_tuning import malloc_trim, tune_malloc
 from specbuilder_server.metrics import MeteredStore, Metrics
-from specbuilder_server.models import ModelCache, Models
-from specbuilder_server.pool import TrimmingPool
+from specbuilder_server.model_cache import ModelCache, Models
+from specbuilder_server.raw_handlers import model_service
 from specbuilder_server.servicer import ModelServicer
 from specbuilder_server.tensors import UNWRITABLE
-from specbuilder_server.tuning import malloc_trim, tune_malloc
+from specbuilder_server.worker_pool import TrimmingPool
 
 log = logging.getLogger("specbuilder_server")
 

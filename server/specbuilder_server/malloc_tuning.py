@@ -6,7 +6,7 @@ is page-faulted in on first touch and unmapped when freed, which on a 2-core box
 cost of an Evaluate call (docs/benchmarks.md). Fixing the thresholds high keeps such
 buffers in the heap, reused call after call. Settings given in ``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` are left alone. What the heaps keep after a burst of large calls is
-given back by ``malloc_trim`` once the server is idle (``pool.TrimmingPool``), and the heaps
+given back by ``malloc_trim`` once the server is idle (``worker_pool.TrimmingPool``), and the heaps
 that keep it are few: one arena per CPU (``ARENAS``; ``MALLOC_ARENA_MAX`` is left alone). The C library
 is reached through ``specbuilder.heap``, which the client uses too.
 """
@@ -45,7 +45,7 @@ def tune_malloc() -> bool:
 
 def malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``: every arena's free pages back to the system (what the raised
-    thresholds keep); None without glibc. ``pool.TrimmingPool`` calls it when the server is idle."""
+    thresholds keep); None without glibc. ``worker_pool.TrimmingPool`` calls it when the server is idle."""
     trim = glibc("malloc_trim")
     if trim is None:
         return None

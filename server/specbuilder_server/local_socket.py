@@ -3,7 +3,7 @@
 A Unix socket in a directory of its own (mode 0700, removed on stop) that only this user (or
 root) can reach, checked again per connection with ``SO_PEERCRED``. Connections are served on the
 server's event loop, at most ``max_connections`` at once, and one waiting for its next frame
-holds nothing but its buffer. Each frame is parsed like a gRPC request (``decoding``: the
+holds nothing but its buffer. Each frame is parsed like a gRPC request (``raw_handlers``: the
 batch's elements, if inline, are not copied), checked against the same token and message limit,
 and handed to the same ``ModelServicer.evaluate``, reading shared memory only from regions the
 peer's own user owns (``SharedRegions.readable_by``); failures come back as the
@@ -28,8 +28,8 @@ from google.rpc import status_pb2
 from specbuilder.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS, frame
 from specbuilder.regions import SharedRegions
 from specbuilder.v1 import service_pb2
-from specbuilder_server.decoding import SERVICE, malformed, parser_for
 from specbuilder_server.errors import as_request_error, rich_status
+from specbuilder_server.raw_handlers import SERVICE, malformed, parser_for
 from specbuilder_server.servicer import ModelServicer
 
 log = logging.getLogger("specbuilder_server")
@@ -40,7 +40,7 @@ HELLO_SECONDS = 10.0
 """How long a new connection may take to say hello before it is closed: a silent one holds a slot."""
 _METHOD = SERVICE.methods_by_name["Evaluate"]
 _parse = parser_for(service_pb2.EvaluateRequest.FromString, _METHOD)
-"""Bytes to ``Received``, as the gRPC path parses them (``decoding``)."""
+"""Bytes to ``Received``, as the gRPC path parses them (``raw_handlers``)."""
 _CREDENTIALS = struct.Struct("3i")
 _DETAILS_KEY = "grpc-status-details-bin"
 
