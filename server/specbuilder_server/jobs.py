@@ -46,10 +46,8 @@ EVENT_INTERVAL = 0.1
 """Seconds between deliveries of a run's events to its Train call (``Job.bursts``). Each message
 sent takes the GIL from the training thread twice (the handler, then gRPC's poller on the send's
 completion) and wakes the client, and while training keeps every core busy each one stalls the
-run: on 2 cores, a 0.35 s run with 66 epoch and statistics events took 1.13× the in-process time
-sent one by one and 1.07× in bursts every 0.1 s (one A/B); in two interleaved A/Bs (30 and 50
-runs a side) bursts of one message per event took 1.11× both times, a burst in one message 1.10×
-and 1.09×. A tenth of a second is also as often as a progress bar redraws."""
+run; bursts this far apart keep that cost small (docs/benchmarks.md, "Training events come in
+bursts"), and a tenth of a second is as often as a progress bar redraws."""
 _END = object()
 
 
