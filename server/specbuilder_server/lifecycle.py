@@ -20,6 +20,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -86,32 +87,39 @@ class _Loop:
             await asyncio.wait(tasks, timeout=RECORD_SECONDS)
 
 
+@dataclass(eq=False, repr=False)
 class RunningServer:
-    """A started server: where it listens, and how to stop it."""
+    """A started server: where it listens, and how to stop it (``start_server`` makes one)."""
 
-    def __init__(self, config: ServerConfig, loop: _Loop, server: grpc.aio.Server, pool: TrimmingPool, port: int,
-                 health_servicer: health.aio.HealthServicer, jobs: TrainingJobs, store: ModelStore, local: LocalSocket | None,
-                 servicer: ModelServicer, stop_metrics: Callable[[], None] | None) -> None:
-        self.config = config
-        self.port = port
-        """The bound port (the free one picked when the config says 0)."""
-        self.servicer = servicer
-        self.store = repr(store)
+    config: ServerConfig
+    port: int
+    """The bound port (the free one picked when the config says 0)."""
+    servicer: ModelServicer
+    _loop: _Loop
+    _server: grpc.aio.Server
+    _pool: TrimmingPool
+    _health: health.aio.HealthServicer
+    _jobs: TrainingJobs
+    _store: ModelStore
+    _local: LocalSocket | None
+    _stop_metrics: Callable[[], None] | None
+    _stopped: threading.Event = field(default_factory=threading.Event, init=False)
+    _stopping: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def store(self) -> str:
         """The store, as people may see it (no password)."""
-        self.metrics_port = servicer.metrics.port
+        return repr(self._store)
+
+    @property
+    def metrics_port(self) -> int | None:
         """Where ``/metrics`` is served (``metrics_port``; the free one picked for 0), None when it is not."""
-        self._stop_metrics = stop_metrics
-        self._loop = loop
-        self._server = server
-        self._pool = pool
-        self._health = health_servicer
-        self._jobs = jobs
-        self._store = store
-        self.local_socket = local.path if local is not None else None
+        return self.servicer.metrics.port
+
+    @property
+    def local_socket(self) -> str | None:
         """The local socket's path (``--shared-memory``), None without one."""
-        self._local = local
-        self._stopped = threading.Event()
-        self._stopping = threading.Lock()
+        return self._local.path if self._local is not None else None
 
     @property
     def address(self) -> str:
@@ -221,7 +229,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         opened.close()
         raise
     log.info("listening on %s:%d (device %s, %r; %s)", config.host, port, device, opened, config.protection)
-    return RunningServer(config, loop, server, pool, port, health_servicer, jobs, opened, local, servicer, stop_metrics)
+    return RunningServer(config, port, servicer, loop, server, pool, health_servicer, jobs, opened, local, stop_metrics)
 
 
 async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grpc.ServerCredentials | None,
