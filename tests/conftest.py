@@ -1,5 +1,9 @@
 """Shared pytest set-up: ``cuda`` tests skip without a CUDA device, ``slow`` tests without ``--runslow``.
 
+Fixtures every test module may ask for: ``server`` (an in-process server over a fresh store, one
+per module) and ``stub`` (a ``ModelServiceStub`` to it), ``certificate`` (a self-signed TLS pair),
+``one_thread``, and the stores below; helpers to import are in ``server_helpers.py``.
+
 torch is imported only when a collected test is marked ``cuda``, so test files that check
 "this package imports no torch" still see a clean interpreter.
 
@@ -14,6 +18,7 @@ of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to ta
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,8 +29,10 @@ from hypothesis import HealthCheck, settings
 
 from stores import BACKENDS, Postgres, S3Server, aws_env, backend_urls
 
-if TYPE_CHECKING:  # imported where used: the store imports torch
+if TYPE_CHECKING:  # imported where used: the store and the server import torch
     from specbuilder.store import ModelStore
+    from specbuilder.v1.service_pb2_grpc import ModelServiceStub
+    from specbuilder_server import RunningServer
 
 settings.register_profile("short", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("soak", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,6 +73,40 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server with default settings over a fresh store, shared by a test module."""
+    from server_helpers import serving
+
+    with serving(tmp_path_factory.mktemp("store")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(server: RunningServer) -> Iterator[ModelServiceStub]:
+    """A stub on a plaintext channel to ``server``."""
+    from server_helpers import connect
+
+    with connect(server.address) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from server_helpers import SPIRALS, batch, rpc_error, server, spec_source, stub  # noqa: F401 - fixtures
+from server_helpers import SPIRALS, batch, rpc_error, spec_source
 from specbuilder.compiler import compile_spec
 from specbuilder.devices import AMP_DTYPES, amp_dtype, to_device
 from specbuilder.stats import ActivationMonitor, native

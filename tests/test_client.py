@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from server_helpers import QUICK, SPIRALS, server, wait_for  # noqa: F401 - fixture
+from server_helpers import QUICK, SPIRALS, wait_for
 from specbuilder import compile_spec
 from specbuilder.spec import parse_spec
 from specbuilder_client import (

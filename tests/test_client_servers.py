@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server_helpers import QUICK, ROOT, SPIRALS, certificate, server, server_process, serving  # noqa: F401 - fixtures
+from server_helpers import QUICK, ROOT, SPIRALS, server_process, serving
 from specbuilder_client import Client, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from specbuilder_server import RunningServer
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from server_helpers import rpc_error, server, stub, train_request  # noqa: F401 -- fixtures register by import
+from server_helpers import rpc_error, train_request
 from specbuilder.cli import main
 from specbuilder.compiler import compile_spec
 from specbuilder.datasets import DataError, as_dataset

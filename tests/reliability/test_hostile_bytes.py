@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, answer, batch, config_values, connect, open_channel, spec_source
+from specbuilder.demo.server import ServerProcess
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1 import tensor_pb2
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub

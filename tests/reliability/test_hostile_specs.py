@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, answer, batch, config_values, connect, open_channel, spec_source
+from specbuilder.demo.server import ServerProcess
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, KINDS, MAX_LAYERS, parse_spec
 from specbuilder.v1 import service_pb2 as pb
