@@ -2,7 +2,7 @@
 
 Fixtures every test module may ask for: ``server`` (an in-process server over a fresh store, one
 per module) and ``stub`` (a ``ModelServiceStub`` to it), ``certificate`` (a self-signed TLS pair),
-``one_thread``, and the stores below; helpers to import are in ``server_helpers.py``.
+``one_thread``, ``other_user`` (a throwaway OS user, root only), and the stores below; helpers to import are in ``server_helpers.py``.
 
 torch is imported only when a collected test is marked ``cuda``, so test files that check
 "this package imports no torch" still see a clean interpreter.
@@ -17,9 +17,12 @@ of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to ta
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +110,21 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[pwd.struct_passwd]:
+    """A throwaway OS user with a group of its own, removed afterwards; skips unless root can make one with useradd."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to make another OS user")
+    name = f"sb-other-{uuid.uuid4().hex[:8]}"
+    added = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name], capture_output=True, text=True)
+    if added.returncode != 0:
+        pytest.skip(f"useradd {name} failed: {added.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ MISSING_ID = "0" * 32
 
 
 @pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[Client]:  # noqa: F811 - the fixture imported above
+def client(server: RunningServer) -> Iterator[Client]:
     with Client(server.address, timeout=60) as connected:
         yield connected
 
