@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from server_helpers import connect, server_process
 
 from specbuilder.demo.server import ServerProcess
 
@@ -70,8 +71,6 @@ def budget(pytestconfig: pytest.Config) -> Budget:
 def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One ``specbuilder serve`` subprocess (a ``ServerProcess``) for the hostile-input tests: a crash
     kills it and shows as a dead process. Shared, so the suite starts it once."""
-    from server_helpers import server_process
-
     with server_process(tmp_path_factory.mktemp("hostile-store")) as running:
         yield running
 
@@ -79,8 +78,6 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 @pytest.fixture(scope="module")
 def hostile(hostile_server: ServerProcess) -> Iterator[ModelServiceStub]:
     """A ``ModelServiceStub`` on ``hostile_server``, one per test module."""
-    from server_helpers import connect
-
     with connect(hostile_server.address) as connected:
         yield connected
 
