@@ -32,21 +32,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import pytest
 from server_helpers import ENDLESS, batch, connect, open_channel, server_process, serving, spec_source, train_request, wait_for
 from stores import aws_env, stored_weights
+from specbuilder.builder import SpecBuilder
 from specbuilder.demo.server import ServerProcess
 from specbuilder.proto import encode_value
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub
 from specbuilder.wire import to_numpy, to_proto
 
-BIG: dict[str, Any] = {
-    "name": "big",
-    "input_shape": [4],
-    "layers": [
-        {"type": "linear", "out_features": 2048, "name": "fc1", "activation": "relu"},
-        {"type": "linear", "out_features": 4096, "name": "fc2", "activation": "relu"},
-        {"type": "linear", "out_features": 2, "name": "out"},
-    ],
-}
+BIG: dict[str, Any] = (
+    SpecBuilder([4], name="big").linear(2048, name="fc1", activation="relu").linear(4096, name="fc2", activation="relu")
+    .linear(2, name="out").to_dict()
+)
 """8.4 M parameters: a 34 MB weights file, long enough to write that a kill can land inside the save."""
 BIG_X = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
 BIG_Y = np.arange(8) % 2
