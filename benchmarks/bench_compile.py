@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from benchmarks.harness import Table, compare, format_ns, measure, peak_rss_bytes, rss_bytes
+from specbuilder.builder import SpecBuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.errors import SpecError
 from specbuilder.spec import parse_spec
@@ -28,22 +29,10 @@ MLP: dict[str, Any] = {
     "layers": [{"type": "linear", "out_features": WIDTH, "activation": "relu"}] * (DEPTH - 1)
     + [{"type": "linear", "out_features": WIDTH}],
 }
-CNN: dict[str, Any] = {
-    "name": "small-cnn",
-    "input_shape": [1, 28, 28],
-    "layers": [
-        {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
-        {"type": "relu"},
-        {"type": "max_pool2d", "kernel_size": 2},
-        {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1},
-        {"type": "relu"},
-        {"type": "max_pool2d", "kernel_size": 2},
-        {"type": "flatten"},
-        {"type": "linear", "out_features": 128},
-        {"type": "relu"},
-        {"type": "linear", "out_features": 10},
-    ],
-}
+CNN: dict[str, Any] = (
+    SpecBuilder([1, 28, 28], name="small-cnn").conv2d(32, 3, padding=1).relu().max_pool2d(2)
+    .conv2d(64, 3, padding=1).relu().max_pool2d(2).flatten().linear(128).relu().linear(10).to_dict()
+)
 HUGE: dict[str, Any] = {"name": "huge", "input_shape": [100_000], "layers": [{"type": "linear", "out_features": 300_000}]}
 HUGE_PARAMS = 100_000 * 300_000 + 300_000
 

@@ -35,6 +35,7 @@ from benchmarks.grpc_load import batches, concurrent, stream_peaks
 from benchmarks.grpc_workload import BATCH, MLP, SEED, batch
 from benchmarks.harness import MIN_SAMPLES, Table, Timing, compare, format_ns, gc_paused, measure
 from benchmarks.serving import baseline_server, channel
+from specbuilder.builder import SpecBuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.demo.server import ServerProcess, serve_subprocess
 from specbuilder_client import Client
@@ -51,15 +52,9 @@ BLOCK = 5
 BURST_GAP_S = 0.005
 """Events that arrive closer together than this came in one delivery (the server sends them in bursts)."""
 TRAIN_DATA = "digits"
-TRAIN_SPEC: dict[str, Any] = {
-    "name": "digits-mlp",
-    "input_shape": [64],
-    "layers": [
-        {"type": "linear", "out_features": 128, "activation": "relu"},
-        {"type": "linear", "out_features": 128, "activation": "relu"},
-        {"type": "linear", "out_features": 10},
-    ],
-}
+TRAIN_SPEC: dict[str, Any] = (
+    SpecBuilder([64], name="digits-mlp").linear(128, activation="relu").linear(128, activation="relu").linear(10).to_dict()
+)
 LONGER_EPOCHS = 60
 """A second run, three times as long: it tells what the service adds once per run (the call, the
 store's records, the weights' fsynced file: about 8 ms) from what grows with the run (the client,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -35,8 +34,7 @@ import torch
 
 from benchmarks.grpc_workload import MLP, batch
 from benchmarks.harness import Row, Table, format_ns
-from benchmarks.serving import ROOT
-from specbuilder.demo.server import ServerProcess, listening_process
+from specbuilder.demo.server import ServerProcess, serve_subprocess
 from specbuilder_client import Client
 
 CALLERS = 8
@@ -80,9 +78,8 @@ class Side:
 
 def replica(store: Path, name: str, threads: int, stack: ExitStack) -> ServerProcess:
     """``specbuilder serve`` over ``store`` on a free port, stopped when ``stack`` closes; its stderr in ``<store>.<name>.log``."""
-    command = [sys.executable, "-m", "specbuilder", "serve", "--host", "127.0.0.1", "--port", "0", "--store", str(store), "--device", "cpu"]
     log = store.parent / f"{store.name}.{name}.log"
-    return stack.enter_context(listening_process(command, log=log, env={"OMP_NUM_THREADS": str(threads)}, cwd=ROOT))
+    return stack.enter_context(serve_subprocess(store, "--device", "cpu", env={"OMP_NUM_THREADS": str(threads)}, log=log))
 
 
 def one_round(client: Client, servers: dict[str, ServerProcess], x: np.ndarray, calls: int, side: Side) -> None:

@@ -18,29 +18,17 @@ import torch
 from torch import nn
 
 from benchmarks.harness import Table, compare, synchronized
+from specbuilder.builder import SpecBuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.stats import ActivationMonitor
 
-MLP: dict[str, Any] = {
-    "name": "mlp-784-256-256-10",
-    "input_shape": [784],
-    "layers": [
-        {"type": "linear", "out_features": 256, "activation": "relu"},
-        {"type": "linear", "out_features": 256, "activation": "relu"},
-        {"type": "linear", "out_features": 10},
-    ],
-}
-CNN: dict[str, Any] = {
-    "name": "small-cnn",
-    "input_shape": [1, 28, 28],
-    "layers": [
-        {"type": "conv2d", "out_channels": 16, "kernel_size": 3, "activation": "relu"},
-        {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "activation": "relu"},
-        {"type": "max_pool2d", "kernel_size": 2},
-        {"type": "flatten"},
-        {"type": "linear", "out_features": 10},
-    ],
-}
+MLP: dict[str, Any] = (
+    SpecBuilder([784], name="mlp-784-256-256-10").linear(256, activation="relu").linear(256, activation="relu").linear(10).to_dict()
+)
+CNN: dict[str, Any] = (
+    SpecBuilder([1, 28, 28], name="small-cnn").conv2d(16, 3, activation="relu").conv2d(32, 3, activation="relu")
+    .max_pool2d(2).flatten().linear(10).to_dict()
+)
 CASES = ((MLP, 1024), (CNN, 256))
 TARGET = 1.10
 GPU_TARGET = 1.05

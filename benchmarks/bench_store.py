@@ -28,19 +28,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from benchmarks.harness import Table, compare
+from specbuilder.builder import SpecBuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.store import ModelStore
 from specbuilder.store.files import fsync_path
 
-MLP: dict[str, Any] = {
-    "name": "mlp-1m",
-    "input_shape": [784],
-    "layers": [
-        {"type": "linear", "out_features": 1024, "name": "fc1", "activation": "relu"},
-        {"type": "linear", "out_features": 192, "name": "fc2", "activation": "relu"},
-        {"type": "linear", "out_features": 10, "name": "fc3"},
-    ],
-}
+MLP: dict[str, Any] = (
+    SpecBuilder([784], name="mlp-1m").linear(1024, name="fc1", activation="relu").linear(192, name="fc2", activation="relu")
+    .linear(10, name="fc3").to_dict()
+)
 
 
 def hand_mlp() -> nn.Sequential:

@@ -123,18 +123,17 @@ def cold_and_warm(scratch: Path, url: str, bucket: str, env: dict[str, str], rep
     one); then ``warm_calls`` more of the second (``warm``, after one untimed). The replicas run
     one at a time, each stopped before the next starts.
     """
-    # serve_subprocess's first argument only names the log: the --store given after it is the one serve uses.
-    flags = ("--store", url, "--weights", bucket, "--device", "cpu")
+    flags = ("--weights", bucket, "--device", "cpu")
     rng = np.random.default_rng(0)
     data = (rng.standard_normal((64, 784), dtype=np.float32), rng.integers(0, 10, 64))
-    with serve_subprocess(scratch / "trainer", *flags, env=env) as trainer, Client(trainer.address) as client:
+    with serve_subprocess(url, *flags, env=env, log=scratch / "trainer.log") as trainer, Client(trainer.address) as client:
         trained = [client.train(MLP, data, epochs=1, batch_size=64, validation_split=0, seed=seed).result() for seed in (1, 2)]
     assert all(result.status == "completed" for result in trained), [result.reason for result in trained]
     first, second = (result.model_id for result in trained)
     x = rng.standard_normal((1, 784), dtype=np.float32)
     samples: dict[str, list[float]] = {"connect": [], "first": [], "second": [], "warm": []}
     for index in range(replicas):
-        with serve_subprocess(scratch / f"replica-{index}", *flags, env=env) as server, Client(server.address) as client:
+        with serve_subprocess(url, *flags, env=env, log=scratch / f"replica-{index}.log") as server, Client(server.address) as client:
             timed(lambda: client.validate(RUN_SPEC), samples["connect"])
             timed(lambda: client.evaluate(first, x), samples["first"])
             timed(lambda: client.evaluate(second, x), samples["second"])

@@ -7,7 +7,7 @@ tensor on the wire makes several buffers of its size per call, so with the defau
 page-faults them in again and unmaps them after; with the thresholds fixed high they are reused
 (docs/benchmarks.md measures both).
 
-``set_thresholds`` fixes both; the server (``specbuilder_server.tuning``) and the client
+``set_thresholds`` fixes both; the server (``specbuilder_server.malloc_tuning``) and the client
 (``specbuilder_client.framing``) each pick theirs. They are process-wide settings, so a
 process that sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself is left alone.
 """

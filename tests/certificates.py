@@ -93,3 +93,20 @@ def self_signed(folder: Path, name: str = "localhost") -> Pair:
                    .add_extension(NAMES, critical=False)
                    .sign(key, hashes.SHA256()))
     return _write(folder, name, certificate, key)
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Certificates for mutual TLS: a CA, a server and a client certificate it signs, and a client
+    certificate signed by another CA (``stranger``)."""
+
+    ca: Path
+    server: Pair
+    client: Pair
+    stranger: Pair
+
+    @classmethod
+    def create(cls, folder: Path) -> Pki:
+        ca, other = Authority.create(folder, "test-ca"), Authority.create(folder, "other-ca")
+        return cls(ca.cert, ca.issue("server", server=True), ca.issue("client", server=False), other.issue("stranger", server=False))
+

@@ -1,5 +1,9 @@
 """Shared pytest set-up: ``cuda`` tests skip without a CUDA device, ``slow`` tests without ``--runslow``.
 
+Fixtures every test module may ask for: ``server`` (an in-process server over a fresh store, one
+per module) and ``stub`` (a ``ModelServiceStub`` to it), ``certificate`` (a self-signed TLS pair), ``pki`` (certificates for mutual TLS),
+``one_thread``, ``other_user`` (a throwaway OS user, root only), and the stores below; helpers to import are in ``server_helpers.py``.
+
 torch is imported only when a collected test is marked ``cuda``, so test files that check
 "this package imports no torch" still see a clean interpreter.
 
@@ -13,8 +17,12 @@ of its tests tried and saw, for ``python tests/reliability/report.py DIR`` to ta
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
+import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +30,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from certificates import Pki, self_signed
 from stores import BACKENDS, Postgres, S3Server, aws_env, backend_urls
 
-if TYPE_CHECKING:  # imported where used: the store imports torch
+if TYPE_CHECKING:  # imported where used: the store and the server import torch
     from specbuilder.store import ModelStore
+    from specbuilder.v1.service_pb2_grpc import ModelServiceStub
+    from specbuilder_server import RunningServer
 
 settings.register_profile("short", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("soak", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,6 +77,52 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server with default settings over a fresh store, shared by a test module."""
+    from server_helpers import serving
+
+    with serving(tmp_path_factory.mktemp("store")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(server: RunningServer) -> Iterator[ModelServiceStub]:
+    """A stub on a plaintext channel to ``server``."""
+    from server_helpers import connect
+
+    with connect(server.address) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost and its key (``certificates.self_signed``)."""
+    pair = self_signed(tmp_path_factory.mktemp("tls"))
+    return pair.cert, pair.key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA with a server and a client certificate, and a stranger's client certificate from another CA."""
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[pwd.struct_passwd]:
+    """A throwaway OS user with a group of its own, removed afterwards; skips unless root can make one with useradd."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to make another OS user")
+    name = f"sb-other-{uuid.uuid4().hex[:8]}"
+    added = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name], capture_output=True, text=True)
+    if added.returncode != 0:
+        pytest.skip(f"useradd {name} failed: {added.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
 
 
 @pytest.fixture(scope="session")

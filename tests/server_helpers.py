@@ -1,17 +1,14 @@
 """Real specbuilder servers for tests: in-process or as a subprocess, on 127.0.0.1 and a free port.
 
-Import what a test file needs (fixtures register by being imported into the test module)::
+The fixtures ``server``, ``stub`` and ``certificate`` live in ``conftest.py``; import the rest::
 
-    from server_helpers import server, stub                  # fixtures
     from server_helpers import serving, server_process, spec_source, rpc_error
 
-- ``server``: a module-scoped in-process ``RunningServer`` over a fresh store (defaults, no token).
-- ``stub``: a ``ModelServiceStub`` on a plaintext channel to ``server``.
 - ``connect(address)`` / ``open_channel(address)``: a stub / a channel (TLS when given credentials).
 - ``serving(store, **settings)``: a context manager for a server with other ``ServerConfig``
   settings (tokens, TLS, limits; device cpu, 8 workers, 2 s grace); stopped when the block ends.
-- ``server_process(store, *flags)``: ``python -m specbuilder serve --port 0 --store DIR`` in a
-  subprocess, the port read from its ``listening on HOST:PORT`` line; SIGTERM when the block ends.
+- ``server_process(store, *flags)``: ``specbuilder serve`` in a subprocess
+  (``specbuilder.demo.server.serve_subprocess``) as the tests run it; SIGTERM when the block ends.
 - ``spec_source(spec)``: a ``SpecSource`` holding a spec dict as JSON; ``SPIRALS`` is a small
   classifier for the built-in ``spirals`` dataset; ``batch(array)`` a wire tensor.
 - ``train_request(spec, dataset, name, **settings)``: a Train request; ``QUICK`` settings finish
@@ -29,14 +26,9 @@ Import what a test file needs (fixtures register by being imported into the test
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +41,7 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from certificates import Authority, Pair, self_signed
+from specbuilder.demo.server import ServerProcess, serve_subprocess
 from specbuilder.v1 import service_pb2, service_pb2_grpc, tensor_pb2
 from specbuilder.wire import to_proto
 from specbuilder_server import RunningServer, ServerConfig, start_server
@@ -194,90 +186,8 @@ def connect(address: str, credentials: grpc.ChannelCredentials | None = None, **
         yield service_pb2_grpc.ModelServiceStub(channel)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A server with default settings over a fresh store, shared by a test module."""
-    with serving(tmp_path_factory.mktemp("store")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: RunningServer) -> Iterator[service_pb2_grpc.ModelServiceStub]:
-    """A stub on a plaintext channel to ``server``."""
-    with connect(server.address) as connected:
-        yield connected
-
-
-@dataclass
-class ServerProcess:
-    """A ``specbuilder serve`` subprocess and where it listens."""
-
-    process: subprocess.Popen[str]
-    port: int
-    banner: str
-    """Its ``listening on ...`` line, which says what protects it."""
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def terminate(self) -> None:
-        """Send SIGTERM: the server stops gracefully (``exit_code`` waits for it)."""
-        self.process.send_signal(signal.SIGTERM)
-
-    def exit_code(self) -> int:
-        """Wait for the process to end; its exit code."""
-        return self.process.wait(WAIT_SECONDS)
-
-
-@contextmanager
-def server_process(store: Path | str, *flags: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """``python -m specbuilder serve --port 0 --store STORE *flags`` (a directory or a URL); waits for its ``listening on`` line."""
-    command = [sys.executable, "-m", "specbuilder", "serve", "--port", "0", "--store", str(store), "--device", "cpu", "--grace", "2", *flags]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if not found:
-            process.kill()
-            raise AssertionError(f"the server did not start: {line!r} {process.communicate()[1][-2000:]}")
-        running = ServerProcess(process, int(found.group(1)), line)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost and its key (``certificates.self_signed``)."""
-    pair = self_signed(tmp_path_factory.mktemp("tls"))
-    return pair.cert, pair.key
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Certificates for mutual TLS: a CA, a server and a client certificate it signs, and a client certificate
-    signed by another CA (``stranger``)."""
-
-    ca: Path
-    server: Pair
-    client: Pair
-    stranger: Pair
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA with a server and a client certificate, and a stranger's client certificate from another CA."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca, other = Authority.create(folder, "test-ca"), Authority.create(folder, "other-ca")
-    return Pki(ca.cert, ca.issue("server", server=True), ca.issue("client", server=False), other.issue("stranger", server=False))
+def server_process(store: Path | str, *flags: str, env: Mapping[str, str] | None = None,
+                   log: Path | None = None) -> AbstractContextManager[ServerProcess]:
+    """``serve_subprocess`` as the tests run it: on the CPU, 2 s of grace, one OpenMP thread (``flags``
+    given after these win); a store URL needs ``log``, where the server's stderr goes."""
+    return serve_subprocess(store, "--device", "cpu", "--grace", "2", *flags, env={"OMP_NUM_THREADS": "1", **(env or {})}, log=log)

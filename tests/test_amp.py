@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from server_helpers import SPIRALS, batch, rpc_error, server, spec_source, stub  # noqa: F401 - fixtures
+from server_helpers import SPIRALS, batch, rpc_error, spec_source
 from specbuilder.compiler import compile_spec
 from specbuilder.devices import AMP_DTYPES, amp_dtype, to_device
 from specbuilder.stats import ActivationMonitor, native
@@ -161,7 +161,7 @@ X = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
 
 
 @pytest.mark.parametrize("amp", AMPS)
-def test_evaluate_and_stream_evaluate_in_mixed_precision(server: RunningServer, amp: str) -> None:  # noqa: F811
+def test_evaluate_and_stream_evaluate_in_mixed_precision(server: RunningServer, amp: str) -> None:
     with Client(server.address, timeout=60) as client:
         full = client.evaluate(SPIRALS, X, statistics=True)
         half = client.evaluate(SPIRALS, X, statistics=True, amp=amp)
@@ -177,7 +177,7 @@ def test_evaluate_and_stream_evaluate_in_mixed_precision(server: RunningServer, 
         assert facts[0] == facts[1], "two half batches, the statistics of the one"
 
 
-def test_an_unknown_amp_is_refused_at_its_path(server: RunningServer, stub: Any) -> None:  # noqa: F811
+def test_an_unknown_amp_is_refused_at_its_path(server: RunningServer, stub: Any) -> None:
     failure = rpc_error(lambda: stub.Evaluate(service_pb2.EvaluateRequest(
         spec=spec_source(SPIRALS), input=batch(X), options=service_pb2.EvaluateOptions(amp="fp8"))))
     assert failure.fields == ["options.amp"] and "must be 'bf16', 'fp16' or empty (full precision), got 'fp8'" in failure.message
@@ -186,7 +186,7 @@ def test_an_unknown_amp_is_refused_at_its_path(server: RunningServer, stub: Any)
     assert [v.path for v in caught.value.violations] == ["start.options.amp"]
 
 
-def test_train_through_the_service_in_mixed_precision(server: RunningServer) -> None:  # noqa: F811
+def test_train_through_the_service_in_mixed_precision(server: RunningServer) -> None:
     with Client(server.address, timeout=60) as client:
         result = client.train(SPIRALS, "spirals", amp="bf16", epochs=2, stats_every=5).result()
         assert result.status == "completed", result.reason

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from server_helpers import QUICK, SPIRALS, server, wait_for  # noqa: F401 - fixture
+from server_helpers import QUICK, SPIRALS, wait_for
 from specbuilder import compile_spec
 from specbuilder.spec import parse_spec
 from specbuilder_client import (
@@ -43,7 +43,7 @@ MISSING_ID = "0" * 32
 
 
 @pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[Client]:  # noqa: F811 - the fixture imported above
+def client(server: RunningServer) -> Iterator[Client]:
     with Client(server.address, timeout=60) as connected:
         yield connected
 

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server_helpers import QUICK, ROOT, SPIRALS, certificate, server, server_process, serving  # noqa: F401 - fixtures
+from server_helpers import QUICK, ROOT, SPIRALS, server_process, serving
 from specbuilder_client import Client, InvalidArgument, ResourceExhausted, Unauthenticated, Unavailable
 from specbuilder_server import RunningServer
 
@@ -125,7 +125,7 @@ def test_serve_answers_shared_memory_calls_on_its_local_socket_unless_told_not_t
         assert client.local_socket is None
 
 
-def test_a_shared_memory_client_is_the_default_and_a_server_without_it_refuses(shm_server: str, server: RunningServer) -> None:  # noqa: F811
+def test_a_shared_memory_client_is_the_default_and_a_server_without_it_refuses(shm_server: str, server: RunningServer) -> None:
     with Client(shm_server, shared_memory=True) as client:
         assert client.evaluate(SPIRALS, X).outputs.shape == (5, 2)
     with Client(server.address, shared_memory=True) as client, pytest.raises(InvalidArgument) as caught:
@@ -170,7 +170,7 @@ NO_TORCH = textwrap.dedent(
 )
 
 
-def test_the_client_works_where_torch_cannot_be_imported(server: RunningServer) -> None:  # noqa: F811
+def test_the_client_works_where_torch_cannot_be_imported(server: RunningServer) -> None:
     done = subprocess.run([sys.executable, "-c", NO_TORCH, server.address, json.dumps(SPIRALS)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     facts = json.loads(done.stdout)

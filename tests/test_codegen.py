@@ -19,16 +19,7 @@ from specbuilder.compiler import compile_spec
 from specbuilder.errors import SpecError
 from specbuilder.kinds import LayerKind
 from specbuilder.spec import KINDS, STYLES, ModelSpec, parse_spec
-
-TUTORIAL = {
-    "name": "simple-nn",
-    "input_shape": [10],
-    "layers": [
-        {"type": "linear", "out_features": 5, "name": "fc1"},
-        {"type": "leaky_relu", "negative_slope": 0.01},
-        {"type": "linear", "out_features": 1, "name": "fc2", "activation": "sigmoid"},
-    ],
-}
+from test_spec import TUTORIAL
 
 
 def load(source: str, name: str) -> type[nn.Module]:

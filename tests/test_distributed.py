@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from server_helpers import rpc_error, server, stub, train_request  # noqa: F401 -- fixtures register by import
+from server_helpers import rpc_error, train_request
 from specbuilder.cli import main
 from specbuilder.compiler import compile_spec
 from specbuilder.datasets import DataError, as_dataset
@@ -123,7 +123,7 @@ def test_problems_are_raised_before_any_rank_starts(model: Any, data: str, confi
         next(launch_events(model, data, {**config, "device": "cpu"}, launch=launch))
 
 
-def test_the_service_refuses_distributed_runs_at_the_config_path(stub: service_pb2_grpc.ModelServiceStub) -> None:  # noqa: F811
+def test_the_service_refuses_distributed_runs_at_the_config_path(stub: service_pb2_grpc.ModelServiceStub) -> None:
     failure = rpc_error(lambda: stub.Train(train_request(epochs=2, world_size=2)))
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and failure.fields == ["config.world_size"]
     assert "specbuilder train SPEC --nproc N" in failure.message

@@ -9,6 +9,7 @@ training limit, a counter each server keeps) and carries on when one stops.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from server_helpers import ENDLESS, QUICK, SPIRALS, ServerProcess, certificate, server_process, serving, wait_for  # noqa: F401 - a fixture
+from server_helpers import ENDLESS, QUICK, SPIRALS, server_process, serving, wait_for
 
 from specbuilder.cli import main
+from specbuilder.demo.server import ServerProcess
 from specbuilder_client import Client, NotFound, ResourceExhausted, TrainRun, TrainStarted
 from specbuilder_client.targets import channel_target
 
@@ -104,8 +106,8 @@ def test_a_round_robin_client_uses_both_replicas_and_keeps_working_when_one_stop
         wait_for(one_more, "a run on each replica")
         assert {client.get_model(started.run_id).status for _, started in runs} == {"running"}
 
-        b.terminate()
-        assert b.exit_code() == 0
+        b.send_signal(signal.SIGTERM)
+        assert b.stop() == 0
         records = {started.run_id: client.get_model(started.run_id) for _, started in runs}
         assert sorted((r.status, r.reason.partition(" after ")[0]) for r in records.values()) == [("cancelled", "the server is shutting down"), ("running", "")]
         (stopped,) = [run for run, started in runs if records[started.run_id].status == "cancelled"]

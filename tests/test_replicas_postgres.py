@@ -12,6 +12,7 @@ and the bucket stopped during a run's final save, are answered as the store's co
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_helpers import ENDLESS, QUICK, SPIRALS, ServerProcess, open_channel, server_process, wait_for
+from server_helpers import ENDLESS, QUICK, SPIRALS, open_channel, server_process, wait_for
 
+from specbuilder.demo.server import ServerProcess
 from specbuilder_client import Client, FailedPrecondition, NotFound, TrainStarted, Unavailable
 from stores import Postgres, S3Server
 
@@ -40,6 +42,8 @@ class Store:
     postgres: Postgres
     bucket: S3Server
     root: Path
+    logs: Path
+    """Where the replicas' stderr goes: outside ``root``, which must end empty."""
 
     def replica(self, name: str) -> AbstractContextManager[ServerProcess]:
         """``specbuilder serve`` over this store, with a directory of its own (``root/name``) for home, temporary files and caches."""
@@ -47,7 +51,7 @@ class Store:
         local.mkdir()
         env = {"HOME": str(local), "TMPDIR": str(local), "XDG_CACHE_HOME": str(local / "cache"), "XDG_DATA_HOME": str(local / "data"),
                **self.bucket.env}
-        return server_process(self.url, "--weights", self.weights, "--store-lease", LEASE, env=env)
+        return server_process(self.url, "--weights", self.weights, "--store-lease", LEASE, env=env, log=self.logs / f"{name}.log")
 
 
 @dataclass
@@ -64,7 +68,7 @@ def replicas(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> It
     """Replicas A and B over a fresh schema and a bucket on an S3 server of the module's own (one test stops it)."""
     bucket = S3Server()
     try:
-        store = Store(postgres.url(), bucket.bucket(), postgres, bucket, tmp_path_factory.mktemp("hosts"))
+        store = Store(postgres.url(), bucket.bucket(), postgres, bucket, tmp_path_factory.mktemp("hosts"), tmp_path_factory.mktemp("logs"))
         with store.replica("a") as a, store.replica("b") as b:
             yield Replicas(store, a, b)
     finally:
@@ -103,7 +107,7 @@ def test_a_replica_killed_mid_training_leaves_its_run_interrupted_for_the_other(
         assert isinstance(started, TrainStarted)
         wait_for(lambda: on_b.get_model(started.run_id).history, "the doomed replica's progress, read through B")
         assert on_b.get_model(started.run_id).status == "running"
-        doomed.process.kill()
+        doomed.send_signal(signal.SIGKILL)
         doomed.process.wait()
         wait_for(lambda: started.run_id in {m.id for m in on_b.list_models(status="interrupted")}, "the run listed interrupted on B")
         record = on_b.get_model(started.run_id)

@@ -14,8 +14,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server_helpers import (  # noqa: F401 - fixtures
-    QUICK, SPIRALS, batch, config_values, connect, open_channel, rpc_error, server, serving, spec_source, stub, train_request,
+from server_helpers import (
+    QUICK, SPIRALS, batch, config_values, connect, open_channel, rpc_error, serving, spec_source, train_request,
 )
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.compiler import compile_spec
@@ -26,7 +26,7 @@ from specbuilder.v1 import tensor_pb2
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
-from specbuilder_server.app import SERVICE_NAME
+from specbuilder_server.lifecycle import SERVICE_NAME
 
 
 X = np.random.default_rng(0).normal(size=(7, 2)).astype(np.float32)

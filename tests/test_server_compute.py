@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 from server_helpers import wait_for
-from specbuilder_server.compute import ComputeThreads, Lane, Lanes
+from specbuilder_server.compute_lanes import ComputeThreads, Lane, Lanes
 
 
 def test_work_that_comes_one_piece_at_a_time_runs_on_one_thread() -> None:

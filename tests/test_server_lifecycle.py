@@ -3,6 +3,7 @@ a graceful stop on SIGTERM, a restart over the same store, the ``serve`` command
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server_helpers import (  # noqa: F401 - fixtures
-    ENDLESS, QUICK, batch, connect, open_channel, rpc_error, server, server_process, serving, stub, train_request, wait_for,
+from server_helpers import (
+    ENDLESS, QUICK, batch, connect, open_channel, rpc_error, server_process, serving, train_request, wait_for,
 )
 from specbuilder.cli import main
 from specbuilder.store import ModelStore
@@ -95,12 +96,12 @@ def test_a_restarted_server_serves_the_stored_models_and_sigterm_stops_it_gracef
         with open_channel(process.address) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-            process.terminate()
+            process.send_signal(signal.SIGTERM)
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()  # else the stop waits out its grace period for this stream
             finished = [event for event in training][-1].finished  # the stream ends normally, with the outcome
             assert finished.status == pb.RUN_STATUS_CANCELLED and finished.reason.startswith("the server is shutting down")
-            assert process.exit_code() == 0
+            assert process.stop() == 0
     with ModelStore(store) as opened:
         stopped = opened.get(run_id)
         assert (stopped.status, stopped.has_weights) == ("cancelled", True)

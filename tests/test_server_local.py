@@ -19,7 +19,7 @@ from server_helpers import SPIRALS, open_channel, serving, spec_source
 from specbuilder.localsocket import EVALUATE, HELLO, OK, STATUS, hello, read_head, read_payload, send_frame
 from specbuilder.v1 import service_pb2, tensor_pb2
 from specbuilder_client import Client, DeadlineExceeded, InvalidArgument, NotFound, SpecbuilderError
-from specbuilder_server import RunningServer, local, roles
+from specbuilder_server import RunningServer, local_socket, roles
 
 TOKEN = "local-socket-token"
 INFERENCE_TOKEN = "local-socket-inference-token"
@@ -233,7 +233,7 @@ def test_concurrent_clients_and_threads_on_the_local_socket_all_get_their_own_an
 
 
 def test_a_connection_that_never_says_hello_is_closed(running: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local, "HELLO_SECONDS", 0.2)
+    monkeypatch.setattr(local_socket, "HELLO_SECONDS", 0.2)
     with raw_connection(running) as silent:
         assert closed(silent), "the server let a silent connection hold its slot"
     with raw_connection(running) as connection:  # the slot is free again

@@ -1,5 +1,5 @@
 """The server lets go of memory: models the caches dropped are freed, and the call pool hands
-freed heap back once it falls idle (``specbuilder_server.pool``). The whole server under
+freed heap back once it falls idle (``specbuilder_server.worker_pool``). The whole server under
 pressure is measured in ``tests/reliability/test_exhaustion.py``."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from server_helpers import wait_for
 from specbuilder.regions import SharedRegions
 from specbuilder.spec import parse_spec
 from specbuilder.store import ModelStore
-from specbuilder_server.app import when_idle
-from specbuilder_server.models import ModelCache, Models
-from specbuilder_server.pool import TrimmingPool
+from specbuilder_server.lifecycle import when_idle
+from specbuilder_server.model_cache import ModelCache, Models
+from specbuilder_server.worker_pool import TrimmingPool
 
 QUIET = 0.3
 """Seconds to watch for a trim that must not happen (several idle periods of the pools below)."""

@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server_helpers import (SPIRALS, Pki, batch, certificate, connect, counted, open_channel, pki, rpc_error,  # noqa: F401 - fixtures
-                            server_process, serving, spec_source, train_request, wait_for)
+from certificates import Pki
+from server_helpers import SPIRALS, batch, connect, counted, open_channel, rpc_error, server_process, serving, spec_source, train_request, wait_for
 from specbuilder.cli import main
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer

@@ -22,31 +22,17 @@ import torch
 from pydantic import BaseModel
 
 import specbuilder
+from specbuilder.builder import SpecBuilder
 from specbuilder.compiler import compile_spec
 from specbuilder.store import ModelNotFound, ModelStore, NoWeights, StoreError, files
 from specbuilder.store.model_store import SCHEMA_VERSION
 from stores import stored_weights
 
-MLP: dict[str, Any] = {
-    "name": "mlp",
-    "input_shape": [12],
-    "layers": [
-        {"type": "linear", "out_features": 16, "name": "fc1", "activation": "relu"},
-        {"type": "linear", "out_features": 3, "name": "fc2"},
-    ],
-}
-CNN: dict[str, Any] = {
-    "name": "cnn",
-    "input_shape": [1, 8, 8],
-    "layers": [
-        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
-        {"type": "batch_norm2d"},
-        {"type": "prelu"},
-        {"type": "max_pool2d", "kernel_size": 2},
-        {"type": "flatten"},
-        {"type": "linear", "out_features": 5, "activation": "tanh"},
-    ],
-}
+MLP: dict[str, Any] = SpecBuilder([12], name="mlp").linear(16, name="fc1", activation="relu").linear(3, name="fc2").to_dict()
+CNN: dict[str, Any] = (
+    SpecBuilder([1, 8, 8], name="cnn").conv2d(4, 3, padding=1).batch_norm2d().prelu().max_pool2d(2).flatten()
+    .linear(5, activation="tanh").to_dict()
+)
 BAD_IDS = ["../../etc/passwd", "/etc/passwd", "a" * 31 + "\x00", "", "A" * 32, "0" * 33, "0" * 31 + "\n", 7, None]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from server_helpers import server_process
+from specbuilder.demo.server import ServerProcessError
 from specbuilder.cli.stores import store_location
 from specbuilder.compiler import compile_spec
 from specbuilder.store import ModelStore
@@ -37,10 +38,11 @@ def test_models_list_and_rm_on_a_postgresql_store(postgres: Postgres, s3_server:
     assert refused.code != 0 and any("needs a place for weights" in line for line in refused.err)
 
 
-def test_two_servers_serve_one_postgresql_store_and_bucket(postgres: Postgres, s3_server: S3Server) -> None:
+def test_two_servers_serve_one_postgresql_store_and_bucket(postgres: Postgres, s3_server: S3Server, tmp_path: Path) -> None:
     url, bucket = postgres.url(), s3_server.bucket()
-    with server_process(url, "--weights", bucket, "--store-lease", "2") as a, server_process(url, "--weights", bucket) as b:
+    with server_process(url, "--weights", bucket, "--store-lease", "2", log=tmp_path / "a.log") as a, \
+            server_process(url, "--weights", bucket, log=tmp_path / "b.log") as b:
         assert a.port != b.port
-    with pytest.raises(AssertionError, match="the server did not start: .*needs a place for weights \\(--weights\\)"):
-        with server_process(url):
+    with pytest.raises(ServerProcessError, match="(?s)the server did not start.*needs a place for weights \\(--weights\\)"):
+        with server_process(url, log=tmp_path / "refused.log"):
             pass

@@ -434,19 +434,6 @@ def test_a_root_every_user_may_write_to_is_refused(tmp_path: Path, mode: int) ->
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def other_user() -> Iterator[pwd.struct_passwd]:
-    """A throwaway OS user (removed afterwards); the tests that need one need root to make it."""
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd to make a second OS user")
-    name = f"sbstore{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=True)
-
-
 @pytest.fixture
 def reachable() -> Iterator[Path]:
     """A directory every user can reach (tmp_path's parents are root's alone)."""

@@ -14,9 +14,9 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "RunningServer": "specbuilder_server.app",
-    "ServerStartError": "specbuilder_server.app",
-    "start_server": "specbuilder_server.app",
+    "RunningServer": "specbuilder_server.lifecycle",
+    "ServerStartError": "specbuilder_server.lifecycle",
+    "start_server": "specbuilder_server.lifecycle",
     "ServerConfig": "specbuilder_server.config",
 }
 

@@ -1,6 +1,6 @@
 """Training runs as jobs: a bounded number, a store record per run, events handed to the Train call.
 
-A job runs ``train_events`` on a compute thread (``compute``: the idle one that served Evaluate
+A job runs ``train_events`` on a compute thread (``compute_lanes``: the idle one that served Evaluate
 calls, if any, so the process keeps one OpenMP team). Its record is created in the store as
 soon as the run has started (the spec, config and data were accepted), so ``GetModel`` shows it
 ``running``; progress is written as epochs end, and the outcome, weights included, before the
@@ -35,7 +35,7 @@ from specbuilder.datasets import Dataset
 from specbuilder.spec import ModelSpec
 from specbuilder.store import ModelStore, QuotaExceeded
 from specbuilder.training import CancelToken, Event, TrainConfig, train_events
-from specbuilder_server.compute import start_on_compute_thread
+from specbuilder_server.compute_lanes import start_on_compute_thread
 from specbuilder_server.errors import exhausted
 
 log = logging.getLogger("specbuilder_server")
@@ -46,10 +46,8 @@ EVENT_INTERVAL = 0.1
 """Seconds between deliveries of a run's events to its Train call (``Job.bursts``). Each message
 sent takes the GIL from the training thread twice (the handler, then gRPC's poller on the send's
 completion) and wakes the client, and while training keeps every core busy each one stalls the
-run: on 2 cores, a 0.35 s run with 66 epoch and statistics events took 1.13× the in-process time
-sent one by one and 1.07× in bursts every 0.1 s (one A/B); in two interleaved A/Bs (30 and 50
-runs a side) bursts of one message per event took 1.11× both times, a burst in one message 1.10×
-and 1.09×. A tenth of a second is also as often as a progress bar redraws."""
+run; bursts this far apart keep that cost small (docs/benchmarks.md, "Training events come in
+bursts"), and a tenth of a second is as often as a progress bar redraws."""
 _END = object()
 
 

@@ -1,11 +1,11 @@
 """``ModelService``: each RPC reads its request into core objects, calls the core, answers in protobuf.
 
-No model logic lives here: validation is ``parse_spec``, compiling and caching ``models``,
+No model logic lives here: validation is ``parse_spec``, compiling and caching ``model_cache``,
 training ``train_events`` (through ``jobs``), storage ``ModelStore``. Every method is a coroutine
 on the server's event loop wrapped by ``errors.handled``, so whatever goes wrong becomes a proper
 gRPC status. A call holds no thread while it waits (for a message, for its turn, for a slow
 reader): blocking work (parsing large specs, compiling, the store) runs on the worker threads
-(``blocking``), forwards and statistics in a compute lane (``compute``), each within a
+(``blocking``), forwards and statistics in a compute lane (``compute_lanes``), each within a
 ``Budget`` (deadline, cancel, compute seconds), after the call's estimated cost was checked
 against the server's limit. Streams are capped in number, in all and per connection, and one
 that neither sends nor reads for ``stream_idle_seconds`` is ended.
@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -35,55 +33,25 @@ from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
 from specbuilder.v1 import service_pb2, tensor_pb2
 from specbuilder.wire import to_proto
-from specbuilder_server import convert, requests
-from specbuilder_server.compute import Lanes
+from specbuilder_server import convert, request_fields
+from specbuilder_server.compute_budget import Budget
+from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
-from specbuilder_server.decoding import Incoming, Received
 from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid
-from specbuilder_server.evaluation import Budget, Pass
+from specbuilder_server.forward_pass import Pass
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.metrics import Metrics
-from specbuilder_server.models import Models, Ready
-from specbuilder_server.pool import TrimmingPool
+from specbuilder_server.model_cache import Models, Ready
+from specbuilder_server.raw_handlers import Incoming, Received
+from specbuilder_server.stream_slots import StreamSlots
 from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
+from specbuilder_server.worker_pool import TrimmingPool
 
 DEADLINE_SLACK = 0.25
 """A call that ends this close to its deadline ended by it: the client's own timer usually cancels it
 a moment before the server's deadline (which is later by the transit time) passes."""
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class StreamSlots:
-    """Open streams, counted in all and per connection (its peer address); used on the event loop only."""
-
-    def __init__(self, total: int, per_connection: int) -> None:
-        self._total = total
-        self._per_connection = per_connection
-        self._open: Counter[str] = Counter()
-        self._count = 0
-
-    @contextmanager
-    def held(self, peer: str) -> Iterator[None]:
-        """One slot while the block runs; RESOURCE_EXHAUSTED naming the limit when none is free."""
-        if self._count >= self._total:
-            raise exhausted(f"{self._total} streams are open on this server, its limit (max_streams); try again when one has ended")
-        if self._open[peer] >= self._per_connection:
-            raise exhausted(f"{self._per_connection} streams are open on this connection, the server's limit per connection "
-                            "(max_streams_per_connection); close one, or open another connection")
-        self._open[peer] += 1
-        self._count += 1
-        try:
-            yield
-        finally:
-            self._count -= 1
-            self._open[peer] -= 1
-            if not self._open[peer]:
-                del self._open[peer]
-
-    def __len__(self) -> int:
-        """Streams open now (read from any thread)."""
-        return self._count
 
 
 def _rows(tensor: tensor_pb2.Tensor) -> int:
@@ -107,7 +75,7 @@ class ModelServicer:
         self.metrics = metrics
         self.streams = StreamSlots(config.max_streams, config.max_streams_per_connection)
         self.local_socket: str | None = None
-        """The local socket's path (``local.py``), named to clients in the trailing metadata of shared-memory Evaluate calls."""
+        """The local socket's path (``local_socket``), named to clients in the trailing metadata of shared-memory Evaluate calls."""
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -165,7 +133,7 @@ class ModelServicer:
             ready = self._models.cache.by_source(self._models.source_key(request.spec))
             return ready or await self.blocking(self._models.for_source, request.spec, "spec", check)
         if kind == "model_id":
-            return await self.blocking(self._models.stored, requests.model_id(request.model_id))
+            return await self.blocking(self._models.stored, request_fields.model_id(request.model_id))
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
 
     def _batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, path: str, output: tensor_pb2.Tensor,
@@ -183,7 +151,7 @@ class ModelServicer:
         with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
                    max_elements=self._config.max_batch_elements, regions=regions, data=data)
 
-    def _one_pass(self, ready: Ready, options: requests.Options, tensor: tensor_pb2.Tensor, data: memoryview | None,
+    def _one_pass(self, ready: Ready, options: request_fields.Options, tensor: tensor_pb2.Tensor, data: memoryview | None,
                   output: tensor_pb2.Tensor, regions: RegionReader | None, budget: Budget) -> tuple[list[LayerStats], float]:
         """Evaluate's whole pass in one turn of a compute lane: the batch, then the statistics, and the compute time."""
         with Pass(ready, options) as run:
@@ -196,7 +164,7 @@ class ModelServicer:
         request = received.message
         rows = _rows(request.input)
         ready = await self._ready(request, lambda spec: self._check_cost(spec, rows, "input"))  # refused before it is compiled
-        options = requests.options_of(request.options, ready.spec)
+        options = request_fields.options_of(request.options, ready.spec)
         if not request.HasField("input"):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
         flops = self._check_cost(ready.spec, rows, "input")
@@ -232,7 +200,7 @@ class ModelServicer:
 
     def _validate(self, request: service_pb2.ValidateSpecRequest) -> service_pb2.ValidateSpecResponse:
         try:
-            spec = requests.parse_source(request.spec, "spec", self._config.max_params)
+            spec = request_fields.parse_source(request.spec, "spec", self._config.max_params)
         except SpecError as error:  # an invalid spec is an answer, not an error
             return service_pb2.ValidateSpecResponse(valid=False, violations=[
                 service_pb2.FieldViolation(path=p.path, message=p.message, type=p.type) for p in error.problems
@@ -249,7 +217,7 @@ class ModelServicer:
         style = request.style or "sequential"
         if style not in STYLES:
             raise invalid("style", f"must be one of {', '.join(STYLES)} (empty means sequential), got '{style}'", "literal_error")
-        spec = requests.spec_of(request.spec, "spec", self._config.max_params)
+        spec = request_fields.spec_of(request.spec, "spec", self._config.max_params)
         self._models.compiled(spec, style)
         return service_pb2.CompileSpecResponse(
             spec_hash=spec.spec_hash(), layers=[convert.layer_summary(node) for node in spec.nodes],
@@ -276,7 +244,7 @@ class ModelServicer:
                 got = "nothing" if first is None else "a batch"
                 raise invalid("start", f"the first message must be start (the model and options), got {got}", "missing")
             ready = await self._ready(first.start)
-            options = requests.options_of(first.start.options, ready.spec, "start.options")
+            options = request_fields.options_of(first.start.options, ready.spec, "start.options")
             run = Pass(ready, options)
             lane = self._lanes.small
             await lane.run(run.__enter__)
@@ -313,7 +281,7 @@ class ModelServicer:
     async def Train(self, request: service_pb2.TrainRequest, context: grpc.aio.ServicerContext) -> None:
         with self.streams.held(context.peer()):
             spec, config, (data, data_field) = await self.blocking(self._train_inputs, request)
-            job = self._jobs.start(spec, data, config, requests.run_name(request.name, spec))
+            job = self._jobs.start(spec, data, config, request_fields.run_name(request.name, spec))
             try:
                 async for burst in job.bursts(EVENT_INTERVAL):
                     for message in convert.train_messages(job.run_id, burst):
@@ -330,33 +298,33 @@ class ModelServicer:
                 raise
 
     def _train_inputs(self, request: service_pb2.TrainRequest) -> tuple[ModelSpec, Any, tuple[Any, str]]:
-        spec = requests.spec_of(request.spec, "spec", self._config.max_params)
-        config = requests.train_config(request.config, self._models.device)
+        spec = request_fields.spec_of(request.spec, "spec", self._config.max_params)
+        config = request_fields.train_config(request.config, self._models.device)
         arrays = {f"arrays.{part}": getattr(request.arrays, part) for part in ("x", "y")} if request.HasField("arrays") else {}
-        return spec, config, requests.train_data(request, regions=self._grpc_regions(arrays))
+        return spec, config, request_fields.train_data(request, regions=self._grpc_regions(arrays))
 
     # -- the store -------------------------------------------------------------------------
 
     @handled
     async def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListModelsResponse:
-        page = await self.blocking(self._store.page, requests.status_filter(request.status), limit=requests.page_size(request.page_size),
+        page = await self.blocking(self._store.page, request_fields.status_filter(request.status), limit=request_fields.page_size(request.page_size),
                                    after=request.page_token or None)
         return service_pb2.ListModelsResponse(models=[convert.model_summary(s) for s in page.records], next_page_token=page.next or "")
 
     @handled
     async def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelRecord:
-        return convert.model_record(await self.blocking(self._store.get, requests.model_id(request.model_id)))
+        return convert.model_record(await self.blocking(self._store.get, request_fields.model_id(request.model_id)))
 
     @handled
     async def DeleteModel(self, request: service_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.DeleteModelResponse:
-        model_id = requests.model_id(request.model_id)
+        model_id = request_fields.model_id(request.model_id)
         await self.blocking(self._store.delete, model_id)
         self._models.forget(model_id)
         return service_pb2.DeleteModelResponse()
 
     @handled
     async def ExportModel(self, request: service_pb2.ExportModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ExportModelResponse:
-        spec, weights = await self.blocking(self._store.export, requests.model_id(request.model_id))
+        spec, weights = await self.blocking(self._store.export, request_fields.model_id(request.model_id))
         return service_pb2.ExportModelResponse(spec=spec_to_proto(spec), weights={key: to_proto(array) for key, array in weights.items()})
 
     @handled

@@ -1,7 +1,7 @@
 """Wire tensors to torch tensors and back, checked against the model before any element is read.
 
 An inline batch becomes a torch tensor over the bytes gRPC handed over (``torch.frombuffer`` on
-the elements ``decoding.Received`` cut out of them: no copy); a shared-memory batch is read in place while its
+the elements ``raw_handlers.Received`` cut out of them: no copy); a shared-memory batch is read in place while its
 region is attached. Only a dtype or device the model does not use costs a conversion: for CUDA
 the batch is staged in pinned memory and copied without blocking (``specbuilder.devices.to_device``),
 and outputs come back with one device-to-host copy.
@@ -82,7 +82,7 @@ def from_buffer(view: memoryview, wire: WireType, shape: tuple[int, ...]) -> tor
 def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Callable[[torch.Tensor], T], *, device: torch.device,
                dtype: torch.dtype, max_elements: int, regions: RegionReader | None, data: memoryview | None = None) -> T:
     """``use(batch)`` for the batch as a checked ``[N, *input_shape]`` tensor on ``device`` in ``dtype``
-    (``data``: its elements, cut from the request's bytes; see ``decoding.Received``).
+    (``data``: its elements, cut from the request's bytes; see ``raw_handlers.Received``).
 
     On the CPU in the model's dtype the batch is the request's memory itself (or the client's
     shared memory), so it is handed to ``use`` rather than returned: nothing derived from it

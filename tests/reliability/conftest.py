@@ -1,4 +1,5 @@
-"""Fixtures of the reliability suite: how long to push (``budget``) and what was seen (``tally``).
+"""Fixtures of the reliability suite: how long to push (``budget``), what was seen (``tally``), and the
+server the hostile-input tests share (``hostile_server``, reached through ``hostile``).
 
 Every test here is bounded: short by default (the whole suite in CI), long with ``--soak``.
 A test records each thing it tried and the outcome in ``tally``; with
@@ -14,9 +15,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from server_helpers import connect, server_process
+
+from specbuilder.demo.server import ServerProcess
+
+if TYPE_CHECKING:
+    from specbuilder.v1.service_pb2_grpc import ModelServiceStub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,13 +68,18 @@ def budget(pytestconfig: pytest.Config) -> Budget:
 
 
 @pytest.fixture(scope="session")
-def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One ``specbuilder serve`` subprocess (a ``ServerProcess``) for the hostile-input tests: a crash
     kills it and shows as a dead process. Shared, so the suite starts it once."""
-    from server_helpers import server_process
-
     with server_process(tmp_path_factory.mktemp("hostile-store")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def hostile(hostile_server: ServerProcess) -> Iterator[ModelServiceStub]:
+    """A ``ModelServiceStub`` on ``hostile_server``, one per test module."""
+    with connect(hostile_server.address) as connected:
+        yield connected
 
 
 @pytest.fixture

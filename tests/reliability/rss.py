@@ -16,11 +16,11 @@ from types import TracebackType
 
 import pytest
 
-from specbuilder_server.pool import IDLE_SECONDS
+from specbuilder_server.worker_pool import IDLE_SECONDS
 
 SETTLE_MIB = 80.0
 """How far above its idle baseline (taken after a warm-up) an idle server may stay after the
-pressure ends. Idle, the server hands free heap back (``specbuilder_server.pool``), but not all
+pressure ends. Idle, the server hands free heap back (``specbuilder_server.worker_pool``), but not all
 of it: ``malloc_trim`` cannot shrink the free top of a thread arena's heap (at most 64 MiB, one
 glibc heap; the server keeps one such arena per CPU beside the main one), and pages with a live
 object in them stay. Measured idle-to-idle here: -5 to +54 MiB, varying with what happens to be

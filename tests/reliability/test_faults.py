@@ -30,22 +30,19 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import pytest
-from server_helpers import ENDLESS, ServerProcess, batch, connect, open_channel, server_process, serving, spec_source, train_request, wait_for
+from server_helpers import ENDLESS, batch, connect, open_channel, server_process, serving, spec_source, train_request, wait_for
 from stores import aws_env, stored_weights
+from specbuilder.builder import SpecBuilder
+from specbuilder.demo.server import ServerProcess
 from specbuilder.proto import encode_value
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub
 from specbuilder.wire import to_numpy, to_proto
 
-BIG: dict[str, Any] = {
-    "name": "big",
-    "input_shape": [4],
-    "layers": [
-        {"type": "linear", "out_features": 2048, "name": "fc1", "activation": "relu"},
-        {"type": "linear", "out_features": 4096, "name": "fc2", "activation": "relu"},
-        {"type": "linear", "out_features": 2, "name": "out"},
-    ],
-}
+BIG: dict[str, Any] = (
+    SpecBuilder([4], name="big").linear(2048, name="fc1", activation="relu").linear(4096, name="fc2", activation="relu")
+    .linear(2, name="out").to_dict()
+)
 """8.4 M parameters: a 34 MB weights file, long enough to write that a kill can land inside the save."""
 BIG_X = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
 BIG_Y = np.arange(8) % 2
@@ -97,6 +94,8 @@ class Where:
 
     store: str | Path
     weights: str | None = None
+    log: Path | None = None
+    """Where a ``specbuilder serve`` process writes its stderr (beside a directory store when None)."""
 
     def __str__(self) -> str:
         return "directory" if self.weights is None else "postgresql+s3"
@@ -187,7 +186,7 @@ def cut_short(server: ServerProcess, stub: ModelServiceStub, where: Where, sent:
             time.sleep(0.001)
         time.sleep(delay)
         moment = "in place" if saving_id in where.weight_ids() else "not committed yet"
-        server.process.send_signal(sent)
+        server.send_signal(sent)
         assert server.process.wait() == (0 if sent == signal.SIGTERM else -signal.SIGKILL)
     finally:
         for reader in readers:
@@ -208,7 +207,7 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
         return
     postgres, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3_server")
     with aws_env(s3):
-        yield Where(postgres.url(), s3.bucket())
+        yield Where(postgres.url(), s3.bucket(), tmp_path / "server.log")
 
 
 def test_killed_and_stopped_servers_lose_no_model_and_leave_nothing_partial(where: Where, budget: Any, tally: Any) -> None:
@@ -230,7 +229,7 @@ def test_killed_and_stopped_servers_lose_no_model_and_leave_nothing_partial(wher
                 break
             model_id = completed_model(stub, f"kept-{index}")
             ledger.models[model_id] = digest(stub, model_id)
-        with server_process(where.store, *where.flags) as server, connect(server.address) as stub:
+        with server_process(where.store, *where.flags, log=where.log) as server, connect(server.address) as stub:
             delay = 0.0 if index % 2 == 0 else rng.uniform(0.0, 0.3)  # at once: inside the write; later: anywhere up to the commit and past it
             last = cut_short(server, stub, where, signals[index], delay, tally)
             ledger.victims.update({run_id: (signals[index].name, doing, ending) for run_id, (doing, ending) in last.items()})

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, answer, batch, config_values, open_channel, spec_source
+from specbuilder.demo.server import ServerProcess
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1 import tensor_pb2
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
@@ -85,12 +86,6 @@ def check(tally: Any, kind: str, code: str, message: str) -> None:
 def channel(hostile_server: ServerProcess) -> Iterator[grpc.Channel]:
     with open_channel(hostile_server.address) as opened:
         yield opened
-
-
-@pytest.fixture(scope="module")
-def hostile(hostile_server: ServerProcess) -> Iterator[Stub]:
-    with connect(hostile_server.address) as connected:
-        yield connected
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, answer, batch, config_values, open_channel, spec_source
+from specbuilder.demo.server import ServerProcess
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, KINDS, MAX_LAYERS, parse_spec
 from specbuilder.v1 import service_pb2 as pb
@@ -95,13 +96,6 @@ def assert_serving(address: str) -> None:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", SERVICE):
             assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE).status == health_pb2.HealthCheckResponse.SERVING
-
-
-@pytest.fixture(scope="module")
-def hostile(hostile_server: ServerProcess) -> Iterator[Stub]:
-    """A stub on the shared subprocess server."""
-    with connect(hostile_server.address) as connected:
-        yield connected
 
 
 # -- hostile strings ----------------------------------------------------------------------------

@@ -19,11 +19,8 @@ import asyncio
 import contextlib
 import os
 import pwd
-import shutil
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -318,21 +315,6 @@ def test_a_client_cannot_move_training_off_the_servers_device(tmp_path: Path, ta
 
 
 # -- shared memory belongs to its owner --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def other_user() -> Iterator[pwd.struct_passwd]:
-    """A throwaway OS user (root only), removed afterwards."""
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("needs root and useradd to create another OS user")
-    name = f"sb-victim-{uuid.uuid4().hex[:8]}"
-    added = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name], capture_output=True, text=True)
-    if added.returncode != 0:
-        pytest.skip(f"useradd {name} failed: {added.stderr.strip()}")
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
 
 
 def region(name: str, data: bytes, owner: pwd.struct_passwd | None) -> Callable[[], None]:

@@ -28,7 +28,7 @@ from specbuilder.compiler import compile_spec
 from specbuilder.spec import ModelSpec, Style
 from specbuilder.store import ModelStore
 from specbuilder.v1 import service_pb2
-from specbuilder_server import requests
+from specbuilder_server import request_fields
 
 Key = tuple[str, str, str]
 """``("spec", spec_hash, style)`` or ``("model", model_id, "")``."""
@@ -150,7 +150,7 @@ class Models:
         ready = self.cache.by_source(key)
         if ready is not None:
             return ready
-        spec = requests.spec_of(source, path, self._max_params)
+        spec = request_fields.spec_of(source, path, self._max_params)
         if check is not None:
             check(spec)
         return self.compiled(spec, source=key)

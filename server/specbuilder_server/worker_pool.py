@@ -1,15 +1,14 @@
-"""The worker threads for the server's blocking work, giving freed memory back to the system once it falls idle.
+"""The worker threads for the server's blocking work, giving freed memory back to the system once they fall idle.
 
-``tuning.tune_malloc`` keeps freed multi-MB buffers in glibc's heaps so the next call reuses
-them instead of page-faulting in fresh ones. The price is that the heaps keep their high-water
-mark: round after round of the reliability suite's limits (tests/reliability/test_exhaustion.py)
-a server measured idle grew 419 -> 669 MB in 8 rounds. ``TrimmingPool`` counts the work in
-flight (its own tasks, and every call's compute: ``working``) and, once none has run for ``IDLE_SECONDS``, calls
-``malloc_trim`` once (after letting go of the shared-memory regions kept mapped: ``app.when_idle``);
-with the arenas capped (``tuning.ARENAS``) the same server stays level (360-400 MB over 20 rounds). Under load
-nothing changes (3.2 MB Evaluate calls back to back: same latency, no page faults); the first
-call after an idle spell pays for the pages given back (about 3,900 faults, 10-15 ms here). A
-call arriving during a trim waits at most for the arena it allocates from.
+``TrimmingPool`` counts the work in flight (its own tasks, and work it does not run that a
+caller declares with ``working``: every call's compute) and, once none has run for
+``IDLE_SECONDS``, calls its ``trim`` once (the server's lets go of the shared-memory regions kept
+mapped, then calls ``malloc_tuning.malloc_trim``). Why: the raised malloc thresholds
+(``malloc_tuning``) keep freed multi-MB buffers in glibc's heaps for the next call to reuse, and
+the heaps keep their high-water mark; trimming only when idle gives it back without costing a
+server under load anything. The first call after an idle spell pays for the pages given back; a
+call arriving during a trim waits at most for the arena it allocates from. docs/reliability.md
+has the figures.
 """
 
 from __future__ import annotations

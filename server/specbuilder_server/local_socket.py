@@ -3,7 +3,7 @@
 A Unix socket in a directory of its own (mode 0700, removed on stop) that only this user (or
 root) can reach, checked again per connection with ``SO_PEERCRED``. Connections are served on the
 server's event loop, at most ``max_connections`` at once, and one waiting for its next frame
-holds nothing but its buffer. Each frame is parsed like a gRPC request (``decoding``: the
+holds nothing but its buffer. Each frame is parsed like a gRPC request (``raw_handlers``: the
 batch's elements, if inline, are not copied), checked against the same tokens and roles
 (``auth.Access``: the hello's token must be one of the server's, with a role that may call
 Evaluate) and message limit, and handed to the same ``ModelServicer.evaluate``, reading shared
@@ -30,8 +30,8 @@ from specbuilder.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS,
 from specbuilder.regions import SharedRegions
 from specbuilder.v1 import service_pb2
 from specbuilder_server.auth import Access
-from specbuilder_server.decoding import SERVICE, malformed, parser_for
 from specbuilder_server.errors import as_request_error, rich_status
+from specbuilder_server.raw_handlers import SERVICE, malformed, parser_for
 from specbuilder_server.servicer import ModelServicer
 
 log = logging.getLogger("specbuilder_server")
@@ -44,7 +44,7 @@ _METHOD = SERVICE.methods_by_name["Evaluate"]
 _PATH = f"/{SERVICE.full_name}/{_METHOD.name}"
 """The RPC the local socket answers, as the role table (``roles.ROLES``) names it."""
 _parse = parser_for(service_pb2.EvaluateRequest.FromString, _METHOD)
-"""Bytes to ``Received``, as the gRPC path parses them (``decoding``)."""
+"""Bytes to ``Received``, as the gRPC path parses them (``raw_handlers``)."""
 _CREDENTIALS = struct.Struct("3i")
 _DETAILS_KEY = "grpc-status-details-bin"
 

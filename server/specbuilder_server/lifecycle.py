@@ -3,7 +3,7 @@
 The server is a ``grpc.aio`` server on an event loop of its own (a thread, ``specbuilder-loop``):
 calls waiting for a message, for their turn or for a slow reader are coroutines there and hold
 no thread. Wires the parts together: the model store, the model cache, the training jobs, the
-worker threads for blocking work (``pool.TrimmingPool``, which gives memory back when idle),
+worker threads for blocking work (``worker_pool.TrimmingPool``, which gives memory back when idle),
 the compute lanes, the shared-memory regions and the local socket (with ``--shared-memory``),
 the servicer, Prometheus metrics (``metrics``; served with ``metrics_port``), the standard health
 service (SERVING overall and per service) and server reflection, the token interceptor when tokens
@@ -21,6 +21,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -34,17 +35,17 @@ from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
 from specbuilder.v1 import service_pb2
 from specbuilder_server.auth import Access, TokenAuth
-from specbuilder_server.compute import Lanes
+from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
-from specbuilder_server.decoding import model_service
 from specbuilder_server.jobs import TrainingJobs
-from specbuilder_server.local import LocalSocket
+from specbuilder_server.local_socket import LocalSocket
+from specbuilder_server.malloc_tuning import malloc_trim, tune_malloc
 from specbuilder_server.metrics import MeteredStore, Metrics
-from specbuilder_server.models import ModelCache, Models
-from specbuilder_server.pool import TrimmingPool
+from specbuilder_server.model_cache import ModelCache, Models
+from specbuilder_server.raw_handlers import model_service
 from specbuilder_server.servicer import ModelServicer
 from specbuilder_server.tensors import UNWRITABLE
-from specbuilder_server.tuning import malloc_trim, tune_malloc
+from specbuilder_server.worker_pool import TrimmingPool
 
 log = logging.getLogger("specbuilder_server")
 
@@ -87,32 +88,39 @@ class _Loop:
             await asyncio.wait(tasks, timeout=RECORD_SECONDS)
 
 
+@dataclass(eq=False, repr=False)
 class RunningServer:
-    """A started server: where it listens, and how to stop it."""
+    """A started server: where it listens, and how to stop it (``start_server`` makes one)."""
 
-    def __init__(self, config: ServerConfig, loop: _Loop, server: grpc.aio.Server, pool: TrimmingPool, port: int,
-                 health_servicer: health.aio.HealthServicer, jobs: TrainingJobs, store: ModelStore, local: LocalSocket | None,
-                 servicer: ModelServicer, stop_metrics: Callable[[], None] | None) -> None:
-        self.config = config
-        self.port = port
-        """The bound port (the free one picked when the config says 0)."""
-        self.servicer = servicer
-        self.store = repr(store)
+    config: ServerConfig
+    port: int
+    """The bound port (the free one picked when the config says 0)."""
+    servicer: ModelServicer
+    _loop: _Loop
+    _server: grpc.aio.Server
+    _pool: TrimmingPool
+    _health: health.aio.HealthServicer
+    _jobs: TrainingJobs
+    _store: ModelStore
+    _local: LocalSocket | None
+    _stop_metrics: Callable[[], None] | None
+    _stopped: threading.Event = field(default_factory=threading.Event, init=False)
+    _stopping: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def store(self) -> str:
         """The store, as people may see it (no password)."""
-        self.metrics_port = servicer.metrics.port
+        return repr(self._store)
+
+    @property
+    def metrics_port(self) -> int | None:
         """Where ``/metrics`` is served (``metrics_port``; the free one picked for 0), None when it is not."""
-        self._stop_metrics = stop_metrics
-        self._loop = loop
-        self._server = server
-        self._pool = pool
-        self._health = health_servicer
-        self._jobs = jobs
-        self._store = store
-        self.local_socket = local.path if local is not None else None
+        return self.servicer.metrics.port
+
+    @property
+    def local_socket(self) -> str | None:
         """The local socket's path (``--shared-memory``), None without one."""
-        self._local = local
-        self._stopped = threading.Event()
-        self._stopping = threading.Lock()
+        return self._local.path if self._local is not None else None
 
     @property
     def address(self) -> str:
@@ -224,7 +232,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         opened.close()
         raise
     log.info("listening on %s:%d (device %s, %r; %s)", config.host, port, device, opened, config.protection)
-    return RunningServer(config, loop, server, pool, port, health_servicer, jobs, opened, local, servicer, stop_metrics)
+    return RunningServer(config, port, servicer, loop, server, pool, health_servicer, jobs, opened, local, stop_metrics)
 
 
 async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grpc.ServerCredentials | None,

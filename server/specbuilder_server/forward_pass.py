@@ -1,73 +1,31 @@
 """One evaluation pass: batches through a ready model, outputs back, statistics over all of them.
 
-A ``Budget`` says when a call's compute must stop: its deadline, a cancel (the client went
-away), or the server's cap on compute seconds per call. It is checked before every layer, so a
-call stops within one layer of any of them (``Stopped``). A ``Pass`` serves one Evaluate call (one batch) or one StreamEvaluate call (many),
-on the core ``specbuilder.evaluation.Evaluator``: each batch runs under ``torch.inference_mode()``
-and the model's lock; the statistics monitor, when asked for, is attached for the whole pass but
-enabled only while this pass's own batches run, so other calls on the same shared module neither
-see it nor feed it. The ``amp`` option runs each batch under autocast (statistics are still taken in float32). On CUDA nothing here waits for
-the device: compute time is measured with events and read once, when the pass reports it.
+A ``Pass`` serves one Evaluate call (one batch) or one StreamEvaluate call (many), on the core
+``specbuilder.evaluation.Evaluator``: each batch runs under ``torch.inference_mode()`` and the
+model's lock, layer by layer with the call's ``Budget`` checked before each layer; the statistics
+monitor, when asked for, is attached for the whole pass but enabled only while this pass's own
+batches run, so other calls on the same shared module neither see it nor feed it. The ``amp``
+option runs each batch under autocast (statistics are still taken in float32). On CUDA nothing
+here waits for the device: compute time is measured with events and read once, when the pass
+reports it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import nullcontext
 from functools import partial
 from types import TracebackType
 
-import grpc
 import torch
 from torch import nn
 
 from specbuilder.devices import DeviceTimer
 from specbuilder.evaluation import Evaluator
 from specbuilder.stats import LayerStats
-from specbuilder_server.errors import RequestError
-from specbuilder_server.models import Ready
-from specbuilder_server.requests import Options
-
-
-class Stopped(RequestError):
-    """A call's compute stopped before its end: DEADLINE_EXCEEDED, CANCELLED or RESOURCE_EXHAUSTED (the compute cap)."""
-
-
-class Budget:
-    """When one call's compute must stop; ``check`` raises ``Stopped`` once it must."""
-
-    def __init__(self, deadline: float | None, max_seconds: float) -> None:
-        self._deadline = deadline
-        """``time.monotonic()`` by which the call must have ended; None: no deadline."""
-        self._max_seconds = max_seconds
-        self._started: float | None = None
-        self._cancelled = threading.Event()
-        self._reason = ""
-
-    def cancel(self, reason: str) -> None:
-        """Stop the call's compute at its next check (the first reason given is kept)."""
-        if not self._cancelled.is_set():
-            self._reason = reason
-            self._cancelled.set()
-
-    def check(self) -> None:
-        """Raise ``Stopped`` if the call was cancelled, its deadline passed, or its compute ran past the cap."""
-        if self._cancelled.is_set():
-            raise Stopped(grpc.StatusCode.CANCELLED, self._reason)
-        now = time.monotonic()
-        if self._started is None:
-            self._started = now
-        if self._deadline is not None and now > self._deadline:
-            raise Stopped(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed while it was computing")
-        if now - self._started > self._max_seconds:
-            raise Stopped(grpc.StatusCode.RESOURCE_EXHAUSTED, (
-                f"the call computed for more than {self._max_seconds:g} s, this server's limit (max_compute_seconds); "
-                "send fewer rows per call"))
-
-
-UNLIMITED = Budget(None, float("inf"))
-"""A budget that never stops a call (one not tied to a client's call)."""
+from specbuilder_server.compute_budget import UNLIMITED, Budget
+from specbuilder_server.model_cache import Ready
+from specbuilder_server.request_fields import Options
 
 
 def forward(module: nn.Module, batch: torch.Tensor, budget: Budget) -> torch.Tensor:

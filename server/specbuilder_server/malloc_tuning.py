@@ -1,14 +1,14 @@
 """glibc malloc settings for a process that receives multi-megabyte messages.
 
-By default glibc serves every allocation above its mmap threshold (128 KiB, raised
-dynamically up to 32 MiB only after a free) with a fresh ``mmap``: each 3 MB request buffer
-is page-faulted in on first touch and unmapped when freed, which on a 2-core box tripled the
-cost of an Evaluate call (docs/benchmarks.md). Fixing the thresholds high keeps such
-buffers in the heap, reused call after call. Settings given in ``MALLOC_MMAP_THRESHOLD_`` /
-``MALLOC_TRIM_THRESHOLD_`` are left alone. What the heaps keep after a burst of large calls is
-given back by ``malloc_trim`` once the server is idle (``pool.TrimmingPool``), and the heaps
-that keep it are few: one arena per CPU (``ARENAS``; ``MALLOC_ARENA_MAX`` is left alone). The C library
-is reached through ``specbuilder.heap``, which the client uses too.
+By default glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically
+up to 32 MiB only after a free) with a fresh ``mmap``: each multi-MB request buffer is
+page-faulted in on first touch and unmapped when freed. ``tune_malloc`` fixes the thresholds
+high, so such buffers stay in the heap, reused call after call, and caps the arenas that keep
+them at one per CPU (``ARENAS``). Settings given in ``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_ARENA_MAX`` are left alone. What the heaps keep after a burst
+of large calls is given back by ``malloc_trim`` once the server is idle
+(``worker_pool.TrimmingPool``). The C library is reached through ``specbuilder.heap``, which the
+client uses too. docs/benchmarks.md and docs/reliability.md have the figures.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 M_ARENA_MAX = -8
 ARENAS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 """One malloc arena per CPU this process may use: as many as can allocate at the same moment.
-glibc's default (8 per CPU) gives each of the 16 RPC threads an arena of its own, and each keeps
-its high-water mark: a server's memory then grew round after round of large calls (+100 MB over
-8 rounds of the reliability suite's limits) where with one per CPU it stays level."""
+glibc's default (8 per CPU) gives each of the server's threads an arena of its own, each keeping
+its high-water mark, so a server's memory would grow round after round of large calls."""
 
 
 def tune_malloc() -> bool:
@@ -45,7 +44,7 @@ def tune_malloc() -> bool:
 
 def malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``: every arena's free pages back to the system (what the raised
-    thresholds keep); None without glibc. ``pool.TrimmingPool`` calls it when the server is idle."""
+    thresholds keep); None without glibc. ``worker_pool.TrimmingPool`` calls it when the server is idle."""
     trim = glibc("malloc_trim")
     if trim is None:
         return None

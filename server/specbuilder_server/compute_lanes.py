@@ -1,18 +1,18 @@
-"""The threads that run the server's torch work: as few as the work needs, so OpenMP stays fast.
+"""The threads that run the server's torch work, and the lanes that order it.
 
-libgomp, the OpenMP runtime of torch's Linux wheels, gives every thread that enters a parallel
-region a team of worker threads of its own; once a process has more OpenMP threads than CPUs,
-idle workers sleep instead of spinning and every operation pays a wake-up (docs/benchmarks.md
-measures it). So torch work runs on ``ComputeThreads``, which keeps at most one thread idle: a
-process that does one thing at a time holds one team, whatever it did before.
+Every forward, statistics pass and training run of the process runs on ``THREADS``
+(``ComputeThreads``), which keeps at most one thread idle: a new thread starts only when none is
+idle, and one that finishes while another is idle ends. Why: libgomp, the OpenMP runtime of
+torch's Linux wheels, gives each thread that enters a parallel region a team of its own, and once a
+process has more OpenMP threads than CPUs idle workers sleep instead of spinning, so every
+operation pays a wake-up; a process that does one thing at a time holds one team
+(docs/benchmarks.md, "One OpenMP team per server").
 
-Forwards and statistics run in ``Lane``s: each lane runs its tasks one at a time, in the order
-they came, so calls on one lane take turns instead of splitting the cores. The server has two
-(``Lanes``): one for small calls and one for large ones, by each call's estimated cost, so a
-small call never waits behind a large one (it shares the cores with it instead). Training runs
-(``ComputeThreads.submit``) run alongside. Callers on the event loop await a lane's future; a
-task cancelled before it starts never runs, and one that runs stops at its ``Budget``'s next
-check (``evaluation``).
+Forwards and statistics run in ``Lane``s: a lane runs its tasks one at a time, in the order they
+came. ``Lanes`` are the server's two, one for small calls and one for large ones by each call's
+estimated cost, so a small call never waits behind a large one (it shares the cores with it
+instead); training runs (``start_on_compute_thread``) run alongside. A task cancelled before it
+starts never runs; one that runs stops at its ``Budget``'s next check (``compute_budget``).
 """
 
 from __future__ import annotations
