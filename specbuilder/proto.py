@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from specbuilder.errors import Loc, Problem, SpecError, format_path
 from specbuilder.spec import DEFAULT_MAX_PARAMS, MAX_PROBLEMS, LayerSpec, ModelSpec, check_size, parse_spec
-from specbuilder.v1 import spec_pb2
+from specbuilder_wire.v1 import spec_pb2
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from specbuilder.regions import RegionDenied, RegionError, RegionReader
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 
 DType = tensor_pb2.DType
 

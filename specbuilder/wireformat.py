@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 """The wire types this module reads (groups, 3 and 4, are long deprecated: left to protobuf)."""

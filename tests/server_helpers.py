@@ -43,7 +43,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from specbuilder.v1 import service_pb2, service_pb2_grpc, tensor_pb2
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc, tensor_pb2
 from specbuilder.wire import to_proto
 from specbuilder_server import RunningServer, ServerConfig, start_server
 

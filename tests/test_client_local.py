@@ -14,7 +14,7 @@ import pytest
 
 from specbuilder.proto import spec_from_proto
 from specbuilder.spec import parse_spec
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 from specbuilder.wire import SHARED_MEMORY_NAME, WIRE_TYPES
 from specbuilder_client.shm import MIN_REGION_BYTES, SharedInputs, wire_dtype
 from specbuilder_client.specs import model_fields, spec_source

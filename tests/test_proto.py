@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import protogen  # tools/protogen.py, on the tests' path (pyproject.toml)
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor_pb2 import DescriptorProto, FileDescriptorProto
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specbuilder import protogen
 from specbuilder.errors import SpecError
 from specbuilder.layers import LAYERS
 from specbuilder.proto import (
@@ -36,7 +36,7 @@ from specbuilder.proto import (
     spec_to_proto,
 )
 from specbuilder.spec import KINDS, LAYER_MODELS, ModelSpec, parse_spec
-from specbuilder.v1 import spec_pb2
+from specbuilder_wire.v1 import spec_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORTHAND = {"type": "step", "name": "gate", "threshold": 0.5, "surrogate": "ste"}
@@ -395,9 +395,9 @@ def test_bytes_that_are_not_a_message() -> None:
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     fresh = protogen.generate(tmp_path)
-    expected = [ROOT / path.relative_to(tmp_path) for path in fresh]
+    expected = [protogen.OUT / path.relative_to(tmp_path) for path in fresh]
 
-    assert ROOT / "specbuilder/v1/spec_pb2.py" in expected
+    assert ROOT / "clients/python/specbuilder_wire/v1/spec_pb2.py" in expected
     assert protogen.committed() == expected, "generated files without a .proto, or missing ones: run `make proto`"
     for new, old in zip(fresh, expected):
         assert new.read_bytes() == old.read_bytes(), f"{old.relative_to(ROOT)} is stale: run `make proto`"
@@ -455,11 +455,12 @@ def test_files_that_import_each_other_and_declare_services(tmp_path: Path) -> No
     assert [path.relative_to(out).as_posix() for path in written] == [
         "demo/v1/service_pb2.py", "demo/v1/service_pb2.pyi", "demo/v1/service_pb2_grpc.py",
         "demo/v1/tensor_pb2.py", "demo/v1/tensor_pb2.pyi",
-        "specbuilder/v1/spec_pb2.py", "specbuilder/v1/spec_pb2.pyi",
+        "specbuilder_wire/v1/spec_pb2.py", "specbuilder_wire/v1/spec_pb2.pyi",
     ]
+    assert "\nfrom specbuilder_wire.v1 import spec_pb2 as " in (out / "demo/v1/service_pb2.py").read_text()
     check = (
         "from demo.v1 import service_pb2, service_pb2_grpc, tensor_pb2\n"
-        "from specbuilder.v1 import spec_pb2\n"
+        "from specbuilder_wire.v1 import spec_pb2\n"
         "request = service_pb2.RunRequest(spec=spec_pb2.ModelSpec(input_shape=[3]), input=tensor_pb2.Tensor(shape=[1, 3]))\n"
         "assert service_pb2.RunRequest.FromString(request.SerializeToString()) == request\n"
         "methods = service_pb2.DESCRIPTOR.services_by_name['Demo'].methods_by_name\n"
@@ -527,7 +528,7 @@ def test_the_documentation_check_can_fail(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- no torch
 
 
-@pytest.mark.parametrize("module", ["specbuilder.v1", "specbuilder.v1.spec_pb2", "specbuilder.proto"])
+@pytest.mark.parametrize("module", ["specbuilder_wire.v1", "specbuilder_wire.v1.spec_pb2", "specbuilder.proto"])
 def test_importing_imports_no_torch(module: str) -> None:
     code = (
         "import importlib, sys\n"

@@ -16,8 +16,8 @@ from server_helpers import (  # noqa: F401 - fixtures
 )
 from specbuilder.cli import main
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from google.protobuf.message import DecodeError
 
-from specbuilder.v1 import service_pb2, tensor_pb2
+from specbuilder_wire.v1 import service_pb2, tensor_pb2
 from specbuilder.wire import payload, to_proto
 from specbuilder.wireformat import cut_tensor_data, field_head, varint
 from specbuilder_client.framing import serialize_with_tensor

@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from specbuilder.devices import resolve_device
 from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_server.auth import TokenAuth
 from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig

@@ -21,7 +21,7 @@ from specbuilder.proto import config_to_proto, encode_value, spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, Node
 from specbuilder.store import ModelRecord, ModelSummary
 from specbuilder.training import Event
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_client.results import status_value
 
 _STATS_SCALARS = (

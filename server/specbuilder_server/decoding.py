@@ -22,7 +22,7 @@ import grpc.aio
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder.wireformat import cut_tensor_data
 from specbuilder_server.errors import ClientGone, RequestError, abort
 

@@ -27,7 +27,7 @@ from google.rpc import status_pb2
 
 from specbuilder.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS, frame
 from specbuilder.regions import SharedRegions
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_server.decoding import SERVICE, malformed, parser_for
 from specbuilder_server.errors import as_request_error, rich_status
 from specbuilder_server.servicer import ModelServicer

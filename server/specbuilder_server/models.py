@@ -27,7 +27,7 @@ from torch import nn
 from specbuilder.compiler import compile_spec
 from specbuilder.spec import ModelSpec, Style
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_server import requests
 
 Key = tuple[str, str, str]

@@ -27,7 +27,7 @@ from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.model_store import MAX_PAGE
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
-from specbuilder.v1 import service_pb2, spec_pb2
+from specbuilder_wire.v1 import service_pb2, spec_pb2
 from specbuilder_client.results import status_name
 from specbuilder_server.errors import invalid, spec_problems
 from specbuilder_server.tensors import to_array

@@ -33,7 +33,7 @@ from specbuilder.regions import RegionReader, SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2, tensor_pb2
+from specbuilder_wire.v1 import service_pb2, tensor_pb2
 from specbuilder.wire import to_proto
 from specbuilder_server import convert, requests
 from specbuilder_server.compute import Lanes

@@ -22,7 +22,7 @@ import torch
 from specbuilder.devices import to_device
 from specbuilder.regions import RegionReader
 from specbuilder.spec import ModelSpec
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 from specbuilder.wire import WIRE_TYPES, WireType, attached
 from specbuilder_server.errors import exhausted, invalid
 

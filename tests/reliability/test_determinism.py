@@ -19,8 +19,8 @@ import torch
 from server_helpers import SPIRALS, batch, connect, serving, spec_source, train_request
 from specbuilder.compiler import compile_spec
 from specbuilder.training import train
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
 from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
 

@@ -33,9 +33,9 @@ from hypothesis import strategies as st
 from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, KINDS, MAX_LAYERS, parse_spec
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1 import spec_pb2
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1 import spec_pb2
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder_server.errors import MAX_MESSAGE_BYTES
 
 DEADLINE = 60.0

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from specbuilder.proto import config_to_proto, spec_from_proto
 from specbuilder.spec import ModelSpec
-from specbuilder.v1 import service_pb2, service_pb2_grpc
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
 from specbuilder.wire import to_numpy, to_proto
 from specbuilder.localsocket import METADATA_KEY
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc

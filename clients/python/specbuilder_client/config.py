@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from specbuilder.proto import decode_value
-from specbuilder.v1 import spec_pb2
+from specbuilder_wire.v1 import spec_pb2
 
 
 def config_dict(config: Mapping[str, spec_pb2.Value]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import grpc
 from google.rpc import status_pb2
 
 from specbuilder.localsocket import EVALUATE, HELLO, STATUS, hello, read_head, read_payload, send_frame
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_client.errors import DeadlineExceeded, from_status
 
 CONNECT_SECONDS = 2.0

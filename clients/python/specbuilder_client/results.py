@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from specbuilder.proto import decode_value, spec_from_proto
 from specbuilder.spec import ModelSpec
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_client.config import config_dict
 from specbuilder_client.errors import Violation
 

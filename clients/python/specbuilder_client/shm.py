@@ -35,7 +35,7 @@ import _posixshmem
 import numpy as np
 import numpy.typing as npt
 
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 from specbuilder.wire import WIRE_TYPES
 
 MIN_REGION_BYTES = 1 << 20

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ModelSpec
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 
 SpecLike = Union[ModelSpec, Mapping[str, Any], str]
 """A spec as the client takes it: a ``ModelSpec``, a JSON-like dict, or JSON text."""

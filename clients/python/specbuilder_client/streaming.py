@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder.wire import to_numpy
 from specbuilder_client.errors import Cancelled, from_rpc
 from specbuilder_client.framing import serialize_with_tensor

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 import grpc
 from pydantic import Field
 
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 from specbuilder_client.errors import Cancelled, from_rpc
 from specbuilder_client.results import EpochMetrics, LayerStats, Result, layer_stats, status_name
 

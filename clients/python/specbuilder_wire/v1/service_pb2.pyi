@@ -1,8 +1,8 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from specbuilder.v1 import spec_pb2 as _spec_pb2
-from specbuilder.v1 import tensor_pb2 as _tensor_pb2
+from specbuilder_wire.v1 import spec_pb2 as _spec_pb2
+from specbuilder_wire.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
