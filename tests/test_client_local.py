@@ -15,9 +15,10 @@ import pytest
 from specbuilder.proto import spec_from_proto
 from specbuilder.spec import parse_spec
 from specbuilder_wire.v1 import tensor_pb2
-from specbuilder.wire import SHARED_MEMORY_NAME, WIRE_TYPES
-from specbuilder_client.shm import MIN_REGION_BYTES, SharedInputs, wire_dtype
+from specbuilder_client.shm import MIN_REGION_BYTES, SharedInputs
 from specbuilder_client.specs import model_fields, spec_source
+from specbuilder_wire.arrays import WIRE_TYPES, wire_dtype
+from specbuilder_wire.regions import SHARED_MEMORY_NAME
 
 SPEC = {"name": "tiny", "input_shape": [4], "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}]}
 

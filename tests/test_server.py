@@ -24,7 +24,7 @@ from specbuilder.spec import parse_spec
 from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_wire.v1 import tensor_pb2
 from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder.wire import to_numpy
+from specbuilder_wire.arrays import to_numpy
 from specbuilder_server import RunningServer
 from specbuilder_server.app import SERVICE_NAME
 

@@ -18,7 +18,7 @@ from specbuilder.cli import main
 from specbuilder.store import ModelStore
 from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder.wire import to_numpy
+from specbuilder_wire.arrays import to_numpy
 from specbuilder_server import RunningServer
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from server_helpers import wait_for
-from specbuilder.regions import SharedRegions
+from specbuilder_wire.regions import SharedRegions
 from specbuilder.spec import parse_spec
 from specbuilder.store import ModelStore
 from specbuilder_server.app import when_idle

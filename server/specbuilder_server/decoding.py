@@ -23,7 +23,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
 from specbuilder_wire.v1 import service_pb2
-from specbuilder.wireformat import cut_tensor_data
+from specbuilder_wire.message_bytes import cut_tensor_data
 from specbuilder_server.errors import ClientGone, RequestError, abort
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -43,7 +43,7 @@ class Received(Generic[M]):
     elements as a read-only view of the bytes gRPC handed over (None where they were not inline).
 
     Protobuf would copy them twice, parsing and on reading ``Tensor.data``
-    (``specbuilder.wireformat``); ``data`` is what ``specbuilder.wire.attached`` reads instead.
+    (``specbuilder_wire.message_bytes``); ``data`` is what ``specbuilder_wire.arrays.attached`` reads instead.
     """
 
     message: M

@@ -28,7 +28,7 @@ from specbuilder.datasets import DataError
 from specbuilder.errors import Problem, SpecError
 from specbuilder.store import BadCursor, ModelNotFound, NoWeights, QuotaExceeded, StoreUnavailable
 from specbuilder.training.config import ConfigError
-from specbuilder.wire import TensorDenied, TensorError
+from specbuilder_wire.arrays import TensorDenied, TensorError
 
 log = logging.getLogger("specbuilder_server")
 

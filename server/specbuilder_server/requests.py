@@ -22,7 +22,6 @@ from specbuilder.datasets import DATASETS, DataError, Dataset, from_arrays
 from specbuilder.devices import AMP_DTYPES
 from specbuilder.errors import Problem, SpecError, suggest
 from specbuilder.proto import decode_value, spec_from_proto
-from specbuilder.regions import RegionReader
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.model_store import MAX_PAGE
 from specbuilder.store.records import check_id, check_name
@@ -30,7 +29,8 @@ from specbuilder.training import ConfigError, TrainConfig, parse_config
 from specbuilder_wire.v1 import service_pb2, spec_pb2
 from specbuilder_client.results import status_name
 from specbuilder_server.errors import invalid, spec_problems
-from specbuilder_server.tensors import to_array
+from specbuilder_wire.arrays import copy_to_numpy
+from specbuilder_wire.regions import RegionReader
 
 DEFAULT_BINS = 64
 MIN_BINS, MAX_BINS = 2, 4096
@@ -181,8 +181,8 @@ def train_data(request: service_pb2.TrainRequest, *, regions: RegionReader | Non
     for part in ("x", "y"):
         if not arrays.HasField(part):
             raise invalid(f"arrays.{part}", "is required", "missing")
-    x = to_array(arrays.x, "arrays.x", regions=regions)
-    y = to_array(arrays.y, "arrays.y", regions=regions)
+    x = copy_to_numpy(arrays.x, "arrays.x", regions=regions)
+    y = copy_to_numpy(arrays.y, "arrays.y", regions=regions)
     try:
         return from_arrays(x, y), "arrays"
     except DataError as error:

@@ -24,17 +24,14 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 import grpc.aio
 
-from specbuilder import localsocket
 from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
-from specbuilder.regions import RegionReader, SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
 from specbuilder_wire.v1 import service_pb2, tensor_pb2
-from specbuilder.wire import to_proto
 from specbuilder_server import convert, requests
 from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
@@ -45,7 +42,10 @@ from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.metrics import Metrics
 from specbuilder_server.models import Models, Ready
 from specbuilder_server.pool import TrimmingPool
-from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
+from specbuilder_server.torch_tensors import check_output_size, with_batch, write_tensor
+from specbuilder_wire import localsocket
+from specbuilder_wire.arrays import to_proto
+from specbuilder_wire.regions import RegionReader, SharedRegions
 
 DEADLINE_SLACK = 0.25
 """A call that ends this close to its deadline ended by it: the client's own timer usually cancels it

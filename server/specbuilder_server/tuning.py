@@ -8,7 +8,7 @@ buffers in the heap, reused call after call. Settings given in ``MALLOC_MMAP_THR
 ``MALLOC_TRIM_THRESHOLD_`` are left alone. What the heaps keep after a burst of large calls is
 given back by ``malloc_trim`` once the server is idle (``pool.TrimmingPool``), and the heaps
 that keep it are few: one arena per CPU (``ARENAS``; ``MALLOC_ARENA_MAX`` is left alone). The C library
-is reached through ``specbuilder.heap``, which the client uses too.
+is reached through ``specbuilder_wire.heap``, which the client uses too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import ctypes
 import os
 from collections.abc import Callable
 
-from specbuilder.heap import MMAP_THRESHOLD_MAX, glibc, set_thresholds
+from specbuilder_wire.heap import MMAP_THRESHOLD_MAX, glibc, set_thresholds
 
 MMAP_THRESHOLD = MMAP_THRESHOLD_MAX
 """Allocations up to this size come from the heap, however large the messages get."""

@@ -21,7 +21,7 @@ from specbuilder.compiler import compile_spec
 from specbuilder.training import train
 from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
-from specbuilder.wire import to_numpy
+from specbuilder_wire.arrays import to_numpy
 from specbuilder_server import RunningServer
 
 COPIES = 4

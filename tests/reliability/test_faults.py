@@ -35,7 +35,7 @@ from stores import aws_env, stored_weights
 from specbuilder.proto import encode_value
 from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
-from specbuilder.wire import to_numpy, to_proto
+from specbuilder_wire.arrays import to_numpy, to_proto
 
 BIG: dict[str, Any] = {
     "name": "big",

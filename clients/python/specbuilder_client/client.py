@@ -19,10 +19,11 @@ import numpy.typing as npt
 from specbuilder.proto import config_to_proto, spec_from_proto
 from specbuilder.spec import ModelSpec
 from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
-from specbuilder.wire import to_numpy, to_proto
-from specbuilder.localsocket import METADATA_KEY
+from specbuilder_wire.arrays import to_numpy, to_proto
+from specbuilder_wire.heap import keep_large_buffers
+from specbuilder_wire.localsocket import METADATA_KEY
+from specbuilder_wire.message_bytes import serialize_with_tensor
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
-from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.local import LocalConnection
 from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, status_value
 from specbuilder_client.shm import SharedInputs
@@ -64,7 +65,8 @@ class Client:
     server on this host started with ``--shared-memory`` — and, unless ``local_socket=False``,
     send those calls over the Unix socket the server names, which skips gRPC's fixed cost
     (``local.py``; gRPC whenever the socket cannot be reached). Use it as a context manager, or
-    call ``close()``.
+    call ``close()``. Creating one fixes this process's malloc thresholds once
+    (``specbuilder_wire.heap.keep_large_buffers``), so that multi-megabyte requests reuse their buffers.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Client:
         authority: str | None = None,
         local_socket: bool = True,
     ) -> None:
+        keep_large_buffers()
         where = channel_target(target, load_balancing, authority)
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit), *where.options]
@@ -88,7 +91,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(where.target, options=options)
         self._stub = service_pb2_grpc.ModelServiceStub(self._channel)
-        # Evaluate and StreamEvaluate with requests already serialized, tensors copied once (framing.py)
+        # Evaluate and StreamEvaluate with requests already serialized, tensors copied once (serialize_with_tensor)
         self._evaluate_bytes = self._channel.unary_unary(
             f"{SERVICE_PATH}/Evaluate", request_serializer=None, response_deserializer=service_pb2.EvaluateResponse.FromString)
         self._stream_bytes = self._channel.stream_stream(
