@@ -10,9 +10,10 @@ import importlib
 from typing import Any
 
 from specbuilder.activations import ACTIVATIONS
-from specbuilder.errors import Problem, SpecError
+from specbuilder.errors import SpecError
 from specbuilder.layers import LAYERS
 from specbuilder.spec import ModelSpec, parse_spec
+from specbuilder_wire.results import Problem
 
 _LAZY = {
     "SpecBuilder": "specbuilder.builder",

@@ -77,7 +77,7 @@ def batch(array: Any) -> tensor_pb2.Tensor:
 
 def config_values(settings: dict[str, Any]) -> dict[str, Any]:
     """Training settings as ``TrainRequest.config`` values."""
-    from specbuilder.proto import encode_value
+    from specbuilder_wire.values import encode_value
 
     return {key: encode_value(value, key) for key, value in settings.items()}
 

@@ -32,7 +32,7 @@ from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
 from specbuilder_wire.v1 import service_pb2, tensor_pb2
-from specbuilder_server import convert, requests
+from specbuilder_server import requests, responses
 from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.decoding import Incoming, Received
@@ -203,7 +203,7 @@ class ModelServicer:
         response = service_pb2.EvaluateResponse()
         stats, seconds = await self._compute(flops, budget, self._one_pass, ready, options, request.input, received.data,
                                              response.output, regions, budget)
-        response.stats.extend(convert.stats_list(stats))
+        response.stats.extend(layer.to_proto() for layer in stats)
         response.compute_seconds = seconds
         return response
 
@@ -252,7 +252,7 @@ class ModelServicer:
         spec = requests.spec_of(request.spec, "spec", self._config.max_params)
         self._models.compiled(spec, style)
         return service_pb2.CompileSpecResponse(
-            spec_hash=spec.spec_hash(), layers=[convert.layer_summary(node) for node in spec.nodes],
+            spec_hash=spec.spec_hash(), layers=[responses.layer_summary(node) for node in spec.nodes],
             output_shape=spec.output_shape, num_params=spec.num_params,
             code=generate_code(spec, style) if request.include_code else "", summary=spec.summary(),
         )
@@ -286,7 +286,7 @@ class ModelServicer:
                     await self._stream_batch(context, run, received, index)
                     del received  # the batch's bytes go now, not after the next batch has arrived
                     index += 1
-                stats = convert.stats_list(await lane.run(run.stats))
+                stats = [layer.to_proto() for layer in await lane.run(run.stats)]
             finally:
                 await lane.run(run.__exit__, None, None, None)
             await self._send(context, service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
@@ -316,12 +316,12 @@ class ModelServicer:
             job = self._jobs.start(spec, data, config, requests.run_name(request.name, spec))
             try:
                 async for burst in job.bursts(EVENT_INTERVAL):
-                    for message in convert.train_messages(job.run_id, burst):
+                    for message in responses.train_messages(job.run_id, burst):
                         await self._send(context, message)
             except DataError as error:
                 raise invalid(data_field, str(error), "data") from None
             except RunFailed as failure:  # recorded failed in the store: the stream ends normally, saying why
-                await self._send(context, convert.failed_event(job.run_id, failure.reason, failure.steps))
+                await self._send(context, responses.failed_event(job.run_id, failure.reason, failure.steps))
             except BaseException as error:  # the call ended before the run: the run ends too
                 remaining = context.time_remaining()
                 job.cancel(str(error) if isinstance(error, RequestError) else
@@ -341,11 +341,11 @@ class ModelServicer:
     async def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListModelsResponse:
         page = await self.blocking(self._store.page, requests.status_filter(request.status), limit=requests.page_size(request.page_size),
                                    after=request.page_token or None)
-        return service_pb2.ListModelsResponse(models=[convert.model_summary(s) for s in page.records], next_page_token=page.next or "")
+        return service_pb2.ListModelsResponse(models=[responses.model_summary(s) for s in page.records], next_page_token=page.next or "")
 
     @handled
     async def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelRecord:
-        return convert.model_record(await self.blocking(self._store.get, requests.model_id(request.model_id)))
+        return responses.model_record(await self.blocking(self._store.get, requests.model_id(request.model_id)))
 
     @handled
     async def DeleteModel(self, request: service_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.DeleteModelResponse:
@@ -361,4 +361,4 @@ class ModelServicer:
 
     @handled
     async def ListActivations(self, request: service_pb2.ListActivationsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListActivationsResponse:
-        return await self.blocking(convert.activations)
+        return await self.blocking(responses.activations)

@@ -16,16 +16,18 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from specbuilder.proto import config_to_proto, spec_from_proto
+from specbuilder.proto import spec_from_proto
 from specbuilder.spec import ModelSpec
 from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
 from specbuilder_wire.arrays import to_numpy, to_proto
 from specbuilder_wire.heap import keep_large_buffers
 from specbuilder_wire.localsocket import METADATA_KEY
 from specbuilder_wire.message_bytes import serialize_with_tensor
+from specbuilder_wire.results import status_value
+from specbuilder_wire.values import config_to_proto
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.local import LocalConnection
-from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, status_value
+from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
 from specbuilder_client.streaming import StreamRequests, StreamResult
