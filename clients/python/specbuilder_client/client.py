@@ -16,8 +16,6 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from specbuilder.proto import spec_from_proto
-from specbuilder.spec import ModelSpec
 from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
 from specbuilder_wire.arrays import to_numpy, to_proto
 from specbuilder_wire.heap import keep_large_buffers
@@ -27,7 +25,7 @@ from specbuilder_wire.results import status_value
 from specbuilder_wire.values import config_to_proto
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.local import LocalConnection
-from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats
+from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, spec_dict
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
 from specbuilder_client.streaming import StreamRequests, StreamResult
@@ -303,11 +301,12 @@ class Client:
         """Delete a stored model or finished run."""
         self._call(self._stub.DeleteModel, service_pb2.DeleteModelRequest(model_id=model_id), timeout)
 
-    def export_model(self, model_id: str, *, timeout: float | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
-        """A stored model's spec and its state_dict as writable numpy arrays (for ``torch.from_numpy``)."""
+    def export_model(self, model_id: str, *, timeout: float | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A stored model's spec (its JSON form as a dict: ``ModelSpec.model_validate(spec)``) and its
+        state_dict as writable numpy arrays (for ``torch.from_numpy``)."""
         response = self._call(self._stub.ExportModel, service_pb2.ExportModelRequest(model_id=model_id), timeout)
         weights = {name: np.array(to_numpy(tensor, f"weights[{name!r}]")) for name, tensor in sorted(response.weights.items())}
-        return spec_from_proto(response.spec, max_params=None), weights
+        return spec_dict(response.spec), weights
 
     def activations(self, *, timeout: float | None = None) -> list[ActivationInfo]:
         """The server's activation registry: names, parameters, ranges, formulas, flat regions."""

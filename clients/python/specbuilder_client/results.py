@@ -1,9 +1,11 @@
 """What the client's calls return: plain pydantic objects with numpy arrays, built from the messages.
 
 Conversions live here, each next to its type, so the ``Client`` only sends and receives.
-Timestamps become timezone-aware datetimes, ``Value`` maps become Python values, specs become
-``ModelSpec``. Statistics and epochs are the types the core reports too
-(``specbuilder_wire.results``), so a remote result reads as a local one.
+Timestamps become timezone-aware datetimes, ``Value`` maps become Python values. A spec the server
+sends back becomes its JSON form as a dict, every parameter spelled out: the client needs no torch
+and no spec language, and ``specbuilder.ModelSpec.model_validate(record.spec)`` makes it a
+``ModelSpec`` where specbuilder is installed. Statistics and epochs are the types the core
+reports too (``specbuilder_wire.results``), so a remote result reads as a local one.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from specbuilder.proto import spec_from_proto
-from specbuilder.spec import ModelSpec
-from specbuilder_wire.v1 import service_pb2
 from specbuilder_client.errors import Violation
 from specbuilder_wire.results import EpochMetrics, LayerStats, status_name
-from specbuilder_wire.values import config_from_proto, decode_value
+from specbuilder_wire.v1 import service_pb2, spec_pb2
+from specbuilder_wire.values import config_from_proto, decode_value, spec_to_dict
 
 
 class Result(BaseModel):
@@ -28,9 +28,9 @@ class Result(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
 
-def _spec(message: Any) -> ModelSpec:
-    """A spec the server sent; the server already validated it, so no parameter limit applies here."""
-    return spec_from_proto(message, max_params=None)
+def spec_dict(message: spec_pb2.ModelSpec) -> dict[str, Any]:
+    """A spec the server sent, as the dict of its JSON form (the server validated it: it has no problems to report)."""
+    return spec_to_dict(message)[0]
 
 
 def layer_stats(messages: Any) -> list[LayerStats]:
@@ -43,7 +43,7 @@ class Validation(Result):
 
     valid: bool
     problems: list[Violation]
-    spec: ModelSpec | None = Field(description="the spec with every parameter spelled out, when valid")
+    spec: dict[str, Any] | None = Field(description="the spec's JSON form with every parameter spelled out, when valid")
     spec_hash: str
     num_params: int
     output_shape: tuple[int, ...]
@@ -56,7 +56,7 @@ class Validation(Result):
         return cls(
             valid=message.valid,
             problems=[Violation(v.path, v.message, v.type) for v in message.violations],
-            spec=_spec(message.spec) if message.valid else None,
+            spec=spec_dict(message.spec) if message.valid else None,
             spec_hash=message.spec_hash,
             num_params=message.num_params,
             output_shape=tuple(message.output_shape),
@@ -154,7 +154,7 @@ class ModelSummary(Result):
 class ModelRecord(ModelSummary):
     """A stored model or training run in full (``get_model``)."""
 
-    spec: ModelSpec
+    spec: dict[str, Any] = Field(description="the spec's JSON form with every parameter spelled out")
     config: dict[str, Any] = Field(description="the training configuration by TrainConfig's field names; train(**config) repeats it")
     history: list[EpochMetrics]
     stats: list[LayerStats]
@@ -162,7 +162,7 @@ class ModelRecord(ModelSummary):
     @classmethod
     def from_proto(cls, message: service_pb2.ModelRecord) -> ModelRecord:
         return cls(
-            **cls._summary_fields(message), spec=_spec(message.spec), config=config_from_proto(message.config),
+            **cls._summary_fields(message), spec=spec_dict(message.spec), config=config_from_proto(message.config),
             history=[EpochMetrics.from_proto(m) for m in message.history], stats=layer_stats(message.stats),
         )
 
@@ -202,5 +202,5 @@ class ActivationInfo(Result):
 
 __all__ = [
     "ActivationInfo", "Compiled", "EvalResult", "LayerSummary", "ModelRecord", "ModelSummary", "ParameterInfo", "Result",
-    "StreamSummary", "Validation", "layer_stats",
+    "StreamSummary", "Validation", "layer_stats", "spec_dict",
 ]
