@@ -1,7 +1,7 @@
 """specbuilder: neural networks as data, compiled to real torch modules, trained and measured.
 
-Validation (``ModelSpec``, ``parse_spec``, ``SpecBuilder``) never imports torch, so light
-consumers such as the gRPC client stay light; the torch-backed names load on first use.
+Validation (``ModelSpec``, ``parse_spec``, ``SpecBuilder``) and ``LayerStats`` never import torch,
+so light consumers stay light; the torch-backed names load on first use.
 """
 
 from __future__ import annotations

@@ -43,9 +43,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from specbuilder_wire.v1 import service_pb2, service_pb2_grpc, tensor_pb2
-from specbuilder_wire.arrays import to_proto
 from specbuilder_server import RunningServer, ServerConfig, start_server
+from specbuilder_wire.arrays import to_proto
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc, tensor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SPIRALS: dict[str, Any] = {

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from specbuilder.spec import parse_spec
-from specbuilder_wire.v1 import tensor_pb2
 from specbuilder_client.shm import MIN_REGION_BYTES, SharedInputs
 from specbuilder_client.specs import model_fields, spec_source
 from specbuilder_wire.arrays import WIRE_TYPES, wire_dtype
 from specbuilder_wire.regions import SHARED_MEMORY_NAME
+from specbuilder_wire.v1 import tensor_pb2
 
 SPEC = {"name": "tiny", "input_shape": [4], "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}]}
 

@@ -15,8 +15,8 @@ from specbuilder_server import responses
 
 from specbuilder.spec import parse_spec
 from specbuilder.training import TrainConfig, train_events
-from specbuilder_wire.v1 import service_pb2
 from specbuilder_client import EpochEvent, StatsEvent, TrainFinished, TrainRun, TrainStarted
+from specbuilder_wire.v1 import service_pb2
 
 SPEC = parse_spec({"name": "tiny", "input_shape": [2], "layers": [{"type": "linear", "out_features": 8, "activation": "tanh"}, {"type": "linear", "out_features": 2}]})
 RUN_ID = "a" * 32

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server_helpers import SPIRALS, batch, certificate, connect, open_channel, rpc_error, server_process, serving, spec_source, train_request  # noqa: F401 - fixture
-from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
+from specbuilder_wire.v1 import service_pb2 as pb
 
 
 TOKEN = "s3cret-token"

@@ -22,9 +22,9 @@ import grpc.aio
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
-from specbuilder_wire.v1 import service_pb2
-from specbuilder_wire.message_bytes import cut_tensor_data
 from specbuilder_server.errors import ClientGone, RequestError, abort
+from specbuilder_wire.message_bytes import cut_tensor_data
+from specbuilder_wire.v1 import service_pb2
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}

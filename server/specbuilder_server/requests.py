@@ -24,11 +24,11 @@ from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.model_store import MAX_PAGE
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
-from specbuilder_wire.v1 import service_pb2, spec_pb2
 from specbuilder_server.errors import invalid, spec_problems
 from specbuilder_wire.arrays import copy_to_numpy
 from specbuilder_wire.regions import RegionReader
 from specbuilder_wire.results import status_name
+from specbuilder_wire.v1 import service_pb2, spec_pb2
 from specbuilder_wire.values import UnreadableValue, config_from_proto
 
 DEFAULT_BINS = 64

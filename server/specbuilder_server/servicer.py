@@ -31,7 +31,6 @@ from specbuilder.proto import spec_to_proto
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
-from specbuilder_wire.v1 import service_pb2, tensor_pb2
 from specbuilder_server import requests, responses
 from specbuilder_server.compute import Lanes
 from specbuilder_server.config import ServerConfig
@@ -46,6 +45,7 @@ from specbuilder_server.torch_tensors import check_output_size, with_batch, writ
 from specbuilder_wire import localsocket
 from specbuilder_wire.arrays import to_proto
 from specbuilder_wire.regions import RegionReader, SharedRegions
+from specbuilder_wire.v1 import service_pb2, tensor_pb2
 
 DEADLINE_SLACK = 0.25
 """A call that ends this close to its deadline ended by it: the client's own timer usually cancels it

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from server_helpers import ROOT, batch, connect, open_channel, serving, train_request
-from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
+from specbuilder_wire.v1 import service_pb2 as pb
 
 TOKEN = "reliability-token"
 SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]

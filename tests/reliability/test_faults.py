@@ -32,10 +32,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import pytest
 from server_helpers import ENDLESS, ServerProcess, batch, connect, open_channel, server_process, serving, spec_source, train_request, wait_for
 from stores import aws_env, stored_weights
-from specbuilder_wire.values import encode_value
+from specbuilder_wire.arrays import to_numpy, to_proto
 from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
-from specbuilder_wire.arrays import to_numpy, to_proto
+from specbuilder_wire.values import encode_value
 
 BIG: dict[str, Any] = {
     "name": "big",

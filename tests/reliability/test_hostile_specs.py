@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 from server_helpers import SPIRALS, ServerProcess, answer, batch, config_values, connect, open_channel, spec_source
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, KINDS, MAX_LAYERS, parse_spec
+from specbuilder_server.errors import MAX_MESSAGE_BYTES
 from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_wire.v1 import spec_pb2
 from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder_server.errors import MAX_MESSAGE_BYTES
 
 DEADLINE = 60.0
 """Seconds any one call may take: far more than an answer needs on a busy machine, far less than a hang."""

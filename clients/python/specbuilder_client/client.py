@@ -16,13 +16,6 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
-from specbuilder_wire.arrays import to_numpy, to_proto
-from specbuilder_wire.heap import keep_large_buffers
-from specbuilder_wire.localsocket import METADATA_KEY
-from specbuilder_wire.message_bytes import serialize_with_tensor
-from specbuilder_wire.results import status_value
-from specbuilder_wire.values import config_to_proto
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.local import LocalConnection
 from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, spec_dict
@@ -31,6 +24,13 @@ from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_sour
 from specbuilder_client.streaming import StreamRequests, StreamResult
 from specbuilder_client.targets import channel_target
 from specbuilder_client.training import TrainRun
+from specbuilder_wire.arrays import to_numpy, to_proto
+from specbuilder_wire.heap import keep_large_buffers
+from specbuilder_wire.localsocket import METADATA_KEY
+from specbuilder_wire.message_bytes import serialize_with_tensor
+from specbuilder_wire.results import status_value
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
+from specbuilder_wire.values import config_to_proto
 
 Response = TypeVar("Response")
 SERVICE_PATH = f"/{service_pb2.DESCRIPTOR.services_by_name['ModelService'].full_name}"
@@ -65,7 +65,7 @@ class Client:
     server on this host started with ``--shared-memory`` — and, unless ``local_socket=False``,
     send those calls over the Unix socket the server names, which skips gRPC's fixed cost
     (``local.py``; gRPC whenever the socket cannot be reached). Use it as a context manager, or
-    call ``close()``. Creating one fixes this process's malloc thresholds once
+    call ``close()``. The first batch sent inline fixes this process's malloc thresholds
     (``specbuilder_wire.heap.keep_large_buffers``), so that multi-megabyte requests reuse their buffers.
     """
 
@@ -81,7 +81,6 @@ class Client:
         authority: str | None = None,
         local_socket: bool = True,
     ) -> None:
-        keep_large_buffers()
         where = channel_target(target, load_balancing, authority)
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit), *where.options]
@@ -160,6 +159,7 @@ class Client:
                 request.input.CopyFrom(tensor)
                 response = self._evaluate_shared(request, timeout)
         else:
+            keep_large_buffers()
             response = self._call(self._evaluate_bytes, serialize_with_tensor(request, "input", x), timeout)
         outputs = to_numpy(response.output, "output") if response.HasField("output") else None
         return EvalResult(outputs=outputs, stats=layer_stats(response.stats), compute_seconds=response.compute_seconds)
@@ -265,7 +265,7 @@ class Client:
         ``config`` takes TrainConfig's fields (epochs, batch_size, lr, optimizer, loss, seed, ...);
         a choice with parameters is a dict (``optimizer={"type": "sgd", "momentum": 0.9}``).
         The server checks them. Iterate the returned run for events, or call ``.result()``;
-        ``progress=True`` shows a progress bar. ``timeout`` bounds the whole run.
+        ``progress=True`` shows a progress bar (it needs tqdm: ``specbuilder-client[progress]``). ``timeout`` bounds the whole run.
         """
         request = service_pb2.TrainRequest(
             spec=spec_source(spec), name=name or "",
