@@ -41,7 +41,7 @@ WIRE_TYPES: dict[int, WireType] = {
     DType.DTYPE_BOOL: WireType("bool", np.dtype("?"), 1),
 }
 """Every dtype the wire carries, by enum value."""
-_BY_KIND = {(wire.numpy.kind, wire.itemsize): code for code, wire in WIRE_TYPES.items() if wire.numpy is not None}
+_BY_KIND = {(wire.numpy.kind, wire.itemsize): (code, wire.numpy) for code, wire in WIRE_TYPES.items() if wire.numpy is not None}
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**60
 """Sizes (zeros aside) may multiply to at most this: any more, in 8-byte elements, overflows the 64-bit byte counts numpy and torch use."""
@@ -62,11 +62,11 @@ class TensorDenied(TensorError):
 
 def wire_dtype(array: np.ndarray) -> tuple[int, np.dtype]:
     """The wire dtype code of an array's dtype and the little-endian numpy dtype it travels as; a TypeError if none fits."""
-    code = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
-    if code is None:
+    found = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if found is None:
         names = ", ".join(w.name for w in WIRE_TYPES.values() if w.numpy is not None)
         raise TypeError(f"arrays of dtype {array.dtype} cannot travel; use one of {names}")
-    return code, WIRE_TYPES[code].numpy
+    return found
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
