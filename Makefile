@@ -7,9 +7,10 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check -c requirements/const
 
 .PHONY: demo test soak proto proto-release bench clean
 
-$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
+	$(PIP) -e ./clients/python
 	$(PIP) -e '.[dev]'
 	touch $@
 
@@ -27,8 +28,8 @@ soak: $(VENV)/.installed  ## the reliability suite in its long mode, with its ta
 	$(PY) -m pytest -q tests/reliability --soak --reliability-report out/reliability
 	$(PY) tests/reliability/report.py out/reliability
 
-proto: $(VENV)/.installed  ## regenerate Python code from protos/
-	$(PY) -m specbuilder.protogen
+proto: $(VENV)/.installed  ## regenerate the wire package's Python code (clients/python/specbuilder_wire/v1) from protos/
+	$(PY) tools/protogen.py
 
 proto-release: $(BUF)  ## record protos/ as released: from then on `make test` refuses breaking changes to them
 	$(BUF) build --exclude-source-info -o protos/released/v1.json
@@ -37,4 +38,4 @@ bench: $(VENV)/.installed  ## print the benchmark tables (README figures)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache
+	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache clients/python/build clients/python/*.egg-info

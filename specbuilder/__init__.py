@@ -1,16 +1,17 @@
 """specbuilder: neural networks as data, compiled to real torch modules, trained and measured.
 
-Validation (``ModelSpec``, ``parse_spec``, ``SpecBuilder``) never imports torch, so light
-consumers such as the gRPC client stay light; the torch-backed names load on first use.
+Validation (``ModelSpec``, ``parse_spec``, ``SpecBuilder``) and ``LayerStats`` never import torch,
+so light consumers stay light; the torch-backed names load on first use.
 """
 
 from __future__ import annotations
 
 from specbuilder.activations import ACTIVATIONS
-from specbuilder.errors import Problem, SpecError
+from specbuilder.errors import SpecError
 from specbuilder.layers import LAYERS
 from specbuilder.lazy import lazy_getattr
 from specbuilder.spec import ModelSpec, parse_spec
+from specbuilder_wire.results import Problem
 
 _LAZY = {
     "SpecBuilder": "specbuilder.builder",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import reprlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from specbuilder_wire.results import Problem
 
 Loc = tuple[int | str, ...]
 
@@ -33,18 +34,6 @@ MAX_TEXT = 1000
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text):,} characters)"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec, at one path."""
-
-    path: str
-    message: str
-    type: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class SpecError(ValueError):

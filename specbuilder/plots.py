@@ -3,9 +3,8 @@ and an atlas of every registry activation with its derivative.
 
 Every plotting function takes data and returns a matplotlib ``Figure``; ``save`` writes it as a
 PNG. Figures are built without pyplot and drawn by the Agg canvas, so plotting needs no display
-and touches no global matplotlib state (safe in a server, a test or a notebook). Statistics may
-be the core's ``LayerStats`` or the client's (they share field names), so a remote run plots
-like a local one.
+and touches no global matplotlib state (safe in a server, a test or a notebook). Statistics are
+``LayerStats``, which the client hands out too, so a remote run plots like a local one.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure, FigureBase
 
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.kinds import ActivationKind
+from specbuilder_wire.results import LayerStats
 
 PANEL = (2.6, 2.0)
 """Width and height, in inches, of one small panel."""
@@ -35,25 +35,7 @@ ATLAS_Y_LIMIT = 4.0
 FLAT_SHADE = "0.88"
 
 
-class HistogramLike(Protocol):
-    """Fixed-edge histogram: ``len(edges) == len(counts) + 1``."""
-
-    edges: Sequence[float]
-    counts: Sequence[int]
-
-
-class StatsLike(Protocol):
-    """What the plots read from one layer's statistics (core or client ``LayerStats``)."""
-
-    name: str
-    kind: str
-    dead_fraction: float
-    saturated_fraction: float
-    zero_fraction: float
-    histogram: HistogramLike | None
-
-
-Window = tuple[int, Sequence[StatsLike]]
+Window = tuple[int, Sequence[LayerStats]]
 """One statistics window of a training run: the step it was taken at and its layers."""
 
 
@@ -73,18 +55,17 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _draw_histogram(ax: Any, layer: StatsLike) -> None:
+def _draw_histogram(ax: Any, layer: LayerStats) -> None:
     """One layer's histogram, cropped to its populated bins; log-spaced bins on a symlog axis."""
     ax.set_title(f"{layer.name} ({layer.kind})", fontsize=9)
     ax.tick_params(labelsize=7)
     histogram = layer.histogram
-    counts = np.asarray(histogram.counts if histogram is not None else [], dtype=np.float64)
+    counts = np.asarray(histogram.counts, dtype=np.float64)
     if not counts.size or counts.sum() == 0:
         ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         return
-    assert histogram is not None
     edges = np.asarray(histogram.edges, dtype=np.float64)
     populated = np.flatnonzero(counts)
     first, last = populated[0], populated[-1] + 1
@@ -104,7 +85,7 @@ def _draw_histogram(ax: Any, layer: StatsLike) -> None:
     )
 
 
-def _draw_histograms(target: FigureBase, stats: Sequence[StatsLike], columns: int = 4) -> None:
+def _draw_histograms(target: FigureBase, stats: Sequence[LayerStats], columns: int = 4) -> None:
     rows, cols = _grid(len(stats), columns)
     axes = target.subplots(rows, cols, squeeze=False).ravel()
     for ax, layer in zip(axes, stats):
@@ -140,7 +121,7 @@ def _draw_fractions(target: FigureBase, windows: Sequence[Window]) -> None:
     target.suptitle("dead and saturated over training", fontsize=10)
 
 
-def histograms(stats: Sequence[StatsLike], columns: int = 4) -> Figure:
+def histograms(stats: Sequence[LayerStats], columns: int = 4) -> Figure:
     """One panel per layer: its activation histogram, with dead, saturated and zero fractions."""
     rows, cols = _grid(len(stats), columns)
     figure = _new_figure(cols * PANEL[0], rows * PANEL[1] + 0.4)
@@ -155,7 +136,7 @@ def fractions(windows: Sequence[Window]) -> Figure:
     return figure
 
 
-def training(stats: Sequence[StatsLike], windows: Sequence[Window], columns: int = 4) -> Figure:
+def training(stats: Sequence[LayerStats], windows: Sequence[Window], columns: int = 4) -> Figure:
     """``histograms(stats)`` above ``fractions(windows)``: what ``specbuilder train --plot`` writes."""
     rows, cols = _grid(len(stats), columns)
     hist_height, fraction_height = rows * PANEL[1] + 0.4, PANEL[1] * 1.5
@@ -261,6 +242,6 @@ def save(figure: Figure, path: str | Path) -> Path:
 
 
 __all__ = [
-    "Curve", "HistogramLike", "StatsLike", "Window", "atlas", "atlas_curves", "atlas_params", "curve", "fractions",
+    "Curve", "Window", "atlas", "atlas_curves", "atlas_params", "curve", "fractions",
     "histograms", "save", "training",
 ]

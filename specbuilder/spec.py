@@ -35,10 +35,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from specbuilder.activations import ACTIVATIONS
-from specbuilder.errors import Loc, Problem, SpecError, format_path, friendly, reraise, suggest
+from specbuilder.errors import Loc, SpecError, format_path, friendly, reraise, suggest
 from specbuilder.kinds import ActivationKind, LayerError, LayerKind, Shape
 from specbuilder.layers import LAYERS, MAX_SIZE, PositiveInt
 from specbuilder.registry import EntrySpec, Strict, entry_model, one_of, shorthand
+from specbuilder_wire.results import Problem
 
 DEFAULT_MAX_PARAMS = 100_000_000
 """Specs with more parameters are refused unless ``max_params`` says otherwise."""

@@ -35,7 +35,7 @@ from stores import BACKENDS, Postgres, S3Server, aws_env, backend_urls
 
 if TYPE_CHECKING:  # imported where used: the store and the server import torch
     from specbuilder.store import ModelStore
-    from specbuilder.v1.service_pb2_grpc import ModelServiceStub
+    from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
     from specbuilder_server import RunningServer
 
 settings.register_profile("short", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -42,9 +42,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from specbuilder.demo.server import ServerProcess, serve_subprocess
-from specbuilder.v1 import service_pb2, service_pb2_grpc, tensor_pb2
-from specbuilder.wire import to_proto
 from specbuilder_server import RunningServer, ServerConfig, start_server
+from specbuilder_wire.arrays import to_proto
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc, tensor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SPIRALS: dict[str, Any] = {
@@ -76,7 +76,7 @@ def batch(array: Any) -> tensor_pb2.Tensor:
 
 def config_values(settings: dict[str, Any]) -> dict[str, Any]:
     """Training settings as ``TrainRequest.config`` values."""
-    from specbuilder.proto import encode_value
+    from specbuilder_wire.values import encode_value
 
     return {key: encode_value(value, key) for key, value in settings.items()}
 

@@ -21,9 +21,9 @@ from specbuilder.devices import AMP_DTYPES, amp_dtype, to_device
 from specbuilder.stats import ActivationMonitor, native
 from specbuilder.stats import monitor as monitor_module
 from specbuilder.training import ConfigError, StatsEvent, parse_config, train, train_events
-from specbuilder.v1 import service_pb2
 from specbuilder_client import Client, InvalidArgument
 from specbuilder_server import RunningServer
+from specbuilder_wire.v1 import service_pb2
 
 AMPS = tuple(AMP_DTYPES)
 NEEDS_COMPILER = pytest.mark.skipif(native.compiler() is None, reason="no native kernel here")

@@ -10,6 +10,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from server_helpers import QUICK, SPIRALS, wait_for
 from specbuilder import compile_spec
-from specbuilder.spec import parse_spec
+from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder_client import (
     Cancelled,
     Client,
@@ -54,12 +55,15 @@ def trained(client: Client) -> TrainResult:
     return client.train(SPIRALS, "spirals", name="client-quick", stats_every=5, optimizer={"type": "sgd", "momentum": 0.9}, **QUICK).result()
 
 
-def test_validate_answers_with_the_facts_or_every_problem_at_its_path(client: Client) -> None:
+def test_validate_answers_with_the_facts_or_every_problem_at_its_path(client: Client, tmp_path: Path) -> None:
     spec = parse_spec(SPIRALS)
-    for given in (SPIRALS, json.dumps(SPIRALS), spec):
+    (tmp_path / "spec.json").write_text(json.dumps(SPIRALS))
+    for given in (SPIRALS, json.dumps(SPIRALS), spec, tmp_path / "spec.json"):
         valid = client.validate(given)
         assert valid and valid.problems == []
-        assert (valid.spec, valid.spec_hash, valid.num_params, valid.output_shape) == (spec, spec.spec_hash(), spec.num_params, (2,))
+        assert (valid.spec_hash, valid.num_params, valid.output_shape) == (spec.spec_hash(), spec.num_params, (2,))
+        assert valid.spec is not None and ModelSpec.model_validate(valid.spec) == spec
+        assert valid.spec["layers"][0]["bias"] is True  # every parameter spelled out
     invalid = client.validate(BAD_SLOPE)
     assert not invalid and invalid.spec is None
     assert [(p.path, p.type) for p in invalid.problems] == [("layers[2].negative_slope", "greater_than_equal")]
@@ -93,7 +97,7 @@ def test_a_training_run_streams_events_and_ends_in_a_stored_model(client: Client
     assert [m.epoch for m in trained.history] == [1, 2] and trained.stats
     record = client.get_model(trained.model_id)
     assert (record.id, record.name, record.status, record.has_weights, record.dataset) == (trained.model_id, "client-quick", "completed", True, "spirals")
-    assert record.spec == parse_spec(SPIRALS) and record.history == trained.history
+    assert ModelSpec.model_validate(record.spec) == parse_spec(SPIRALS) and record.history == trained.history
     assert record.config["epochs"] == 2 and record.config["optimizer"]["type"] == "sgd" and record.config["optimizer"]["momentum"] == 0.9
     assert isinstance(record.created, datetime) and record.created.tzinfo == timezone.utc and record.updated >= record.created
     assert trained.model_id in [m.id for m in client.list_models(status="completed")]
@@ -122,8 +126,8 @@ def test_training_on_arrays(client: Client) -> None:
 
 def test_exported_weights_give_the_server_outputs_in_local_torch(client: Client, trained: TrainResult) -> None:
     spec, weights = client.export_model(trained.model_id)
-    assert spec == parse_spec(SPIRALS)
-    model = compile_spec(spec, device="cpu", init=False)
+    assert ModelSpec.model_validate(spec) == parse_spec(SPIRALS)
+    model = compile_spec(ModelSpec.model_validate(spec), device="cpu", init=False)
     model.load_state_dict({name: torch.from_numpy(array) for name, array in weights.items()})
     with torch.inference_mode():
         local = model(torch.from_numpy(X)).numpy()

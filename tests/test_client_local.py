@@ -8,35 +8,48 @@ from __future__ import annotations
 
 import json
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from specbuilder.proto import spec_from_proto
 from specbuilder.spec import parse_spec
-from specbuilder.v1 import tensor_pb2
-from specbuilder.wire import SHARED_MEMORY_NAME, WIRE_TYPES
-from specbuilder_client.shm import MIN_REGION_BYTES, SharedInputs, wire_dtype
+from specbuilder_client.shm import MIN_REGION_BYTES, SharedInputs
 from specbuilder_client.specs import model_fields, spec_source
+from specbuilder_wire.arrays import WIRE_TYPES, wire_dtype
+from specbuilder_wire.regions import SHARED_MEMORY_NAME
+from specbuilder_wire.v1 import tensor_pb2
 
 SPEC = {"name": "tiny", "input_shape": [4], "layers": [{"type": "linear", "out_features": 3, "activation": "relu"}]}
 
 
-def test_a_model_spec_travels_as_a_message_and_comes_back_equal() -> None:
+def test_a_model_spec_travels_as_its_json_and_comes_back_equal() -> None:
     spec = parse_spec(SPEC)
     source = spec_source(spec)
-    assert source.WhichOneof("source") == "spec"
-    assert spec_from_proto(source.spec) == spec
+    assert source.WhichOneof("source") == "json"
+    assert parse_spec(source.json) == spec
 
 
-def test_dicts_and_json_text_travel_as_json_for_the_server_to_judge() -> None:
+def test_any_model_with_a_json_dump_travels_as_that_json() -> None:
+    class Dumps:
+        def model_dump(self, *, mode: str) -> dict[str, object]:
+            assert mode == "json"
+            return SPEC
+
+    assert json.loads(spec_source(Dumps()).json) == SPEC
+
+
+def test_dicts_json_text_and_files_travel_as_json_for_the_server_to_judge(tmp_path: Path) -> None:
     bad = {**SPEC, "layers": [{"type": "leaky_relu", "negative_slope": -1}]}
     assert json.loads(spec_source(bad).json) == bad  # not validated here: the server names the problems
     assert spec_source(json.dumps(SPEC)).json == json.dumps(SPEC)
+    (tmp_path / "bad.json").write_text("{not json")
+    assert spec_source(tmp_path / "bad.json").json == "{not json"
+    assert model_fields(tmp_path / "bad.json")["spec"].json == "{not json"
 
 
 def test_a_spec_of_another_type_is_refused_with_what_is_accepted() -> None:
-    with pytest.raises(TypeError, match="a spec must be a ModelSpec, a dict or JSON text, got list"):
+    with pytest.raises(TypeError, match="a spec must be a ModelSpec, a dict, JSON text or a path, got list"):
         spec_source([1, 2])
     with pytest.raises(TypeError, match="JSON values only"):
         spec_source({**SPEC, "input_shape": np.array([4])})

@@ -1,6 +1,6 @@
 """``TrainRun`` reads a Train stream the same whether it is iterated or only asked for its result.
 
-The stream here is what the server sends for a real run (``convert.train_messages`` over the
+The stream here is what the server sends for a real run (``responses.train_messages`` over the
 events of ``train_events``), handed to ``TrainRun`` as its call: the client's reading is tested
 on its own, without a server between.
 """
@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from specbuilder_server import convert
+from specbuilder_server import responses
 
 from specbuilder.spec import parse_spec
 from specbuilder.training import TrainConfig, train_events
-from specbuilder.v1 import service_pb2
 from specbuilder_client import EpochEvent, StatsEvent, TrainFinished, TrainRun, TrainStarted
+from specbuilder_wire.v1 import service_pb2
 
 SPEC = parse_spec({"name": "tiny", "input_shape": [2], "layers": [{"type": "linear", "out_features": 8, "activation": "tanh"}, {"type": "linear", "out_features": 2}]})
 RUN_ID = "a" * 32
@@ -50,7 +50,7 @@ def messages() -> list[service_pb2.TrainEvent]:
     events = list(train_events(SPEC, "spirals", TrainConfig(epochs=4, device="cpu", stats_every=3)))
     middle = events[1:-1]
     thirds = [middle[: len(middle) // 3], middle[len(middle) // 3 : 2 * len(middle) // 3], middle[2 * len(middle) // 3 :]]
-    return [message for burst in ([events[0]], *thirds, [events[-1]]) for message in convert.train_messages(RUN_ID, burst)]
+    return [message for burst in ([events[0]], *thirds, [events[-1]]) for message in responses.train_messages(RUN_ID, burst)]
 
 
 def test_the_result_is_the_same_read_event_by_event_or_not_at_all(messages: list[service_pb2.TrainEvent]) -> None:

@@ -10,7 +10,7 @@ from specbuilder.cli import main
 from specbuilder.demo.experiment import ACTIVATIONS, hidden_fractions, tutorial_spec
 from specbuilder.demo.server import ServerProcessError, serve_subprocess
 from specbuilder.spec import parse_spec
-from specbuilder_client import LayerStats
+from specbuilder_client import Histogram, LayerStats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,8 @@ def test_every_tutorial_network_is_valid(label: str, activation: dict[str, objec
 def test_hidden_fractions_weigh_layers_by_their_elements() -> None:
     def layer(count: int, dead: float, saturated: float) -> LayerStats:
         return LayerStats(index=0, name="a", kind="relu", count=count, mean=0, std=0, min=0, max=0, nan_count=0, inf_count=0,
-                          zero_fraction=0, saturated_fraction=saturated, dead_fraction=dead, units=4, histogram=None, grad_norm=None,
+                          zero_fraction=0, saturated_fraction=saturated, dead_fraction=dead, units=4,
+                          histogram=Histogram(scale="linear", edges=[0.0, 1.0], counts=[count]), grad_norm=None,
                           entropy=None, max_probability=None)
 
     assert hidden_fractions([layer(100, 0.5, 1.0), layer(300, 0.1, 0.0)]) == pytest.approx((0.2, 0.25))

@@ -36,7 +36,7 @@ from specbuilder.training import (
 )
 from specbuilder.training.data import Prepared, choose_loss, prepare
 from specbuilder.training.distributed import LaunchError
-from specbuilder.v1 import service_pb2_grpc
+from specbuilder_wire.v1 import service_pb2_grpc
 
 SPEC = {
     "name": "spirals-relu",

@@ -20,7 +20,6 @@ from specbuilder import plots
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.compiler import compile_spec
 from specbuilder.stats import ActivationMonitor, LayerStats
-from specbuilder_client import LayerStats as ClientLayerStats
 
 SPEC = {
     "name": "three-kinds",
@@ -60,8 +59,8 @@ def test_histograms_one_panel_per_layer_with_its_fractions(stats: list[LayerStat
     assert 0 <= low < high <= 1
 
 
-def test_histograms_accept_the_clients_statistics(stats: list[LayerStats]) -> None:
-    remote = [ClientLayerStats.model_validate(layer.model_dump()) for layer in stats]
+def test_statistics_that_crossed_the_wire_plot_alike(stats: list[LayerStats]) -> None:
+    remote = [LayerStats.from_proto(layer.to_proto()) for layer in stats]
     figure = plots.histograms(remote)
     assert [ax.get_title() for ax in visible_axes(figure)] == [ax.get_title() for ax in visible_axes(plots.histograms(stats))]
 

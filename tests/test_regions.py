@@ -8,7 +8,7 @@ from multiprocessing import shared_memory
 
 import pytest
 
-from specbuilder.regions import RegionError, SharedRegions
+from specbuilder_wire.regions import RegionError, SharedRegions
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_a_model_trained_through_one_replica_is_served_by_the_other_and_deleted_
         expected = on_a.evaluate(trained.model_id, X).outputs  # now in A's cache of loaded models
         np.testing.assert_array_equal(on_b.evaluate(trained.model_id, X).outputs, expected)
         spec, weights = on_a.export_model(trained.model_id)
-        assert spec.name == SPIRALS["name"] and set(weights) == {"fc1.weight", "fc1.bias", "out.weight", "out.bias"}
+        assert spec["name"] == SPIRALS["name"] and set(weights) == {"fc1.weight", "fc1.bias", "out.weight", "out.bias"}
 
         assert main(["models", "list", "--server", f"{shared.a.address},{b.address}"]) == 0
         assert trained.model_id in capsys.readouterr().out

@@ -90,7 +90,7 @@ def test_a_model_trained_on_one_replica_is_read_evaluated_exported_and_deleted_o
         expected = on_a.evaluate(trained.model_id, X).outputs  # now in A's cache of loaded models
         np.testing.assert_array_equal(on_b.evaluate(trained.model_id, X).outputs, expected)
         spec, weights = on_b.export_model(trained.model_id)
-        assert spec.name == SPIRALS["name"] and set(weights) == {"fc1.weight", "fc1.bias", "out.weight", "out.bias"}
+        assert spec["name"] == SPIRALS["name"] and set(weights) == {"fc1.weight", "fc1.bias", "out.weight", "out.bias"}
 
         on_b.delete_model(trained.model_id)
         with pytest.raises(NotFound, match=trained.model_id):

@@ -21,12 +21,12 @@ from specbuilder.activations import ACTIVATIONS
 from specbuilder.compiler import compile_spec
 from specbuilder.proto import spec_from_proto
 from specbuilder.spec import parse_spec
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1 import tensor_pb2
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
 from specbuilder_server.lifecycle import SERVICE_NAME
+from specbuilder_wire.arrays import to_numpy
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1 import tensor_pb2
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 
 
 X = np.random.default_rng(0).normal(size=(7, 2)).astype(np.float32)

@@ -17,11 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server_helpers import SPIRALS, batch, config_values, connect, open_channel, rpc_error, serving, spec_source, train_request
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1 import spec_pb2, tensor_pb2
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder_server import RunningServer
 from specbuilder_server.errors import as_request_error
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1 import spec_pb2, tensor_pb2
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 
 
 INVALID, NOT_FOUND, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED

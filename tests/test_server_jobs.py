@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from specbuilder_server import convert
+from specbuilder_server import responses
 from specbuilder_server.jobs import Job, TrainingJobs
 
 from specbuilder.spec import parse_spec
@@ -111,7 +111,7 @@ def test_a_run_cancelled_before_its_first_step_keeps_no_weights(tmp_path: Path) 
 def test_a_burst_is_one_progress_message_between_started_and_finished(tmp_path: Path) -> None:
     job, _ = start(tmp_path, epochs=2)
     events = [event for burst in asyncio.run(asyncio.wait_for(rest(job.bursts()), 60)) for event in burst]
-    messages = convert.train_messages("run", events)
+    messages = responses.train_messages("run", events)
     assert [m.WhichOneof("event") for m in messages] == ["started", "progress", "finished"]
     items = messages[1].progress.items
     assert [item.WhichOneof("item") for item in items] == [event.type for event in events[1:-1]]

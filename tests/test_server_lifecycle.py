@@ -17,10 +17,10 @@ from server_helpers import (
 )
 from specbuilder.cli import main
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
+from specbuilder_wire.arrays import to_numpy
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 
 
 X = np.random.default_rng(1).normal(size=(5, 2)).astype(np.float32)

@@ -16,10 +16,10 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server_helpers import SPIRALS, open_channel, serving, spec_source
-from specbuilder.localsocket import EVALUATE, HELLO, OK, STATUS, hello, read_head, read_payload, send_frame
-from specbuilder.v1 import service_pb2, tensor_pb2
 from specbuilder_client import Client, DeadlineExceeded, InvalidArgument, NotFound, SpecbuilderError
 from specbuilder_server import RunningServer, local_socket, roles
+from specbuilder_wire.localsocket import EVALUATE, HELLO, OK, STATUS, hello, read_head, read_payload, send_frame
+from specbuilder_wire.v1 import service_pb2, tensor_pb2
 
 TOKEN = "local-socket-token"
 INFERENCE_TOKEN = "local-socket-inference-token"

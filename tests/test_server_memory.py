@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from server_helpers import wait_for
-from specbuilder.regions import SharedRegions
 from specbuilder.spec import parse_spec
 from specbuilder.store import ModelStore
 from specbuilder_server.lifecycle import when_idle
 from specbuilder_server.model_cache import ModelCache, Models
 from specbuilder_server.worker_pool import TrimmingPool
+from specbuilder_wire.regions import SharedRegions
 
 QUIET = 0.3
 """Seconds to watch for a trim that must not happen (several idle periods of the pools below)."""

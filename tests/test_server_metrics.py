@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import SPIRALS, batch, connect, rpc_error, server_process, serving, spec_source, train_request
 
-from specbuilder.v1 import service_pb2 as pb
+from specbuilder_wire.v1 import service_pb2 as pb
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

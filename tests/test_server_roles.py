@@ -18,7 +18,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server_helpers import QUICK, ROOT, SPIRALS, answer, counted, invoke, message_class, open_channel, serving, wait_for
-from specbuilder.v1 import service_pb2 as pb
+from specbuilder_wire.v1 import service_pb2 as pb
 from specbuilder_client import Client, PermissionDenied
 from specbuilder_server import RunningServer
 from specbuilder_server.roles import MODEL_SERVICE, ROLES, Role, inference_rpcs, needed

@@ -19,8 +19,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from certificates import Pki
 from server_helpers import SPIRALS, batch, connect, counted, open_channel, rpc_error, server_process, serving, spec_source, train_request, wait_for
 from specbuilder.cli import main
-from specbuilder.v1 import service_pb2 as pb
 from specbuilder_server import RunningServer
+from specbuilder_wire.v1 import service_pb2 as pb
 
 
 TOKEN = "s3cret-token"

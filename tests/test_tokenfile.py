@@ -9,7 +9,7 @@ import pytest
 
 from server_helpers import QUICK, SPIRALS, server_process
 from specbuilder.cli import main
-from specbuilder.tokenfile import TokenFileError, read_token_file
+from specbuilder_wire.token_files import TokenFileError, read_token_file
 from specbuilder_client import Client, PermissionDenied, Unauthenticated
 
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to make files another user owns")

@@ -68,7 +68,7 @@ class ServerConfig(BaseModel):
         "caller's user cannot be known, so the server reads any region its own user can"))
     local_socket: bool = Field(True, description=(
         "with shared_memory: also answer Evaluate on a Unix socket that same-host clients find in the trailing metadata of "
-        "their shared-memory calls (specbuilder.localsocket)"))
+        "their shared-memory calls (specbuilder_wire.localsocket)"))
     cache_size: Annotated[int, Field(ge=1, description="compiled and loaded models kept ready")] = 32
     cache_mb: Annotated[int, Field(ge=1, description="megabytes of parameters and buffers the kept models may hold in all")] = 1024
     workers: Annotated[int, Field(ge=2, description="threads for blocking work (parsing, compiling, the store); calls waiting for a message hold none")] = 16

@@ -25,10 +25,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from specbuilder.datasets import DataError
-from specbuilder.errors import Problem, SpecError
+from specbuilder.errors import SpecError
 from specbuilder.store import BadCursor, ModelNotFound, NoWeights, QuotaExceeded, StoreUnavailable
 from specbuilder.training.config import ConfigError
-from specbuilder.wire import TensorDenied, TensorError
+from specbuilder_wire.arrays import TensorDenied, TensorError
+from specbuilder_wire.results import Problem
 
 log = logging.getLogger("specbuilder_server")
 

@@ -31,9 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specbuilder.devices import resolve_device
-from specbuilder.regions import SharedRegions
 from specbuilder.store import ModelStore, StoreError
-from specbuilder.v1 import service_pb2
 from specbuilder_server.auth import Access, TokenAuth
 from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
@@ -44,8 +42,10 @@ from specbuilder_server.metrics import MeteredStore, Metrics
 from specbuilder_server.model_cache import ModelCache, Models
 from specbuilder_server.raw_handlers import model_service
 from specbuilder_server.servicer import ModelServicer
-from specbuilder_server.tensors import UNWRITABLE
+from specbuilder_server.torch_tensors import UNWRITABLE
 from specbuilder_server.worker_pool import TrimmingPool
+from specbuilder_wire.regions import SharedRegions
+from specbuilder_wire.v1 import service_pb2
 
 log = logging.getLogger("specbuilder_server")
 

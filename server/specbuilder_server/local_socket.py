@@ -1,4 +1,4 @@
-"""The server's end of the local socket (``specbuilder.localsocket``): Evaluate for same-host clients.
+"""The server's end of the local socket (``specbuilder_wire.localsocket``): Evaluate for same-host clients.
 
 A Unix socket in a directory of its own (mode 0700, removed on stop) that only this user (or
 root) can reach, checked again per connection with ``SO_PEERCRED``. Connections are served on the
@@ -26,13 +26,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from specbuilder.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS, frame
-from specbuilder.regions import SharedRegions
-from specbuilder.v1 import service_pb2
 from specbuilder_server.auth import Access
 from specbuilder_server.errors import as_request_error, rich_status
 from specbuilder_server.raw_handlers import SERVICE, malformed, parser_for
 from specbuilder_server.servicer import ModelServicer
+from specbuilder_wire.localsocket import EVALUATE, HEAD, HELLO, OK, PROTOCOL, STATUS, frame
+from specbuilder_wire.regions import SharedRegions
+from specbuilder_wire.v1 import service_pb2
 
 log = logging.getLogger("specbuilder_server")
 

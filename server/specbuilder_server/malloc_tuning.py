@@ -7,7 +7,7 @@ high, so such buffers stay in the heap, reused call after call, and caps the are
 them at one per CPU (``ARENAS``). Settings given in ``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_ARENA_MAX`` are left alone. What the heaps keep after a burst
 of large calls is given back by ``malloc_trim`` once the server is idle
-(``worker_pool.TrimmingPool``). The C library is reached through ``specbuilder.heap``, which the
+(``worker_pool.TrimmingPool``). The C library is reached through ``specbuilder_wire.heap``, which the
 client uses too. docs/benchmarks.md and docs/reliability.md have the figures.
 """
 
@@ -17,7 +17,7 @@ import ctypes
 import os
 from collections.abc import Callable
 
-from specbuilder.heap import MMAP_THRESHOLD_MAX, glibc, set_thresholds
+from specbuilder_wire.heap import MMAP_THRESHOLD_MAX, glibc, set_thresholds
 
 MMAP_THRESHOLD = MMAP_THRESHOLD_MAX
 """Allocations up to this size come from the heap, however large the messages get."""

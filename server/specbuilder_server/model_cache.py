@@ -27,8 +27,8 @@ from torch import nn
 from specbuilder.compiler import compile_spec
 from specbuilder.spec import ModelSpec, Style
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2
 from specbuilder_server import request_fields
+from specbuilder_wire.v1 import service_pb2
 
 Key = tuple[str, str, str]
 """``("spec", spec_hash, style)`` or ``("model", model_id, "")``."""

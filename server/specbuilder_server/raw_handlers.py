@@ -22,9 +22,9 @@ import grpc.aio
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
-from specbuilder.v1 import service_pb2
-from specbuilder.wireformat import cut_tensor_data
 from specbuilder_server.errors import ClientGone, RequestError, abort
+from specbuilder_wire.message_bytes import cut_tensor_data
+from specbuilder_wire.v1 import service_pb2
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}
@@ -43,7 +43,7 @@ class Received(Generic[M]):
     elements as a read-only view of the bytes gRPC handed over (None where they were not inline).
 
     Protobuf would copy them twice, parsing and on reading ``Tensor.data``
-    (``specbuilder.wireformat``); ``data`` is what ``specbuilder.wire.attached`` reads instead.
+    (``specbuilder_wire.message_bytes``); ``data`` is what ``specbuilder_wire.arrays.attached`` reads instead.
     """
 
     message: M

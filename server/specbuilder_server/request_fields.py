@@ -4,33 +4,32 @@ Specs go through ``specbuilder.proto`` / ``parse_spec`` (the core's one validato
 configurations through ``parse_config``; this module only picks the oneof a client set, and
 says which field is missing or wrong.
 
-``TrainRequest.config`` and ``ModelRecord.config`` are flat maps: a nested setting is a dotted
-key (``optimizer.momentum``), and a choice's name may be given as ``optimizer`` or
-``optimizer.type``. ``specbuilder.proto.config_to_proto`` writes records the same way, so a stored run's
-config can be sent back as it is.
+``TrainRequest.config`` and ``ModelRecord.config`` are flat maps, read and written by the one
+rule of ``specbuilder_wire.values`` (``config_from_proto``, ``config_to_proto``), so a stored
+run's config can be sent back as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from specbuilder.datasets import DATASETS, DataError, Dataset, from_arrays
 from specbuilder.devices import AMP_DTYPES
-from specbuilder.errors import Problem, SpecError, suggest
-from specbuilder.proto import decode_value, spec_from_proto
-from specbuilder.regions import RegionReader
+from specbuilder.errors import SpecError, suggest
+from specbuilder.proto import spec_from_proto
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.model_store import MAX_PAGE
 from specbuilder.store.records import check_id, check_name
 from specbuilder.training import ConfigError, TrainConfig, parse_config
-from specbuilder.v1 import service_pb2, spec_pb2
-from specbuilder_client.results import status_name
 from specbuilder_server.errors import invalid, spec_problems
-from specbuilder_server.tensors import to_array
+from specbuilder_wire.arrays import copy_to_numpy
+from specbuilder_wire.regions import RegionReader
+from specbuilder_wire.results import status_name
+from specbuilder_wire.v1 import service_pb2, spec_pb2
+from specbuilder_wire.values import UnreadableValue, config_from_proto
 
 DEFAULT_BINS = 64
 MIN_BINS, MAX_BINS = 2, 4096
@@ -101,27 +100,6 @@ def options_of(options: service_pb2.EvaluateOptions, spec: ModelSpec, path: str 
     return Options(skip_output=options.skip_output, layers=layers, bins=options.bins or DEFAULT_BINS, amp=options.amp or None)
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys as nested dicts; ``optimizer: "sgd"`` beside ``optimizer.momentum`` becomes its ``type``."""
-    nested: dict[str, Any] = {}
-    for key in sorted(flat, key=lambda k: k.count(".")):
-        head, dot, rest = key.partition(".")
-        if not dot:
-            nested[key] = flat[key]
-            continue
-        if not rest or "." in rest:
-            raise invalid(f"config.{key}", "must be a setting (lr) or one parameter of a choice (optimizer.momentum)", "config_key")
-        parent = nested.get(head)
-        if isinstance(parent, str):
-            parent = nested[head] = {"type": parent}
-        elif parent is None:
-            parent = nested[head] = {}
-        elif not isinstance(parent, dict):
-            raise invalid(f"config.{head}", f"is a single value, so config.{key} cannot be set too; give the choice's name as {head} or {head}.type", "config_key")
-        parent[rest] = flat[key]
-    return nested
-
-
 def train_config(config: Mapping[str, spec_pb2.Value], device: torch.device) -> TrainConfig:
     """The validated ``TrainConfig`` of a request, trained on the server's ``device``.
 
@@ -133,13 +111,10 @@ def train_config(config: Mapping[str, spec_pb2.Value], device: torch.device) -> 
     size = sum(len(key) + value.ByteSize() for key, value in config.items())
     if size > MAX_CONFIG_BYTES:
         raise invalid("config", f"holds {size:,} bytes of settings, over the limit of {MAX_CONFIG_BYTES:,}", "too_large")
-    values: dict[str, Any] = {}
-    for key in config:
-        try:
-            values[key] = decode_value(config[key])
-        except SpecError as error:  # paths are "value", "value[2]": put the key there
-            raise spec_problems(SpecError([Problem(f"config.{key}" + p.path.removeprefix("value"), p.message, p.type) for p in error.problems])) from None
-    values = _unflatten(values)
+    try:
+        values = config_from_proto(config)
+    except UnreadableValue as error:
+        raise spec_problems(SpecError(error.problems)) from None
     asked = values.get("device", "auto")
     if asked != "auto" and (not isinstance(asked, str) or _resolved(asked) != _resolved(str(device))):
         raise invalid("config.device", f"this server trains on {device} (its --device); a run may ask for 'auto' or '{device}', got {asked!r}", "device")
@@ -181,8 +156,8 @@ def train_data(request: service_pb2.TrainRequest, *, regions: RegionReader | Non
     for part in ("x", "y"):
         if not arrays.HasField(part):
             raise invalid(f"arrays.{part}", "is required", "missing")
-    x = to_array(arrays.x, "arrays.x", regions=regions)
-    y = to_array(arrays.y, "arrays.y", regions=regions)
+    x = copy_to_numpy(arrays.x, "arrays.x", regions=regions)
+    y = copy_to_numpy(arrays.y, "arrays.y", regions=regions)
     try:
         return from_arrays(x, y), "arrays"
     except DataError as error:

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from grpc_reflection.v1alpha import reflection
 
-from specbuilder.v1 import service_pb2
+from specbuilder_wire.v1 import service_pb2
 
 MODEL_SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 """``specbuilder.v1.ModelService``."""

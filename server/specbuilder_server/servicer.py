@@ -22,18 +22,14 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 import grpc.aio
 
-from specbuilder import localsocket
 from specbuilder.codegen import generate_code
 from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
-from specbuilder.regions import RegionReader, SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
-from specbuilder.v1 import service_pb2, tensor_pb2
-from specbuilder.wire import to_proto
-from specbuilder_server import convert, request_fields
+from specbuilder_server import request_fields, responses
 from specbuilder_server.compute_budget import Budget
 from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
@@ -44,8 +40,12 @@ from specbuilder_server.metrics import Metrics
 from specbuilder_server.model_cache import Models, Ready
 from specbuilder_server.raw_handlers import Incoming, Received
 from specbuilder_server.stream_slots import StreamSlots
-from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
+from specbuilder_server.torch_tensors import check_output_size, with_batch, write_tensor
 from specbuilder_server.worker_pool import TrimmingPool
+from specbuilder_wire import localsocket
+from specbuilder_wire.arrays import to_proto
+from specbuilder_wire.regions import RegionReader, SharedRegions
+from specbuilder_wire.v1 import service_pb2, tensor_pb2
 
 DEADLINE_SLACK = 0.25
 """A call that ends this close to its deadline ended by it: the client's own timer usually cancels it
@@ -171,7 +171,7 @@ class ModelServicer:
         response = service_pb2.EvaluateResponse()
         stats, seconds = await self._compute(flops, budget, self._one_pass, ready, options, request.input, received.data,
                                              response.output, regions, budget)
-        response.stats.extend(convert.stats_list(stats))
+        response.stats.extend(layer.to_proto() for layer in stats)
         response.compute_seconds = seconds
         return response
 
@@ -220,7 +220,7 @@ class ModelServicer:
         spec = request_fields.spec_of(request.spec, "spec", self._config.max_params)
         self._models.compiled(spec, style)
         return service_pb2.CompileSpecResponse(
-            spec_hash=spec.spec_hash(), layers=[convert.layer_summary(node) for node in spec.nodes],
+            spec_hash=spec.spec_hash(), layers=[responses.layer_summary(node) for node in spec.nodes],
             output_shape=spec.output_shape, num_params=spec.num_params,
             code=generate_code(spec, style) if request.include_code else "", summary=spec.summary(),
         )
@@ -254,7 +254,7 @@ class ModelServicer:
                     await self._stream_batch(context, run, received, index)
                     del received  # the batch's bytes go now, not after the next batch has arrived
                     index += 1
-                stats = convert.stats_list(await lane.run(run.stats))
+                stats = [layer.to_proto() for layer in await lane.run(run.stats)]
             finally:
                 await lane.run(run.__exit__, None, None, None)
             await self._send(context, service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
@@ -284,12 +284,12 @@ class ModelServicer:
             job = self._jobs.start(spec, data, config, request_fields.run_name(request.name, spec))
             try:
                 async for burst in job.bursts(EVENT_INTERVAL):
-                    for message in convert.train_messages(job.run_id, burst):
+                    for message in responses.train_messages(job.run_id, burst):
                         await self._send(context, message)
             except DataError as error:
                 raise invalid(data_field, str(error), "data") from None
             except RunFailed as failure:  # recorded failed in the store: the stream ends normally, saying why
-                await self._send(context, convert.failed_event(job.run_id, failure.reason, failure.steps))
+                await self._send(context, responses.failed_event(job.run_id, failure.reason, failure.steps))
             except BaseException as error:  # the call ended before the run: the run ends too
                 remaining = context.time_remaining()
                 job.cancel(str(error) if isinstance(error, RequestError) else
@@ -309,11 +309,11 @@ class ModelServicer:
     async def ListModels(self, request: service_pb2.ListModelsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListModelsResponse:
         page = await self.blocking(self._store.page, request_fields.status_filter(request.status), limit=request_fields.page_size(request.page_size),
                                    after=request.page_token or None)
-        return service_pb2.ListModelsResponse(models=[convert.model_summary(s) for s in page.records], next_page_token=page.next or "")
+        return service_pb2.ListModelsResponse(models=[responses.model_summary(s) for s in page.records], next_page_token=page.next or "")
 
     @handled
     async def GetModel(self, request: service_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelRecord:
-        return convert.model_record(await self.blocking(self._store.get, request_fields.model_id(request.model_id)))
+        return responses.model_record(await self.blocking(self._store.get, request_fields.model_id(request.model_id)))
 
     @handled
     async def DeleteModel(self, request: service_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext) -> service_pb2.DeleteModelResponse:
@@ -329,4 +329,4 @@ class ModelServicer:
 
     @handled
     async def ListActivations(self, request: service_pb2.ListActivationsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListActivationsResponse:
-        return await self.blocking(convert.activations)
+        return await self.blocking(responses.activations)

@@ -1,6 +1,6 @@
 """Tokens from the command line, token files and ``$SPECBUILDER_TOKEN``, for ``serve`` and for ``--server`` commands.
 
-A token given on the command line shows in ``ps``; a token file (``specbuilder.tokenfile``) or
+A token given on the command line shows in ``ps``; a token file (``specbuilder_wire.token_files``) or
 the variable does not. An empty token is refused, never read as "no token". ``$SPECBUILDER_TOKEN``
 is read only when no token option is given.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from specbuilder.cli.common import CommandError
-from specbuilder.tokenfile import TokenFileError, read_token_file
+from specbuilder_wire.token_files import TokenFileError, read_token_file
 
 TOKEN_ENV = "SPECBUILDER_TOKEN"
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from specbuilder.cli.common import CommandError
 from specbuilder.cli.credentials import TOKEN_ENV, env_token
 from specbuilder.spec import ModelSpec
-from specbuilder.tokenfile import TokenFileError
+from specbuilder_wire.token_files import TokenFileError
 
 if TYPE_CHECKING:
     from specbuilder_client import Client, SpecbuilderError

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from specbuilder.cli.common import table
-from specbuilder.spec import ModelSpec
+from specbuilder.spec import parse_spec
 
 
 def as_dicts(items: Iterable[BaseModel | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -76,9 +76,9 @@ def when(value: Any) -> str:
 
 
 def record_text(record: BaseModel) -> str:
-    """A stored model or run (the store's ``ModelRecord`` or the client's) for people to read."""
+    """A stored model or run (the store's ``ModelRecord``, or the client's with the spec as a dict) for people to read."""
     fields = record.model_dump()
-    spec: ModelSpec = record.spec  # type: ignore[attr-defined]
+    spec = parse_spec(record.spec, max_params=None)  # type: ignore[attr-defined]
     status = fields["status"] + (f" ({fields['reason']})" if fields.get("reason") else "")
     dataset = fields.get("dataset")
     lines = [

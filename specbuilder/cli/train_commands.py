@@ -228,7 +228,7 @@ class Outcome:
     reason: str
     history: list[dict[str, Any]]
     stats: Sequence[Any]
-    """Final per-layer statistics (core or client ``LayerStats``)."""
+    """Final per-layer statistics (``LayerStats``, from a local run or a server)."""
     windows: list[tuple[int, Sequence[Any]]] = field(default_factory=list)
     """(step, layer statistics) of every statistics window, in order."""
     final: str = ""

@@ -26,9 +26,10 @@ from specbuilder.errors import suggest
 from specbuilder.spec import ModelSpec, Node
 from specbuilder.stats import native
 from specbuilder.stats.probe import Probe
-from specbuilder.stats.report import LayerStats, summarize
+from specbuilder.stats.report import summarize
 from specbuilder.stats.state import LayerState
 from specbuilder.stats.update import add_gradient, add_rows, native_config, native_update, torch_update
+from specbuilder_wire.results import LayerStats
 
 Layers = Literal["activations", "all"] | Sequence[str]
 Backend = Literal["auto", "native", "torch"]

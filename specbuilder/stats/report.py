@@ -1,31 +1,15 @@
-"""``LayerStats``: a monitored layer's statistics, derived from its ``LayerState`` on the host.
+"""A monitored layer's ``LayerStats`` (``specbuilder_wire.results``, which defines each field),
+derived from its ``LayerState`` on the host.
 
-Definitions (the docstrings of the fields say the same):
-
-- ``count``: elements seen; ``nan_count`` / ``inf_count``: NaN and +-inf among them.
-- ``mean``, ``std`` (population, ddof 0), ``min``, ``max``: over the finite values only; None
-  when there were none. The histogram counts the finite values only, too.
-- ``zero_fraction``: exact zeros / ``count``.
-- ``saturated_fraction``: elements in the activation's flat region / ``count``. The flat region
-  is the registry's (``ActivationKind.flat``: where the derivative is below 1% of its maximum),
-  tested on the activation's input ``x`` and output ``y``; NaN is never flat.
-- ``dead_fraction``: units (the feature dim of a per-sample vector, else the channel dim: dim 1
-  of the batched tensor) that sat in the flat region for every sample and position seen —
-  dying ReLUs — over all units. Layers without a flat region (``flat`` None, and every layer
-  that is not an activation) report 0 saturated and 0 dead.
-- ``grad_norm``: mean over backward passes of ``||dL/dy||`` at the layer's output; None
-  without a backward pass.
-- ``entropy``, ``max_probability``: softmax-like layers only, means over rows along their
-  ``dim`` (rows with non-finite entropy left out); None for other layers.
+The flat region is the registry's (``ActivationKind.flat``); a layer whose probe has none
+(``flat`` None, and every layer that is not an activation) reports 0 saturated and 0 dead.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from specbuilder.stats.probe import Probe
 from specbuilder.stats.state import (
@@ -45,44 +29,7 @@ from specbuilder.stats.state import (
     ROWS,
     ZERO_COUNT,
 )
-
-
-class Histogram(BaseModel):
-    """Counts of the finite values in fixed bins ``[edges[i], edges[i+1])`` (see ``binning``)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    scale: Literal["linear", "symlog"]
-    edges: list[float]
-    """``len(counts) + 1`` edges; values beyond the outer ones are counted in the end bins."""
-    counts: list[int]
-
-
-class LayerStats(BaseModel):
-    """Statistics of one monitored layer over a window of passes (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    index: int
-    name: str
-    kind: str
-    """The layer type, as in the spec (``relu``, ``linear``)."""
-    count: int
-    mean: float | None
-    std: float | None
-    min: float | None
-    max: float | None
-    nan_count: int
-    inf_count: int
-    zero_fraction: float
-    saturated_fraction: float
-    dead_fraction: float
-    units: int
-    """Units the dead fraction is taken over."""
-    histogram: Histogram
-    grad_norm: float | None
-    entropy: float | None
-    max_probability: float | None
+from specbuilder_wire.results import Histogram, LayerStats
 
 
 def summarize(probe: Probe, counts: np.ndarray, moments: np.ndarray, alive_units: int) -> LayerStats:

@@ -33,7 +33,7 @@ _LAZY = {
     "EpochEvent": "specbuilder.training.events",
     "StatsEvent": "specbuilder.training.events",
     "FinishedEvent": "specbuilder.training.events",
-    "EpochMetrics": "specbuilder.training.events",
+    "EpochMetrics": "specbuilder_wire.results",
     "EvalMetrics": "specbuilder.training.events",
     "DistributedError": "specbuilder.training.distributed",
     "Launch": "specbuilder.training.distributed",

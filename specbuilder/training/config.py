@@ -16,13 +16,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from specbuilder.errors import Loc, Problem, SpecError, friendly, reraise, suggest
+from specbuilder.errors import Loc, SpecError, friendly, reraise, suggest
 from specbuilder.spec import Style
 from specbuilder.registry import EntrySpec, Strict
 from specbuilder.training.choices import Choice, choice_field, choice_models
 from specbuilder.training.losses import LOSSES
 from specbuilder.training.optimizers import OPTIMIZERS
 from specbuilder.training.schedules import SCHEDULES
+from specbuilder_wire.results import Problem
 
 OPTIMIZER_MODELS = choice_models(OPTIMIZERS, "Optimizer")
 LOSS_MODELS = choice_models(LOSSES, "Loss")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
-from specbuilder.stats import LayerStats
 from specbuilder.training.config import TrainConfig
+from specbuilder_wire.results import EpochMetrics, LayerStats
 
 if TYPE_CHECKING:
     from specbuilder.training.loop import TrainResult
@@ -61,18 +61,6 @@ class Report(BaseModel):
     """Base of events and metrics: immutable; NaN and infinity serialize as strings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
-
-
-class EpochMetrics(Report):
-    """One finished epoch."""
-
-    epoch: int = Field(description="epochs finished, from 1")
-    step: int = Field(description="optimizer steps taken so far")
-    loss: float = Field(description="mean training loss over the epoch's steps")
-    val_loss: float | None = Field(description="loss on the validation set; None without one")
-    accuracy: float | None = Field(description="validation accuracy, for classification with a validation set")
-    lr: float = Field(description="the learning rate during the epoch")
-    seconds: float = Field(description="wall time of the epoch, its validation included")
 
 
 class EvalMetrics(Report):

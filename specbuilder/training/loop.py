@@ -37,7 +37,7 @@ from torch import nn
 from specbuilder.compiler import compile_spec
 from specbuilder.datasets import DataLike, as_dataset
 from specbuilder.devices import AMP_DTYPES, amp_dtype, autocast, resolve_device
-from specbuilder.errors import Problem, SpecError
+from specbuilder.errors import SpecError
 from specbuilder.evaluation import EVAL_CHUNK, evaluate
 from specbuilder.registry import resolve
 from specbuilder.rng import RunStream, draws_random
@@ -50,6 +50,7 @@ from specbuilder.training.events import (
 )
 from specbuilder.training.losses import LOSSES
 from specbuilder.training.optimizers import OPTIMIZERS
+from specbuilder_wire.results import Problem
 
 DIVERGENCE_CHECK = 16
 """On CUDA, losses are checked for NaN/inf once per this many steps (one host sync each)."""

@@ -23,7 +23,7 @@ from server_helpers import connect, server_process
 from specbuilder.demo.server import ServerProcess
 
 if TYPE_CHECKING:
-    from specbuilder.v1.service_pb2_grpc import ModelServiceStub
+    from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -19,10 +19,10 @@ import torch
 from server_helpers import SPIRALS, batch, connect, serving, spec_source, train_request
 from specbuilder.compiler import compile_spec
 from specbuilder.training import train
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub
-from specbuilder.wire import to_numpy
 from specbuilder_server import RunningServer
+from specbuilder_wire.arrays import to_numpy
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
 
 COPIES = 4
 RANDOM_LAYERS: dict[str, Any] = {

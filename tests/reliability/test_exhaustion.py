@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rss import SETTLE_MIB, idle_mib, needs_proc, peak_mib, resident_mib
 from server_helpers import ENDLESS, batch, connect, rpc_error, server_process, spec_source, train_request, wait_for
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 
 MESSAGE_MB, MAX_PARAMS, MAX_ELEMENTS, TRAINS, TRAIN_SECONDS, CACHE = 8, 1_000_000, 4_000_000, 2, 2, 4
 LIMITS = (

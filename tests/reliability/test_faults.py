@@ -34,10 +34,10 @@ from server_helpers import ENDLESS, batch, connect, open_channel, server_process
 from stores import aws_env, stored_weights
 from specbuilder.builder import SpecBuilder
 from specbuilder.demo.server import ServerProcess
-from specbuilder.proto import encode_value
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub
-from specbuilder.wire import to_numpy, to_proto
+from specbuilder_wire.arrays import to_numpy, to_proto
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub
+from specbuilder_wire.values import encode_value
 
 BIG: dict[str, Any] = (
     SpecBuilder([4], name="big").linear(2048, name="fc1", activation="relu").linear(4096, name="fc2", activation="relu")

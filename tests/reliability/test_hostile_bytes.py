@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server_helpers import SPIRALS, answer, batch, config_values, open_channel, spec_source
+from server_helpers import SPIRALS, answer, batch, config_values, connect, open_channel, spec_source
 from specbuilder.demo.server import ServerProcess
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1 import tensor_pb2
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder_server.errors import MAX_MESSAGE_BYTES
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1 import tensor_pb2
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 
 DEADLINE = 60.0
 """Seconds any one call may take: far more than an answer needs on a busy machine, far less than a hang."""

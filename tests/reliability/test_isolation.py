@@ -38,7 +38,7 @@ from specbuilder_client.errors import PermissionDenied
 from specbuilder_server import RunningServer
 
 from specbuilder.spec import parse_spec
-from specbuilder.v1 import service_pb2, service_pb2_grpc, tensor_pb2
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc, tensor_pb2
 
 TOKEN = "isolation-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -29,9 +29,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rss import SETTLE_MIB, RssSampler, idle_mib, needs_proc
 from server_helpers import SPIRALS, batch, connect, server_process, spec_source, train_request
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder.wire import to_numpy
+from specbuilder_wire.arrays import to_numpy
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
 
 CLIENTS = 32
 WARMUP_SECONDS = 2.0

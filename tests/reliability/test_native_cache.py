@@ -37,6 +37,7 @@ import pytest
 import torch
 
 import specbuilder
+import specbuilder_wire
 from conftest import Tally
 from specbuilder.stats import native
 
@@ -113,7 +114,9 @@ def two_users() -> Iterator[TwoUsers]:
             users.append(User(name, entry.pw_uid, entry.pw_gid))
         attacker, server = users
         world.chmod(0o755)
-        python_path = os.pathsep.join((str(Path(torch.__file__).parents[1]), str(Path(specbuilder.__file__).resolve().parents[1])))
+        python_path = os.pathsep.join((
+            str(Path(torch.__file__).parents[1]), *(str(Path(package.__file__).resolve().parents[1]) for package in (specbuilder, specbuilder_wire)),
+        ))
         # The test's own interpreter may sit where other users cannot reach (pyenv under /root):
         # try it, then the system's python of the same version, each from a root-owned venv.
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"

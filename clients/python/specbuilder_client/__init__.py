@@ -31,10 +31,7 @@ from specbuilder_client.errors import (
 from specbuilder_client.results import (
     ActivationInfo,
     Compiled,
-    EpochMetrics,
     EvalResult,
-    Histogram,
-    LayerStats,
     LayerSummary,
     ModelRecord,
     ModelSummary,
@@ -44,6 +41,7 @@ from specbuilder_client.results import (
 )
 from specbuilder_client.streaming import StreamResult
 from specbuilder_client.training import EpochEvent, StatsEvent, TrainEvent, TrainFinished, TrainResult, TrainRun, TrainStarted
+from specbuilder_wire.results import EpochMetrics, Histogram, LayerStats
 
 __all__ = [
     "ActivationInfo", "Cancelled", "Client", "Compiled", "DeadlineExceeded", "EpochEvent", "EpochMetrics",

@@ -15,21 +15,22 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from specbuilder.proto import config_to_proto, spec_from_proto
-from specbuilder.spec import ModelSpec
-from specbuilder.v1 import service_pb2, service_pb2_grpc
-from specbuilder.wire import to_numpy, to_proto
-from specbuilder.localsocket import METADATA_KEY
 from specbuilder_client.credentials import Pem, bearer_token, channel_credentials
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
-from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.local import LocalConnection
-from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, status_value
+from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, spec_dict
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
 from specbuilder_client.streaming import StreamRequests, StreamResult
 from specbuilder_client.targets import channel_target
 from specbuilder_client.training import TrainRun
+from specbuilder_wire.arrays import to_numpy, to_proto
+from specbuilder_wire.heap import keep_large_buffers
+from specbuilder_wire.localsocket import METADATA_KEY
+from specbuilder_wire.message_bytes import serialize_with_tensor
+from specbuilder_wire.results import status_value
+from specbuilder_wire.v1 import service_pb2, service_pb2_grpc
+from specbuilder_wire.values import config_to_proto
 
 Response = TypeVar("Response")
 SERVICE_PATH = f"/{service_pb2.DESCRIPTOR.services_by_name['ModelService'].full_name}"
@@ -54,7 +55,7 @@ class Client:
     such as a DNS name with an address per replica. ``authority`` is the name TLS checks the
     certificates against (several addresses: the first one by default). ``token`` is sent as
     ``authorization: Bearer <token>`` on every call; ``token_file`` reads it from a file instead
-    (one line, mode 600: ``specbuilder.tokenfile``), so it never shows on a command line.
+    (one line, mode 600: ``specbuilder_wire.token_files``), so it never shows on a command line.
     ``root_certificates`` (PEM bytes, or a path to them) turns on TLS; ``certificate_chain`` and
     ``private_key`` are this client's certificate and key, for a server that requires client
     certificates (``serve --tls-client-ca``; TLS on, trusting the system's roots unless
@@ -64,7 +65,8 @@ class Client:
     server on this host started with ``--shared-memory`` — and, unless ``local_socket=False``,
     send those calls over the Unix socket the server names, which skips gRPC's fixed cost
     (``local.py``; gRPC whenever the socket cannot be reached). Use it as a context manager, or
-    call ``close()``.
+    call ``close()``. The first batch sent inline fixes this process's malloc thresholds
+    (``specbuilder_wire.heap.keep_large_buffers``), so that multi-megabyte requests reuse their buffers.
     """
 
     def __init__(
@@ -92,7 +94,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(where.target, options=options)
         self._stub = service_pb2_grpc.ModelServiceStub(self._channel)
-        # Evaluate and StreamEvaluate with requests already serialized, tensors copied once (framing.py)
+        # Evaluate and StreamEvaluate with requests already serialized, tensors copied once (serialize_with_tensor)
         self._evaluate_bytes = self._channel.unary_unary(
             f"{SERVICE_PATH}/Evaluate", request_serializer=None, response_deserializer=service_pb2.EvaluateResponse.FromString)
         self._stream_bytes = self._channel.stream_stream(
@@ -161,6 +163,7 @@ class Client:
                 request.input.CopyFrom(tensor)
                 response = self._evaluate_shared(request, timeout)
         else:
+            keep_large_buffers()
             response = self._call(self._evaluate_bytes, serialize_with_tensor(request, "input", x), timeout)
         outputs = to_numpy(response.output, "output") if response.HasField("output") else None
         return EvalResult(outputs=outputs, stats=layer_stats(response.stats), compute_seconds=response.compute_seconds)
@@ -266,7 +269,7 @@ class Client:
         ``config`` takes TrainConfig's fields (epochs, batch_size, lr, optimizer, loss, seed, ...);
         a choice with parameters is a dict (``optimizer={"type": "sgd", "momentum": 0.9}``).
         The server checks them. Iterate the returned run for events, or call ``.result()``;
-        ``progress=True`` shows a progress bar. ``timeout`` bounds the whole run.
+        ``progress=True`` shows a progress bar (it needs tqdm: ``specbuilder-client[progress]``). ``timeout`` bounds the whole run.
         """
         request = service_pb2.TrainRequest(
             spec=spec_source(spec), name=name or "",
@@ -302,11 +305,12 @@ class Client:
         """Delete a stored model or finished run."""
         self._call(self._stub.DeleteModel, service_pb2.DeleteModelRequest(model_id=model_id), timeout)
 
-    def export_model(self, model_id: str, *, timeout: float | None = None) -> tuple[ModelSpec, dict[str, np.ndarray]]:
-        """A stored model's spec and its state_dict as writable numpy arrays (for ``torch.from_numpy``)."""
+    def export_model(self, model_id: str, *, timeout: float | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A stored model's spec (its JSON form as a dict: ``ModelSpec.model_validate(spec)``) and its
+        state_dict as writable numpy arrays (for ``torch.from_numpy``)."""
         response = self._call(self._stub.ExportModel, service_pb2.ExportModelRequest(model_id=model_id), timeout)
         weights = {name: np.array(to_numpy(tensor, f"weights[{name!r}]")) for name, tensor in sorted(response.weights.items())}
-        return spec_from_proto(response.spec, max_params=None), weights
+        return spec_dict(response.spec), weights
 
     def activations(self, *, timeout: float | None = None) -> list[ActivationInfo]:
         """The server's activation registry: names, parameters, ranges, formulas, flat regions."""

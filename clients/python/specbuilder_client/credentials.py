@@ -1,6 +1,6 @@
 """Who the client says it is: its bearer token, and its TLS settings (server roots, client certificate).
 
-``bearer_token`` takes a token or a token file (``specbuilder.tokenfile``: the same format and
+``bearer_token`` takes a token or a token file (``specbuilder_wire.token_files``: the same format and
 permission checks as the server's ``--token-file``, and exactly one token, since a client sends
 one). ``channel_credentials`` turns PEM bytes or paths into gRPC's TLS credentials: TLS is on when
 any of them is given; a client certificate and its key go together (mutual TLS, for a server
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from specbuilder.tokenfile import TokenFileError, read_token_file
+from specbuilder_wire.token_files import TokenFileError, read_token_file
 
 Pem = bytes | str | PathLike[str]
 """PEM bytes, or the path of a PEM file."""

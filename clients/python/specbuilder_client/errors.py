@@ -13,11 +13,11 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from specbuilder.errors import Problem
+from specbuilder_wire.results import Problem
 
 Violation = Problem
-"""One problem with a request, at one path (``layers[2].negative_slope``): the core's ``Problem``, as the server's
-BadRequest details and ValidateSpec's violations carry it."""
+"""One problem with a request, at one path (``layers[2].negative_slope``): the wire package's ``Problem``, as the
+server's BadRequest details and ValidateSpec's violations carry it."""
 
 
 class SpecbuilderError(Exception):

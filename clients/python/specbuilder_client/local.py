@@ -1,4 +1,4 @@
-"""The client's end of the server's local socket (``specbuilder.localsocket``).
+"""The client's end of the server's local socket (``specbuilder_wire.localsocket``).
 
 A shared-memory client finds the socket's path in the trailing metadata of its first
 shared-memory Evaluate call over gRPC, connects, and sends the following ones there: the same
@@ -17,9 +17,9 @@ import time
 import grpc
 from google.rpc import status_pb2
 
-from specbuilder.localsocket import EVALUATE, HELLO, STATUS, hello, read_head, read_payload, send_frame
-from specbuilder.v1 import service_pb2
 from specbuilder_client.errors import DeadlineExceeded, from_status
+from specbuilder_wire.localsocket import EVALUATE, HELLO, STATUS, hello, read_head, read_payload, send_frame
+from specbuilder_wire.v1 import service_pb2
 
 CONNECT_SECONDS = 2.0
 """How long connecting and the hello may take before the client keeps to gRPC."""

@@ -1,9 +1,11 @@
 """What the client's calls return: plain pydantic objects with numpy arrays, built from the messages.
 
 Conversions live here, each next to its type, so the ``Client`` only sends and receives.
-Timestamps become timezone-aware datetimes, ``Value`` maps become Python values, specs become
-``ModelSpec``. ``LayerStats`` is the client's own (same fields as the wire message):
-``specbuilder.stats`` needs torch, and the client must work without it.
+Timestamps become timezone-aware datetimes, ``Value`` maps become Python values. A spec the server
+sends back becomes its JSON form as a dict, every parameter spelled out: the client needs no torch
+and no spec language, and ``specbuilder.ModelSpec.model_validate(record.spec)`` makes it a
+``ModelSpec`` where specbuilder is installed. Statistics and epochs are the types the core
+reports too (``specbuilder_wire.results``), so a remote result reads as a local one.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from specbuilder.proto import decode_value, spec_from_proto
-from specbuilder.spec import ModelSpec
-from specbuilder.v1 import service_pb2
-from specbuilder_client.config import config_dict
 from specbuilder_client.errors import Violation
+from specbuilder_wire.results import EpochMetrics, LayerStats, status_name
+from specbuilder_wire.v1 import service_pb2, spec_pb2
+from specbuilder_wire.values import config_from_proto, decode_value, spec_to_dict
 
 
 class Result(BaseModel):
@@ -27,66 +28,9 @@ class Result(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
 
-def status_name(value: int) -> str:
-    """``RUN_STATUS_COMPLETED`` -> ``"completed"``."""
-    return service_pb2.RunStatus.Name(value).removeprefix("RUN_STATUS_").lower()
-
-
-def status_value(name: str) -> int:
-    """``"completed"`` -> ``RUN_STATUS_COMPLETED``; a ValueError naming the choices otherwise."""
-    names = [status_name(v) for v in service_pb2.RunStatus.values() if v]
-    if name not in names:
-        raise ValueError(f"unknown run status {name!r}; use one of {', '.join(names)}")
-    return service_pb2.RunStatus.Value(f"RUN_STATUS_{name.upper()}")
-
-
-def _spec(message: Any) -> ModelSpec:
-    """A spec the server sent; the server already validated it, so no parameter limit applies here."""
-    return spec_from_proto(message, max_params=None)
-
-
-class Histogram(Result):
-    """A histogram with fixed edges: ``len(edges) == len(counts) + 1``, spaced ``linear`` or ``symlog``."""
-
-    edges: list[float]
-    counts: list[int]
-    scale: str = Field(description="how the edges are spaced: linear, or symlog (about linear near 0, logarithmic beyond)")
-
-
-class LayerStats(Result):
-    """What one monitored module's outputs did over a pass or a window of training steps."""
-
-    index: int = Field(description="position in the compiled model")
-    name: str = Field(description="module name")
-    kind: str = Field(description="layer type")
-    count: int = Field(description="elements seen")
-    mean: float
-    std: float
-    min: float
-    max: float
-    nan_count: int
-    inf_count: int
-    zero_fraction: float = Field(description="fraction of elements exactly zero")
-    saturated_fraction: float = Field(description="fraction of elements in the activation's flat region")
-    dead_fraction: float = Field(description="fraction of units in the flat region for every sample seen")
-    units: int = Field(description="units (features or channels) the dead fraction is taken over")
-    histogram: Histogram | None
-    grad_norm: float | None = Field(description="gradient norm reaching the output, during training")
-    entropy: float | None = Field(description="mean row entropy, for softmax-like outputs")
-    max_probability: float | None = Field(description="mean largest row probability, for softmax-like outputs")
-
-    @classmethod
-    def from_proto(cls, message: service_pb2.LayerStats) -> LayerStats:
-        optional = {name: getattr(message, name) if message.HasField(name) else None for name in ("grad_norm", "entropy", "max_probability")}
-        histogram = (Histogram(edges=list(message.histogram.edges), counts=list(message.histogram.counts), scale=message.histogram.scale)
-                     if message.HasField("histogram") else None)
-        return cls(
-            index=message.index, name=message.name, kind=message.kind, count=message.count,
-            mean=message.mean, std=message.std, min=message.min, max=message.max,
-            nan_count=message.nan_count, inf_count=message.inf_count, zero_fraction=message.zero_fraction,
-            saturated_fraction=message.saturated_fraction, dead_fraction=message.dead_fraction, units=message.units,
-            histogram=histogram, **optional,
-        )
+def spec_dict(message: spec_pb2.ModelSpec) -> dict[str, Any]:
+    """A spec the server sent, as the dict of its JSON form (the server validated it: it has no problems to report)."""
+    return spec_to_dict(message)[0]
 
 
 def layer_stats(messages: Any) -> list[LayerStats]:
@@ -99,7 +43,7 @@ class Validation(Result):
 
     valid: bool
     problems: list[Violation]
-    spec: ModelSpec | None = Field(description="the spec with every parameter spelled out, when valid")
+    spec: dict[str, Any] | None = Field(description="the spec's JSON form with every parameter spelled out, when valid")
     spec_hash: str
     num_params: int
     output_shape: tuple[int, ...]
@@ -112,7 +56,7 @@ class Validation(Result):
         return cls(
             valid=message.valid,
             problems=[Violation(v.path, v.message, v.type) for v in message.violations],
-            spec=_spec(message.spec) if message.valid else None,
+            spec=spec_dict(message.spec) if message.valid else None,
             spec_hash=message.spec_hash,
             num_params=message.num_params,
             output_shape=tuple(message.output_shape),
@@ -176,26 +120,6 @@ class StreamSummary(Result):
         return cls(batches=message.batches, rows=message.rows, stats=layer_stats(message.stats), compute_seconds=message.compute_seconds)
 
 
-class EpochMetrics(Result):
-    """Metrics of one epoch of training."""
-
-    epoch: int = Field(description="epoch number, from 1")
-    loss: float
-    val_loss: float | None
-    accuracy: float | None
-    lr: float
-    seconds: float
-
-    @classmethod
-    def from_proto(cls, message: service_pb2.EpochMetrics) -> EpochMetrics:
-        return cls(
-            epoch=message.epoch, loss=message.loss,
-            val_loss=message.val_loss if message.HasField("val_loss") else None,
-            accuracy=message.accuracy if message.HasField("accuracy") else None,
-            lr=message.lr, seconds=message.seconds,
-        )
-
-
 def _datetime(timestamp: Any) -> datetime | None:
     return timestamp.ToDatetime(tzinfo=timezone.utc) if timestamp.seconds or timestamp.nanos else None
 
@@ -230,7 +154,7 @@ class ModelSummary(Result):
 class ModelRecord(ModelSummary):
     """A stored model or training run in full (``get_model``)."""
 
-    spec: ModelSpec
+    spec: dict[str, Any] = Field(description="the spec's JSON form with every parameter spelled out")
     config: dict[str, Any] = Field(description="the training configuration by TrainConfig's field names; train(**config) repeats it")
     history: list[EpochMetrics]
     stats: list[LayerStats]
@@ -238,7 +162,7 @@ class ModelRecord(ModelSummary):
     @classmethod
     def from_proto(cls, message: service_pb2.ModelRecord) -> ModelRecord:
         return cls(
-            **cls._summary_fields(message), spec=_spec(message.spec), config=config_dict(message.config),
+            **cls._summary_fields(message), spec=spec_dict(message.spec), config=config_from_proto(message.config),
             history=[EpochMetrics.from_proto(m) for m in message.history], stats=layer_stats(message.stats),
         )
 
@@ -277,6 +201,6 @@ class ActivationInfo(Result):
 
 
 __all__ = [
-    "ActivationInfo", "Compiled", "EpochMetrics", "EvalResult", "Histogram", "LayerStats", "LayerSummary",
-    "ModelRecord", "ParameterInfo", "StreamSummary", "Validation", "status_name", "status_value",
+    "ActivationInfo", "Compiled", "EvalResult", "LayerSummary", "ModelRecord", "ModelSummary", "ParameterInfo", "Result",
+    "StreamSummary", "Validation", "layer_stats", "spec_dict",
 ]

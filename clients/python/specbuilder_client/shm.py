@@ -1,20 +1,19 @@
 """Opt-in shared-memory inputs for a client on the server's host: only the region's name travels.
 
-One POSIX region per client (``specbuilder_<random>``, the only names the server reads), grown
-when a batch does not fit and unlinked when the client closes — or, failing that, when it is
-garbage-collected or the interpreter exits. Python 3.11 registers a region with the resource
-tracker on creation and ``unlink`` unregisters it, so a client that dies unannounced still
-leaves nothing behind in ``/dev/shm``; the server unregisters its own attachments.
+One POSIX region per client (``specbuilder_wire.regions.new_region``), grown when a batch does
+not fit and unlinked when the client closes — or, failing that, when it is garbage-collected or
+the interpreter exits. Python 3.11 registers a region with the resource tracker on creation and
+``unlink`` unregisters it, so a client that dies unannounced still leaves nothing behind in
+``/dev/shm``; the server unregisters its own attachments.
 
 A lock holds the region from the copy until the server has answered: concurrent shared-memory
 calls through one client take turns.
 
-The copy costs what it costs to write the batch once more (0.2 ms for 3.2 MB here, a tenth of the
-benchmark MLP's forward), so ``array`` hands out arrays that live in regions of their own: a
-caller that fills one (reads its data straight into it) and evaluates it, or any contiguous view
-of it, sends the region's name and the view's offset, nothing copied. Such a region is mapped by
-the array itself, so it stays valid as long as any view of it lives, and is unlinked when the last
-one is gone, or when the client closes.
+A batch placed in that region is copied once; ``array`` hands out arrays that live in regions of
+their own instead: a caller that fills one (reads its data straight into it) and evaluates it,
+or any contiguous view of it, sends the region's name and the view's offset, nothing copied.
+Such a region is mapped by the array itself, so it stays valid as long as any view of it lives,
+and is unlinked when the last one is gone, or when the client closes.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import secrets
 import threading
 import weakref
 from collections.abc import Iterator
@@ -35,20 +33,12 @@ import _posixshmem
 import numpy as np
 import numpy.typing as npt
 
-from specbuilder.v1 import tensor_pb2
-from specbuilder.wire import WIRE_TYPES
+from specbuilder_wire.arrays import wire_dtype
+from specbuilder_wire.regions import new_region
+from specbuilder_wire.v1 import tensor_pb2
 
 MIN_REGION_BYTES = 1 << 20
 """Smallest region made: small batches never cause a regrow."""
-
-
-def wire_dtype(array: np.ndarray) -> tuple[int, np.dtype]:
-    """The wire dtype code and little-endian numpy dtype for an array's dtype; a TypeError if none fits."""
-    for code, wire in WIRE_TYPES.items():
-        if wire.numpy is not None and (wire.numpy.kind, wire.numpy.itemsize) == (array.dtype.kind, array.dtype.itemsize):
-            return code, wire.numpy
-    names = ", ".join(w.name for w in WIRE_TYPES.values() if w.numpy is not None)
-    raise TypeError(f"arrays of dtype {array.dtype} cannot travel; use one of {names}")
 
 
 def _release(region: shared_memory.SharedMemory) -> None:
@@ -81,10 +71,6 @@ def _forget(owned: dict[str, _Owned], region: shared_memory.SharedMemory) -> Non
     region.unlink()
 
 
-def _new_region(nbytes: int) -> shared_memory.SharedMemory:
-    return shared_memory.SharedMemory(name=f"specbuilder_{secrets.token_hex(8)}", create=True, size=nbytes)
-
-
 class SharedInputs:
     """The client's one shared-memory region, grown on demand; ``place`` copies a batch into it."""
 
@@ -105,7 +91,7 @@ class SharedInputs:
             return self._region
         self._drop()
         size = max(MIN_REGION_BYTES, 1 << (nbytes - 1).bit_length())
-        region = _new_region(size)
+        region = new_region(size)
         self._region, self._finalizer = region, weakref.finalize(self, _release, region)
         return region
 
@@ -113,7 +99,7 @@ class SharedInputs:
         """A zeroed array in a region of its own, which ``place`` sends without copying (see the module's docstring)."""
         _, wire = wire_dtype(np.empty(0, dtype))
         count = math.prod(shape)
-        region = _new_region(max(count * wire.itemsize, 1))  # registered with the resource tracker, as the shared region is
+        region = new_region(count * wire.itemsize)  # registered with the resource tracker, as the shared region is
         try:
             fd = _posixshmem.shm_open("/" + region.name, os.O_RDWR, mode=0o600)
             try:
@@ -173,4 +159,4 @@ class SharedInputs:
             unlink()
 
 
-__all__ = ["SharedInputs", "wire_dtype"]
+__all__ = ["SharedInputs"]

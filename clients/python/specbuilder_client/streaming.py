@@ -15,11 +15,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from specbuilder.v1 import service_pb2
-from specbuilder.wire import to_numpy
 from specbuilder_client.errors import Cancelled, from_rpc
-from specbuilder_client.framing import serialize_with_tensor
 from specbuilder_client.results import StreamSummary
+from specbuilder_wire.arrays import to_numpy
+from specbuilder_wire.heap import keep_large_buffers
+from specbuilder_wire.message_bytes import serialize_with_tensor
+from specbuilder_wire.v1 import service_pb2
 
 
 class StreamRequests:
@@ -31,7 +32,9 @@ class StreamRequests:
         self.error: Exception | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        """The requests already serialized: a batch's elements are copied once (``framing``)."""
+        """The requests already serialized: a batch's elements are copied once (``serialize_with_tensor``,
+        with the process's malloc thresholds fixed first: ``keep_large_buffers``)."""
+        keep_large_buffers()
         yield service_pb2.StreamEvaluateRequest(start=self._start).SerializeToString()
         try:
             for batch in self._batches:

@@ -15,9 +15,10 @@ from typing import Any, Literal, Union
 import grpc
 from pydantic import Field
 
-from specbuilder.v1 import service_pb2
 from specbuilder_client.errors import Cancelled, from_rpc
-from specbuilder_client.results import EpochMetrics, LayerStats, Result, layer_stats, status_name
+from specbuilder_client.results import Result, layer_stats
+from specbuilder_wire.results import EpochMetrics, LayerStats, status_name
+from specbuilder_wire.v1 import service_pb2
 
 
 class TrainStarted(Result):

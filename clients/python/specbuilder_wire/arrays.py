@@ -1,29 +1,30 @@
-"""Tensors on the wire (``specbuilder.v1.Tensor``) to and from numpy, without torch.
+"""numpy arrays to and from ``Tensor`` messages (``specbuilder.v1.Tensor``), and the one table of wire dtypes.
 
 Shared by the server and the client: raw little-endian row-major bytes, checked against the
 dtype and shape before anything reads them, with errors that name the field. The opt-in
-shared-memory path reads the same layout from a named POSIX region on the same host.
+shared-memory path reads the same layout from a named POSIX region on the same host
+(``regions``). Torch's side (``torch.frombuffer`` over these bytes) lives with torch, in the
+server, and takes its dtypes from ``WIRE_TYPES``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
-from specbuilder.regions import RegionDenied, RegionError, RegionReader
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.regions import SHARED_MEMORY_NAME, RegionDenied, RegionError, RegionReader
+from specbuilder_wire.v1 import tensor_pb2
 
 DType = tensor_pb2.DType
 
 
 @dataclass(frozen=True)
 class WireType:
-    """One dtype on the wire: its name, its numpy dtype (None where numpy has none) and size."""
+    """One dtype on the wire: its name (torch's too: ``torch.float32``), its numpy dtype (None where numpy has none) and size."""
 
     name: str
     numpy: np.dtype | None
@@ -40,10 +41,7 @@ WIRE_TYPES: dict[int, WireType] = {
     DType.DTYPE_BOOL: WireType("bool", np.dtype("?"), 1),
 }
 """Every dtype the wire carries, by enum value."""
-_BY_KIND = {(wire.numpy.kind, wire.itemsize): code for code, wire in WIRE_TYPES.items() if wire.numpy is not None}
-
-SHARED_MEMORY_NAME = re.compile(r"specbuilder_[A-Za-z0-9_-]{1,64}")
-"""Shared-memory regions a client may name: only ones made for specbuilder."""
+_BY_KIND = {(wire.numpy.kind, wire.itemsize): (code, wire.numpy) for code, wire in WIRE_TYPES.items() if wire.numpy is not None}
 MAX_DIMS = 8
 MAX_ELEMENTS = 2**60
 """Sizes (zeros aside) may multiply to at most this: any more, in 8-byte elements, overflows the 64-bit byte counts numpy and torch use."""
@@ -59,18 +57,23 @@ class TensorError(ValueError):
 
 
 class TensorDenied(TensorError):
-    """A shared-memory tensor the caller may not have read (``specbuilder.regions.RegionDenied``)."""
+    """A shared-memory tensor the caller may not have read (``regions.RegionDenied``)."""
+
+
+def wire_dtype(array: np.ndarray) -> tuple[int, np.dtype]:
+    """The wire dtype code of an array's dtype and the little-endian numpy dtype it travels as; a TypeError if none fits."""
+    found = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if found is None:
+        names = ", ".join(w.name for w in WIRE_TYPES.values() if w.numpy is not None)
+        raise TypeError(f"arrays of dtype {array.dtype} cannot travel; use one of {names}")
+    return found
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
     """A numpy array as a wire tensor (one copy, into the message's bytes)."""
     array = np.asarray(array)
-    code = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
-    if code is None:
-        names = ", ".join(w.name for w in WIRE_TYPES.values() if w.numpy is not None)
-        raise TypeError(f"arrays of dtype {array.dtype} cannot travel; use one of {names}")
-    data = np.ascontiguousarray(array, dtype=WIRE_TYPES[code].numpy).tobytes()
-    return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=data)
+    code, dtype = wire_dtype(array)
+    return tensor_pb2.Tensor(dtype=code, shape=array.shape, data=np.ascontiguousarray(array, dtype=dtype).tobytes())
 
 
 def wire_type(tensor: tensor_pb2.Tensor, path: str) -> WireType:
@@ -97,7 +100,7 @@ def payload(tensor: tensor_pb2.Tensor, path: str, data: memoryview | None = None
     """The checked dtype, shape and a read-only view of the inline elements.
 
     ``data`` is the elements when they were cut out of the request's bytes unparsed
-    (``specbuilder.wireformat.cut_tensor_data``: no copy); otherwise they are ``tensor.data``,
+    (``message_bytes.cut_tensor_data``: no copy); otherwise they are ``tensor.data``,
     which protobuf copies on every read. Shared-memory tensors are read through ``attached``,
     which bounds the view's lifetime.
     """
@@ -144,10 +147,21 @@ def attached(
         yield wire, shape, view
 
 
-def to_numpy(tensor: tensor_pb2.Tensor, path: str = "tensor") -> np.ndarray:
-    """A wire tensor as a numpy array (a read-only view on the message's bytes; bfloat16 widens to float32)."""
-    wire, shape, data = payload(tensor, path)
+def _array(wire: WireType, shape: tuple[int, ...], data: memoryview) -> np.ndarray:
+    """The elements as an array: a view on ``data``, or for bfloat16 a new float32 array (the same values)."""
     if wire.numpy is None:
         halves = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
         return halves.view(np.float32).reshape(shape)
     return np.frombuffer(data, dtype=wire.numpy).reshape(shape)
+
+
+def to_numpy(tensor: tensor_pb2.Tensor, path: str = "tensor") -> np.ndarray:
+    """A wire tensor as a numpy array (a read-only view on the message's bytes; bfloat16 widens to float32)."""
+    return _array(*payload(tensor, path))
+
+
+def copy_to_numpy(tensor: tensor_pb2.Tensor, path: str, *, regions: RegionReader | None) -> np.ndarray:
+    """A writable copy of the tensor as a numpy array, for data kept past the call: inline or in
+    shared memory (read through ``regions``, as ``attached``); bfloat16 widens to float32."""
+    with attached(tensor, path, regions=regions) as (wire, shape, view):
+        return np.array(_array(wire, shape, view))  # no name holds the view's array: the region can close

@@ -1,4 +1,4 @@
-"""Wire tensors to torch tensors and back, checked against the model before any element is read.
+"""Wire tensors as torch tensors and back, checked against the model before any element is read.
 
 An inline batch becomes a torch tensor over the bytes gRPC handed over (``torch.frombuffer`` on
 the elements ``raw_handlers.Received`` cut out of them: no copy); a shared-memory batch is read in place while its
@@ -16,23 +16,17 @@ import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
-import numpy as np
 import torch
 
 from specbuilder.devices import to_device
-from specbuilder.regions import RegionReader
 from specbuilder.spec import ModelSpec
-from specbuilder.v1 import tensor_pb2
-from specbuilder.wire import WIRE_TYPES, WireType, attached
 from specbuilder_server.errors import exhausted, invalid
+from specbuilder_wire.arrays import WIRE_TYPES, WireType, attached
+from specbuilder_wire.regions import RegionReader
+from specbuilder_wire.v1 import tensor_pb2
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
-}
-"""Wire dtype name -> torch dtype."""
-WIRE_CODES: dict[torch.dtype, int] = {TORCH_DTYPES[wire.name]: code for code, wire in WIRE_TYPES.items()}
-"""torch dtype -> wire enum value."""
+WIRE_CODES: dict[torch.dtype, int] = {getattr(torch, wire.name): code for code, wire in WIRE_TYPES.items()}
+"""torch dtype -> wire enum value (torch names its dtypes as the wire does)."""
 T = TypeVar("T")
 
 UNWRITABLE = "The given buffer is not writable"
@@ -74,9 +68,10 @@ def check_output_size(output: torch.Tensor, limit: int, path: str) -> None:
 
 def from_buffer(view: memoryview, wire: WireType, shape: tuple[int, ...]) -> torch.Tensor:
     """A torch tensor over ``view`` itself (no copy); it is valid only while ``view`` is."""
+    dtype = getattr(torch, wire.name)
     if not len(view):
-        return torch.empty(shape, dtype=TORCH_DTYPES[wire.name])
-    return torch.frombuffer(view, dtype=TORCH_DTYPES[wire.name]).view(shape)
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(view, dtype=dtype).view(shape)
 
 
 def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Callable[[torch.Tensor], T], *, device: torch.device,
@@ -97,14 +92,6 @@ def with_batch(tensor: tensor_pb2.Tensor, path: str, spec: ModelSpec, use: Calla
         except BaseException as error:
             traceback.clear_frames(error.__traceback__)  # the failed frames must not keep the batch alive
             raise
-
-
-def to_array(tensor: tensor_pb2.Tensor, path: str, *, regions: RegionReader | None) -> np.ndarray:
-    """A copy of the tensor as a numpy array (bfloat16 widened to float32), for data kept past the call."""
-    with attached(tensor, path, regions=regions) as (wire, shape, view):
-        if wire.numpy is None:
-            return from_buffer(view, wire, shape).float().numpy()
-        return np.frombuffer(view, dtype=wire.numpy).reshape(shape).copy()
 
 
 def write_tensor(tensor: torch.Tensor, into: tensor_pb2.Tensor) -> None:

@@ -1,4 +1,8 @@
-"""``cut_tensor_data``: the message without the batch's elements, plus a view of them, reads as protobuf reads the whole."""
+"""A tensor's elements in serialized messages, without copies (``specbuilder_wire.message_bytes``).
+
+``serialize_with_tensor``: the hand-appended tensor parses to the same message ``to_proto`` builds.
+``cut_tensor_data``: the message without the batch's elements, plus a view of them, reads as protobuf reads the whole.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,41 @@ from hypothesis import given
 from hypothesis import strategies as st
 from google.protobuf.message import DecodeError
 
-from specbuilder.v1 import service_pb2, tensor_pb2
-from specbuilder.wire import payload, to_proto
-from specbuilder.wireformat import cut_tensor_data, field_head, varint
-from specbuilder_client.framing import serialize_with_tensor
+from specbuilder_wire.arrays import payload, to_proto
+from specbuilder_wire.message_bytes import cut_tensor_data, field_head, serialize_with_tensor, varint
+from specbuilder_wire.v1 import service_pb2, tensor_pb2
+
+ARRAYS = {
+    "float32 batch": np.random.default_rng(0).standard_normal((3, 4), dtype=np.float32),
+    "empty batch": np.zeros((0, 784), np.float32),
+    "strided int64": np.arange(6).reshape(2, 3)[:, ::2],
+    "transposed float64": np.random.default_rng(1).random((200, 300)).T,
+    "big-endian float32": np.ones((2, 2), ">f4"),
+    "bool scalar": np.array(True),
+    "float16 over 128 bytes": np.ones(100, np.float16),
+}
+
+
+@pytest.mark.parametrize("array", ARRAYS.values(), ids=ARRAYS.keys())
+def test_the_appended_tensor_parses_like_to_proto(array: np.ndarray) -> None:
+    request = service_pb2.EvaluateRequest(model_id="m", options=service_pb2.EvaluateOptions(statistics=True))
+    expected = service_pb2.EvaluateRequest()
+    expected.CopyFrom(request)
+    expected.input.CopyFrom(to_proto(array))
+    assert service_pb2.EvaluateRequest.FromString(serialize_with_tensor(request, "input", array)) == expected
+
+
+def test_a_stream_batch_and_a_tensor_that_held_data_before() -> None:
+    request = service_pb2.StreamEvaluateRequest()
+    request.batch.CopyFrom(to_proto(np.zeros((9, 9), np.float64)))
+    parsed = service_pb2.StreamEvaluateRequest.FromString(serialize_with_tensor(request, "batch", np.ones((5, 2), np.float32)))
+    assert parsed.batch == to_proto(np.ones((5, 2), np.float32))
+
+
+def test_a_dtype_the_wire_cannot_carry_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="arrays of dtype <U1 cannot travel"):
+        serialize_with_tensor(service_pb2.EvaluateRequest(), "input", np.array(["a"]))
+
 
 INPUT = service_pb2.EvaluateRequest.DESCRIPTOR.fields_by_name["input"].number
 BATCH = service_pb2.StreamEvaluateRequest.DESCRIPTOR.fields_by_name["batch"].number
@@ -27,7 +62,7 @@ def read(raw: bytes, message_type: type, field: int, name: str) -> tuple[object,
     return message, bytes(data)
 
 
-def test_the_client_framing_is_cut_back_without_a_copy() -> None:
+def test_a_serialized_tensor_is_cut_back_without_a_copy() -> None:
     x = np.random.default_rng(0).standard_normal((64, 784), dtype=np.float32)
     request = service_pb2.EvaluateRequest(model_id="m", options=service_pb2.EvaluateOptions(statistics=True))
     raw = serialize_with_tensor(request, "input", x)

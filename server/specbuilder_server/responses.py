@@ -1,68 +1,25 @@
-"""Core objects to protobuf messages: statistics, epochs, training events, store records, registry entries.
+"""The server's answers built from core objects: store records, training events, a compiled
+model's layers, the activation registry.
 
-Statistics and epoch metrics arrive either as the core's pydantic models (live, from a
-monitor or a training run) or as the plain dicts the store kept of them; both are read as
-mappings with the same keys, so one function serves each message. Fields the core leaves
-None stay unset (the proto marks them optional).
+Statistics and epoch metrics have their one protobuf form in ``specbuilder_wire.results``; a
+store record keeps them as the plain dicts they were saved as, read back into those types here.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-
 from specbuilder.activations import ACTIVATIONS
 from specbuilder.kinds import ActivationKind
-from specbuilder.proto import config_to_proto, encode_value, spec_to_proto
+from specbuilder.proto import spec_to_proto
 from specbuilder.spec import ACTIVATION_MODELS, Node
 from specbuilder.store import ModelRecord, ModelSummary
 from specbuilder.training import Event
-from specbuilder.v1 import service_pb2
-from specbuilder_client.results import status_value
-
-_STATS_SCALARS = (
-    "index", "name", "kind", "count", "nan_count", "inf_count", "zero_fraction", "saturated_fraction",
-    "dead_fraction", "units", "grad_norm", "entropy", "max_probability",
-)
-_FINITE_MOMENTS = ("mean", "std", "min", "max")
-"""None when a layer saw no finite value; NaN on the wire, where these fields are not optional."""
-_EPOCH_SCALARS = ("epoch", "loss", "val_loss", "accuracy", "lr", "seconds")
-Data = Mapping[str, Any] | BaseModel
-
-
-def _plain(item: Data) -> Mapping[str, Any]:
-    return item.model_dump() if isinstance(item, BaseModel) else item
-
-
-def _set(data: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    return {key: data[key] for key in fields if data.get(key) is not None}
-
-
-def layer_stats(item: Data) -> service_pb2.LayerStats:
-    """One monitored module's statistics."""
-    data = _plain(item)
-    message = service_pb2.LayerStats(**_set(data, _STATS_SCALARS), **{
-        key: math.nan if data.get(key) is None else data[key] for key in _FINITE_MOMENTS
-    })
-    histogram = data.get("histogram")
-    if histogram:
-        message.histogram.edges.extend(histogram["edges"])
-        message.histogram.counts.extend(histogram["counts"])
-        message.histogram.scale = histogram.get("scale", "")
-    return message
-
-
-def stats_list(items: Iterable[Data]) -> list[service_pb2.LayerStats]:
-    return [layer_stats(item) for item in items]
-
-
-def epoch_metrics(item: Data) -> service_pb2.EpochMetrics:
-    """One epoch's metrics (a live ``EpochMetrics`` or a stored history entry)."""
-    return service_pb2.EpochMetrics(**_set(_plain(item), _EPOCH_SCALARS))
+from specbuilder_wire.results import EpochMetrics, LayerStats, status_value
+from specbuilder_wire.v1 import service_pb2
+from specbuilder_wire.values import config_to_proto, encode_value
 
 
 def model_summary(summary: ModelSummary) -> service_pb2.ModelRecord:
@@ -83,8 +40,8 @@ def model_record(record: ModelRecord) -> service_pb2.ModelRecord:
     message.spec.CopyFrom(spec_to_proto(record.spec))
     for key, value in config_to_proto(record.config).items():
         message.config[key].CopyFrom(value)
-    message.history.extend(epoch_metrics(entry) for entry in record.history)
-    message.stats.extend(stats_list(record.stats))
+    message.history.extend(EpochMetrics.model_validate(entry).to_proto() for entry in record.history)
+    message.stats.extend(LayerStats.model_validate(layer).to_proto() for layer in record.stats)
     return message
 
 
@@ -101,10 +58,10 @@ def train_messages(run_id: str, events: Iterable[Event]) -> list[service_pb2.Tra
                 messages.append(message)
             item = progress.items.add()
             if event.type == "epoch":
-                item.epoch.CopyFrom(epoch_metrics(event.metrics))
+                item.epoch.CopyFrom(event.metrics.to_proto())
             else:
                 item.stats.step = event.step
-                item.stats.stats.extend(stats_list(event.layers))
+                item.stats.stats.extend(layer.to_proto() for layer in event.layers)
             continue
         progress = None
         if event.type == "started":
@@ -114,7 +71,8 @@ def train_messages(run_id: str, events: Iterable[Event]) -> list[service_pb2.Tra
             )))
         else:
             messages.append(service_pb2.TrainEvent(run_id=run_id, finished=service_pb2.TrainFinished(
-                status=status_value(event.status), reason=event.reason, steps=event.steps, stats=stats_list(event.result.stats),
+                status=status_value(event.status), reason=event.reason, steps=event.steps,
+                stats=[layer.to_proto() for layer in event.result.stats],
             )))
     return messages
 

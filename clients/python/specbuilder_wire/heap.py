@@ -3,19 +3,19 @@
 By default glibc serves every allocation above its mmap threshold (128 KiB, raised dynamically
 only after a free) with a fresh ``mmap``, and gives free memory at the top of the heap back to
 the system once it exceeds its trim threshold (twice the mmap threshold). A multi-megabyte
-tensor on the wire makes several buffers of its size per call, so with the defaults every call
-page-faults them in again and unmaps them after; with the thresholds fixed high they are reused
-(docs/benchmarks.md measures both).
+tensor on the wire makes several buffers of its size per call, which with the thresholds fixed
+high are reused from call to call instead of mapped and unmapped each time.
 
-``set_thresholds`` fixes both; the server (``specbuilder_server.malloc_tuning``) and the client
-(``specbuilder_client.framing``) each pick theirs. They are process-wide settings, so a
-process that sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself is left alone.
+``set_thresholds`` fixes both; the server (``specbuilder_server.malloc_tuning``) picks its own, a
+client ``keep_large_buffers``. They are process-wide settings, so a process that sets
+``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` itself is left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from typing import Any
@@ -50,4 +50,11 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
-__all__ = ["MMAP_THRESHOLD_MAX", "glibc", "set_thresholds"]
+@functools.cache
+def keep_large_buffers() -> bool:
+    """``set_thresholds`` once per process at what glibc reaches by itself once it has freed a
+    ``MMAP_THRESHOLD_MAX`` block: allocations up to 32 MiB from the heap, up to 64 MiB of free heap kept."""
+    return set_thresholds(MMAP_THRESHOLD_MAX, 2 * MMAP_THRESHOLD_MAX)
+
+
+__all__ = ["MMAP_THRESHOLD_MAX", "glibc", "keep_large_buffers", "set_thresholds"]

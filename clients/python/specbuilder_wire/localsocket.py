@@ -1,9 +1,8 @@
-"""The local socket: shared-memory Evaluate calls over a Unix socket, for clients on the server's host.
+"""The local socket's frames: shared-memory Evaluate calls over a Unix socket, for clients on the server's host.
 
-With shared memory the tensors no longer travel, and what is left of a call is gRPC's own fixed
-cost — on the 2-core box 0.4 ms for an empty call, a fifth of the benchmark MLP's 2.2 ms forward.
-A server started with ``--shared-memory`` therefore also listens on a Unix socket in a private
-directory (mode 0700) and names it in the trailing metadata of shared-memory Evaluate calls
+Shared-memory calls carry no tensor bytes, so they skip gRPC's own fixed cost of a call too: a
+server started with ``--shared-memory`` also listens on a Unix socket in a private directory
+(mode 0700) and names it in the trailing metadata of shared-memory Evaluate calls
 (``METADATA_KEY``); the client then sends its shared-memory Evaluate calls there: the same
 ``EvaluateRequest`` bytes, the same servicer, the same answers and statuses. Everything else
 (training, streams, the store) stays on gRPC, and a client that cannot reach the socket keeps

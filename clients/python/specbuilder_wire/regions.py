@@ -1,19 +1,17 @@
-"""The shared-memory regions a server reads batches from, kept mapped from one call to the next.
+"""Named POSIX shared-memory regions: how they are named, made (by a client) and read (by a server).
 
-A client on the server's host writes each batch into the same region (``specbuilder_client.shm``)
-and sends its name. Mapping it afresh on every call cost the server a ``shm_open``, an ``mmap``
-and a page fault per 4 KiB page read, then the ``munmap``: 0.5 ms before the forward and 0.5 ms
-after it for the benchmark's 3.2 MB batch, on a 5 ms forward. So a mapping is kept, as the
-inference servers that register a client's region once keep theirs, and reused while the name
+A client on the server's host writes a batch into a region it made (``new_region``, named
+``specbuilder_<random>``) and sends only the region's name; a server reads only names that
+match ``SHARED_MEMORY_NAME``, so a request can never make it open another program's region.
+
+The server keeps its mappings between calls (``SharedRegions``) and reuses one while the name
 still opens the same region: every call opens the name and compares the file's identity and
-size (a ``shm_open`` and an ``fstat``, microseconds) with the mapping's, so a region unlinked
-and made again under the same name is mapped again.
-
-A kept mapping keeps the client's pages alive after the client unlinks the region, so what is
-kept is bounded — at most ``max_regions`` mappings and ``max_bytes`` in all, least recently used
-dropped first; a region bigger than ``max_bytes`` is mapped for its call only — and the server
-drops all of them when it falls idle (``clear``). A mapping dropped while a call still reads it
-is unmapped when that call lets go of its view.
+size with the mapping's, so a region unlinked and made again under the same name is mapped
+again. A kept mapping keeps the client's pages alive after the client unlinks the region, so
+what is kept is bounded — at most ``max_regions`` mappings and ``max_bytes`` in all, least
+recently used dropped first; a region bigger than ``max_bytes`` is mapped for its call only —
+and the server drops all of them when it falls idle (``clear``). A mapping dropped while a call
+still reads it is unmapped when that call lets go of its view.
 
 A region is read only on behalf of the user who owns it: ``readable_by(uid)`` gives the reader
 for a caller whose user is known (the local socket's ``SO_PEERCRED``), which refuses any region
@@ -28,18 +26,31 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 from typing import Protocol
 
 import _posixshmem
 
+SHARED_MEMORY_NAME = re.compile(r"specbuilder_[A-Za-z0-9_-]{1,64}")
+"""The names of the regions a server reads: only ones made for specbuilder."""
 MAX_REGIONS = 16
 MAX_BYTES = 1 << 30
 """At most 1 GiB of client memory kept mapped between calls."""
+
+
+def new_region(nbytes: int) -> shared_memory.SharedMemory:
+    """A new region of ``nbytes`` bytes (at least 1) under a fresh name a server reads (``specbuilder_`` and 16 hex digits).
+
+    The caller owns it: Python's resource tracker unlinks it if the process dies before ``unlink``.
+    """
+    return shared_memory.SharedMemory(name=f"specbuilder_{secrets.token_hex(8)}", create=True, size=max(nbytes, 1))
 
 
 class RegionError(ValueError):
@@ -150,4 +161,4 @@ class _Owned:
         return self.regions._view(name, offset, nbytes, self.uid)
 
 
-__all__ = ["RegionDenied", "RegionError", "RegionReader", "SharedRegions"]
+__all__ = ["SHARED_MEMORY_NAME", "RegionDenied", "RegionError", "RegionReader", "SharedRegions", "new_region"]

@@ -1,8 +1,8 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
-from specbuilder.v1 import spec_pb2 as _spec_pb2
-from specbuilder.v1 import tensor_pb2 as _tensor_pb2
+from specbuilder_wire.v1 import spec_pb2 as _spec_pb2
+from specbuilder_wire.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -275,20 +275,22 @@ class TrainRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[SpecSource, _Mapping]] = ..., dataset: _Optional[str] = ..., arrays: _Optional[_Union[TrainArrays, _Mapping]] = ..., config: _Optional[_Mapping[str, _spec_pb2.Value]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
-    __slots__ = ("epoch", "loss", "val_loss", "accuracy", "lr", "seconds")
+    __slots__ = ("epoch", "loss", "val_loss", "accuracy", "lr", "seconds", "step")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     VAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     loss: float
     val_loss: float
     accuracy: float
     lr: float
     seconds: float
-    def __init__(self, epoch: _Optional[int] = ..., loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., lr: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+    step: int
+    def __init__(self, epoch: _Optional[int] = ..., loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., lr: _Optional[float] = ..., seconds: _Optional[float] = ..., step: _Optional[int] = ...) -> None: ...
 
 class TrainStarted(_message.Message):
     __slots__ = ("epochs", "steps_per_epoch", "train_samples", "val_samples")
