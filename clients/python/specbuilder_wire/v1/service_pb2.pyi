@@ -128,16 +128,18 @@ class EvaluateOptions(_message.Message):
     def __init__(self, skip_output: _Optional[bool] = ..., statistics: _Optional[bool] = ..., layers: _Optional[_Iterable[str]] = ..., all_layers: _Optional[bool] = ..., bins: _Optional[int] = ..., amp: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("spec", "model_id", "input", "options")
+    __slots__ = ("spec", "model_id", "input", "options", "seed")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     spec: SpecSource
     model_id: str
     input: _tensor_pb2.Tensor
     options: EvaluateOptions
-    def __init__(self, spec: _Optional[_Union[SpecSource, _Mapping]] = ..., model_id: _Optional[str] = ..., input: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., options: _Optional[_Union[EvaluateOptions, _Mapping]] = ...) -> None: ...
+    seed: int
+    def __init__(self, spec: _Optional[_Union[SpecSource, _Mapping]] = ..., model_id: _Optional[str] = ..., input: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., options: _Optional[_Union[EvaluateOptions, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("edges", "counts", "scale")
@@ -200,14 +202,16 @@ class EvaluateResponse(_message.Message):
     def __init__(self, output: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., stats: _Optional[_Iterable[_Union[LayerStats, _Mapping]]] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
 
 class StreamEvaluateStart(_message.Message):
-    __slots__ = ("spec", "model_id", "options")
+    __slots__ = ("spec", "model_id", "options", "seed")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     spec: SpecSource
     model_id: str
     options: EvaluateOptions
-    def __init__(self, spec: _Optional[_Union[SpecSource, _Mapping]] = ..., model_id: _Optional[str] = ..., options: _Optional[_Union[EvaluateOptions, _Mapping]] = ...) -> None: ...
+    seed: int
+    def __init__(self, spec: _Optional[_Union[SpecSource, _Mapping]] = ..., model_id: _Optional[str] = ..., options: _Optional[_Union[EvaluateOptions, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class StreamEvaluateRequest(_message.Message):
     __slots__ = ("start", "batch")
@@ -449,16 +453,32 @@ class ListActivationsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ParameterInfo(_message.Message):
-    __slots__ = ("name", "type", "default", "constraint")
+    __slots__ = ("name", "type", "default", "constraint", "minimum", "maximum", "exclusive_minimum", "exclusive_maximum", "choices", "required", "inferred", "items")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    INFERRED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     default: _spec_pb2.Value
     constraint: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default: _Optional[_Union[_spec_pb2.Value, _Mapping]] = ..., constraint: _Optional[str] = ...) -> None: ...
+    minimum: float
+    maximum: float
+    exclusive_minimum: bool
+    exclusive_maximum: bool
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    required: bool
+    inferred: bool
+    items: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default: _Optional[_Union[_spec_pb2.Value, _Mapping]] = ..., constraint: _Optional[str] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., exclusive_minimum: _Optional[bool] = ..., exclusive_maximum: _Optional[bool] = ..., choices: _Optional[_Iterable[str]] = ..., required: _Optional[bool] = ..., inferred: _Optional[bool] = ..., items: _Optional[str] = ...) -> None: ...
 
 class ActivationInfo(_message.Message):
     __slots__ = ("name", "aliases", "summary", "formula", "parameters", "range_min", "range_max", "flat_region")
@@ -485,3 +505,65 @@ class ListActivationsResponse(_message.Message):
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     activations: _containers.RepeatedCompositeFieldContainer[ActivationInfo]
     def __init__(self, activations: _Optional[_Iterable[_Union[ActivationInfo, _Mapping]]] = ...) -> None: ...
+
+class ListLayersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LayerInfo(_message.Message):
+    __slots__ = ("name", "aliases", "summary", "parameters", "module")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    summary: str
+    parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
+    module: str
+    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., summary: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., module: _Optional[str] = ...) -> None: ...
+
+class ListLayersResponse(_message.Message):
+    __slots__ = ("layers",)
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerInfo]
+    def __init__(self, layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DatasetInfo(_message.Message):
+    __slots__ = ("name", "description", "input_shape", "target_kind", "classes", "rows")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KIND_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    target_kind: str
+    classes: int
+    rows: int
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., target_kind: _Optional[str] = ..., classes: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetInfo]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[DatasetInfo, _Mapping]]] = ...) -> None: ...
+
+class GetSchemaRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetSchemaResponse(_message.Message):
+    __slots__ = ("spec_schema", "train_config_schema")
+    SPEC_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_CONFIG_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    spec_schema: str
+    train_config_schema: str
+    def __init__(self, spec_schema: _Optional[str] = ..., train_config_schema: _Optional[str] = ...) -> None: ...

@@ -29,8 +29,9 @@ class ModelServiceStub:
     """The model service. Every RPC but the standard health service needs a bearer token
     (metadata `authorization: Bearer <token>`) when the server has tokens: UNAUTHENTICATED without
     one it knows. Each token has a role. A full-access token may call every RPC; an inference token
-    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`
-    and `ListActivations`. Other RPCs answer an inference token PERMISSION_DENIED, naming the role.
+    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`,
+    `ListActivations`, `ListLayers`, `ListDatasets` and `GetSchema`. Other RPCs answer an inference
+    token PERMISSION_DENIED, naming the role.
     """
 
     def __init__(self, channel):
@@ -89,14 +90,30 @@ class ModelServiceStub:
                 request_serializer=specbuilder_dot_v1_dot_service__pb2.ListActivationsRequest.SerializeToString,
                 response_deserializer=specbuilder_dot_v1_dot_service__pb2.ListActivationsResponse.FromString,
                 _registered_method=True)
+        self.ListLayers = channel.unary_unary(
+                '/specbuilder.v1.ModelService/ListLayers',
+                request_serializer=specbuilder_dot_v1_dot_service__pb2.ListLayersRequest.SerializeToString,
+                response_deserializer=specbuilder_dot_v1_dot_service__pb2.ListLayersResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/specbuilder.v1.ModelService/ListDatasets',
+                request_serializer=specbuilder_dot_v1_dot_service__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=specbuilder_dot_v1_dot_service__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.GetSchema = channel.unary_unary(
+                '/specbuilder.v1.ModelService/GetSchema',
+                request_serializer=specbuilder_dot_v1_dot_service__pb2.GetSchemaRequest.SerializeToString,
+                response_deserializer=specbuilder_dot_v1_dot_service__pb2.GetSchemaResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
     """The model service. Every RPC but the standard health service needs a bearer token
     (metadata `authorization: Bearer <token>`) when the server has tokens: UNAUTHENTICATED without
     one it knows. Each token has a role. A full-access token may call every RPC; an inference token
-    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`
-    and `ListActivations`. Other RPCs answer an inference token PERMISSION_DENIED, naming the role.
+    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`,
+    `ListActivations`, `ListLayers`, `ListDatasets` and `GetSchema`. Other RPCs answer an inference
+    token PERMISSION_DENIED, naming the role.
     """
 
     def ValidateSpec(self, request, context):
@@ -172,6 +189,28 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLayers(self, request, context):
+        """Every other layer type of the spec language, with its parameters: what a client needs to
+        build any spec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """The built-in datasets TrainRequest.dataset takes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchema(self, request, context):
+        """The JSON Schemas (draft 2020-12) of the spec language and of the training configuration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +264,21 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=specbuilder_dot_v1_dot_service__pb2.ListActivationsRequest.FromString,
                     response_serializer=specbuilder_dot_v1_dot_service__pb2.ListActivationsResponse.SerializeToString,
             ),
+            'ListLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLayers,
+                    request_deserializer=specbuilder_dot_v1_dot_service__pb2.ListLayersRequest.FromString,
+                    response_serializer=specbuilder_dot_v1_dot_service__pb2.ListLayersResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=specbuilder_dot_v1_dot_service__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=specbuilder_dot_v1_dot_service__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'GetSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchema,
+                    request_deserializer=specbuilder_dot_v1_dot_service__pb2.GetSchemaRequest.FromString,
+                    response_serializer=specbuilder_dot_v1_dot_service__pb2.GetSchemaResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'specbuilder.v1.ModelService', rpc_method_handlers)
@@ -237,8 +291,9 @@ class ModelService:
     """The model service. Every RPC but the standard health service needs a bearer token
     (metadata `authorization: Bearer <token>`) when the server has tokens: UNAUTHENTICATED without
     one it knows. Each token has a role. A full-access token may call every RPC; an inference token
-    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`
-    and `ListActivations`. Other RPCs answer an inference token PERMISSION_DENIED, naming the role.
+    may call `ValidateSpec`, `CompileSpec`, `Evaluate`, `StreamEvaluate`, `ListModels`, `GetModel`,
+    `ListActivations`, `ListLayers`, `ListDatasets` and `GetSchema`. Other RPCs answer an inference
+    token PERMISSION_DENIED, naming the role.
     """
 
     @staticmethod
@@ -501,6 +556,87 @@ class ModelService:
             '/specbuilder.v1.ModelService/ListActivations',
             specbuilder_dot_v1_dot_service__pb2.ListActivationsRequest.SerializeToString,
             specbuilder_dot_v1_dot_service__pb2.ListActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specbuilder.v1.ModelService/ListLayers',
+            specbuilder_dot_v1_dot_service__pb2.ListLayersRequest.SerializeToString,
+            specbuilder_dot_v1_dot_service__pb2.ListLayersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specbuilder.v1.ModelService/ListDatasets',
+            specbuilder_dot_v1_dot_service__pb2.ListDatasetsRequest.SerializeToString,
+            specbuilder_dot_v1_dot_service__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specbuilder.v1.ModelService/GetSchema',
+            specbuilder_dot_v1_dot_service__pb2.GetSchemaRequest.SerializeToString,
+            specbuilder_dot_v1_dot_service__pb2.GetSchemaResponse.FromString,
             options,
             channel_credentials,
             insecure,
