@@ -176,6 +176,9 @@ class LayerKind(Entry):
     positional: tuple[str, ...] = ()
     """Parameters the Python builder takes positionally, in order."""
     aliases: tuple[str, ...] = ()
+    inferred: tuple[str, ...] = ()
+    """Parameters that default to None and are then taken from the input shape (``in_features``): ``infer``
+    fills them in, and a given value must agree."""
     example: Mapping[str, Any] = field(default_factory=dict)
     """Parameter values that differ from the defaults: used by docs, tests and round trips."""
     sample_shape: Shape = (6,)

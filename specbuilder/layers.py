@@ -268,16 +268,16 @@ def _kinds() -> list[LayerKind]:
         LayerKind(
             name="linear", summary="Affine map y = x W^T + b over the last dimension.",
             params={"out_features": (PositiveInt, ...), "in_features": (PositiveInt | None, None), "bias": (bool, True)},
-            module=NN + "Linear", infer=_linear, positional=("out_features",), example={"out_features": 3, "bias": False},
+            module=NN + "Linear", infer=_linear, inferred=("in_features",), positional=("out_features",), example={"out_features": 3, "bias": False},
         ),
         LayerKind(
             name="conv1d", sample_shape=(2, 8), summary="1-D convolution over [C, L] inputs.", params=_conv_params(), module=NN + "Conv1d",
-            infer=_conv(1), positional=("out_channels", "kernel_size"),
+            infer=_conv(1), inferred=("in_channels",), positional=("out_channels", "kernel_size"),
             example={"out_channels": 4, "kernel_size": 3, "padding": 1, "stride": 2},
         ),
         LayerKind(
             name="conv2d", sample_shape=(2, 6, 6), summary="2-D convolution over [C, H, W] inputs.", params=_conv_params(), module=NN + "Conv2d",
-            infer=_conv(2), positional=("out_channels", "kernel_size"),
+            infer=_conv(2), inferred=("in_channels",), positional=("out_channels", "kernel_size"),
             example={"out_channels": 4, "kernel_size": [3, 1], "padding": "same", "bias": False},
         ),
         LayerKind(
@@ -305,12 +305,12 @@ def _kinds() -> list[LayerKind]:
         LayerKind(
             name="batch_norm1d", sample_shape=(4, 5), summary="Batch normalization over [C] or [C, L] inputs.",
             params={"num_features": (PositiveInt | None, None), **norm}, module=NN + "BatchNorm1d",
-            infer=_batch_norm(1), batch_statistics=_without_running_stats, example={"eps": 1e-3, "affine": False},
+            infer=_batch_norm(1), inferred=("num_features",), batch_statistics=_without_running_stats, example={"eps": 1e-3, "affine": False},
         ),
         LayerKind(
             name="batch_norm2d", sample_shape=(2, 6, 6), summary="Batch normalization over [C, H, W] inputs.",
             params={"num_features": (PositiveInt | None, None), **norm}, module=NN + "BatchNorm2d",
-            infer=_batch_norm(2), batch_statistics=_without_running_stats, example={"momentum": 0.2, "track_running_stats": False},
+            infer=_batch_norm(2), inferred=("num_features",), batch_statistics=_without_running_stats, example={"momentum": 0.2, "track_running_stats": False},
         ),
         LayerKind(
             name="layer_norm", sample_shape=(3, 6), summary="Normalization over the trailing dimensions of each sample.",
@@ -320,7 +320,7 @@ def _kinds() -> list[LayerKind]:
                 "elementwise_affine": (bool, True),
                 "bias": (bool, True),
             },
-            module=NN + "LayerNorm", infer=_layer_norm, example={"eps": 1e-6, "bias": False},
+            module=NN + "LayerNorm", infer=_layer_norm, inferred=("normalized_shape",), example={"eps": 1e-6, "bias": False},
         ),
         LayerKind(
             name="dropout", summary="Zeroes elements with probability p while training.",

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from specbuilder.activations import ACTIVATIONS
+from specbuilder.kinds import LayerKind
 from specbuilder.layers import LAYERS
 from specbuilder.registry import Entry, EntrySpec, resolve
 from specbuilder.spec import ACTIVATION_MODELS, LAYER_MODELS
@@ -62,3 +63,16 @@ NAMING = [(entry, path) for _, entry in ENTRIES for field in DOTTED_PATHS if (pa
 @pytest.mark.parametrize(("entry", "path"), NAMING, ids=[f"{entry.name}:{path}" for entry, path in NAMING])
 def test_every_torch_object_an_entry_names_resolves(entry: Entry, path: str) -> None:
     assert callable(resolve(path))
+
+
+KINDS = [(LAYER_MODELS[name], kind) for name, kind in {**LAYERS, **ACTIVATIONS}.items()]
+
+
+@pytest.mark.parametrize(("model", "kind"), KINDS, ids=[kind.name for _, kind in KINDS])
+def test_a_kind_declares_exactly_the_parameters_its_shape_inference_fills_in(model: type[EntrySpec], kind: LayerKind) -> None:
+    """``LayerKind.inferred`` (what ListLayers reports as inferred) is what ``infer`` does with a parameter left None."""
+    layer = model.model_validate({"type": kind.name, **kind.example})
+    filled = {key for key, value in layer.params().items()
+              if value is None and kind.infer(layer.params(), kind.sample_shape).kwargs.get(key) is not None}
+    assert set(kind.inferred) == filled
+    assert all(model.defaults()[key] is None for key in kind.inferred)
