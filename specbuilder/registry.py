@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+"""The JSON Schema draft pydantic writes, named by the ``$schema`` of the spec's and the training config's schemas."""
 Params = Mapping[str, tuple[Any, Any]]
 """Pydantic field definitions ``name -> (annotation, default or FieldInfo)``."""
 
@@ -83,6 +85,15 @@ def shorthand(value: Any) -> Any:
     """A bare name as the object it stands for (``"adam"`` is ``{"type": "adam"}``); anything else as it is.
     Run before a ``one_of`` field's validation, it lets the field take a name alone."""
     return {"type": value} if isinstance(value, str) else value
+
+
+def shorthand_validator(models: Mapping[str, type[EntrySpec]], normalize: Callable[[Any], Any] = shorthand, *,
+                        nullable: bool = False) -> BeforeValidator:
+    """The validator that runs ``normalize`` (``shorthand``, or one that also canonicalizes names) before a
+    ``one_of(models)`` field validates; the field's JSON schema then says what it takes: a name of ``models``
+    or an object of any of them (or null, when ``nullable``)."""
+    accepted: Any = Literal[tuple(models)] | one_of(models)
+    return BeforeValidator(normalize, json_schema_input_type=accepted | None if nullable else accepted)
 
 
 @functools.cache

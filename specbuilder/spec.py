@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    ConfigDict,
     Field,
     PrivateAttr,
     StringConstraints,
@@ -38,7 +39,7 @@ from specbuilder.activations import ACTIVATIONS
 from specbuilder.errors import Loc, SpecError, format_path, friendly, reraise, suggest
 from specbuilder.kinds import ActivationKind, LayerError, LayerKind, Shape
 from specbuilder.layers import LAYERS, MAX_SIZE, PositiveInt
-from specbuilder.registry import EntrySpec, Strict, entry_model, one_of, shorthand
+from specbuilder.registry import JSON_SCHEMA_DIALECT, EntrySpec, Strict, entry_model, one_of, shorthand, shorthand_validator
 from specbuilder_wire.results import Problem
 
 DEFAULT_MAX_PARAMS = 100_000_000
@@ -148,7 +149,7 @@ def _model(kind: LayerKind, base: type[LayerSpec], **fields: Any) -> type[LayerS
 
 
 ACTIVATION_MODELS: dict[str, type[LayerSpec]] = {k.name: _model(k, ActivationSpec) for k in ACTIVATIONS.values()}
-ActivationField = Annotated[one_of(ACTIVATION_MODELS) | None, BeforeValidator(_activation_shorthand)]
+ActivationField = Annotated[one_of(ACTIVATION_MODELS) | None, shorthand_validator(ACTIVATION_MODELS, _activation_shorthand, nullable=True)]
 LAYER_MODELS: dict[str, type[LayerSpec]] = {
     **{
         k.name: _model(k, LayerSpec, activation=(ActivationField, Field(None, description="shorthand for an activation layer after this one")))
@@ -192,6 +193,7 @@ class Node:
 class ModelSpec(Strict):
     """A network as data: an input shape and a stack of layers."""
 
+    model_config = ConfigDict(json_schema_extra={"$schema": JSON_SCHEMA_DIALECT})
     name: ModelName = "model"
     input_shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=4, description="per-sample shape, no batch dimension")]
     layers: Annotated[list[AnyLayer], Field(min_length=1, max_length=MAX_LAYERS)]

@@ -13,9 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
-
-from specbuilder.registry import Entry, EntrySpec, entry_model, one_of, shorthand
+from specbuilder.registry import Entry, EntrySpec, entry_model, one_of, shorthand_validator
 
 Check = Callable[[Mapping[str, Any]], list[tuple[str, str]]]
 """Cross-parameter rule: ``params -> [(field, message), ...]``, empty when all is well."""
@@ -43,4 +41,4 @@ def choice_models(registry: Mapping[str, Choice], suffix: str) -> dict[str, type
 
 def choice_field(models: Mapping[str, type[EntrySpec]]) -> Any:
     """The annotation of a field taking a name or an object of any of ``models``."""
-    return Annotated[one_of(models), BeforeValidator(shorthand)]
+    return Annotated[one_of(models), shorthand_validator(models)]

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from specbuilder.errors import Loc, SpecError, friendly, reraise, suggest
 from specbuilder.spec import Style
-from specbuilder.registry import EntrySpec, Strict
+from specbuilder.registry import JSON_SCHEMA_DIALECT, EntrySpec, Strict
 from specbuilder.training.choices import Choice, choice_field, choice_models
 from specbuilder.training.losses import LOSSES
 from specbuilder.training.optimizers import OPTIMIZERS
@@ -61,6 +61,7 @@ class ConfigError(SpecError):
 class TrainConfig(Strict):
     """How to train a model: every field has a default, so ``TrainConfig()`` is a working config."""
 
+    model_config = ConfigDict(json_schema_extra={"$schema": JSON_SCHEMA_DIALECT})
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS, description="passes over the training set")] = 20
     batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH, description="samples per optimizer step (per rank when world_size > 1)")] = 64
     lr: Annotated[float, Field(gt=0, description="learning rate (the schedule's starting rate)")] = 0.01
