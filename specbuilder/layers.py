@@ -57,8 +57,8 @@ def _int_or_pair(minimum: int, words: tuple[str, ...] = ()) -> Any:
 
     schema: dict[str, Any] = {
         "anyOf": [
-            {"type": "integer", "minimum": minimum},
-            {"type": "array", "items": {"type": "integer", "minimum": minimum}, "minItems": 2, "maxItems": 2},
+            {"type": "integer", "minimum": minimum, "maximum": MAX_SIZE},
+            {"type": "array", "items": {"type": "integer", "minimum": minimum, "maximum": MAX_SIZE}, "minItems": 2, "maxItems": 2},
         ]
         + ([{"enum": list(words)}] if words else [])
     }

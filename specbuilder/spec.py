@@ -79,10 +79,15 @@ RESERVED_NAMES = frozenset(
 ``spec``, which every compiled module carries (a test keeps this in step with torch)."""
 
 
+def _spellings(name: str, kind: LayerKind) -> tuple[str, ...]:
+    """The names a spec may give the kind ``name``: itself, torch's class name, itself without underscores, its aliases."""
+    return (name, kind.module.rpartition(".")[2], name.replace("_", ""), *kind.aliases)
+
+
 def _type_names() -> dict[str, str]:
     table: dict[str, str] = {}
     for name, kind in KINDS.items():
-        for alias in (name, name.replace("_", ""), kind.module.rpartition(".")[2], *kind.aliases):
+        for alias in _spellings(name, kind):
             table.setdefault(alias.lower(), name)
     return table
 
@@ -94,6 +99,19 @@ TYPE_NAMES = _type_names()
 def lookup_type(name: str) -> str | None:
     """The canonical type for a name, alias or torch class name, case-insensitive."""
     return TYPE_NAMES.get(name.lower())
+
+
+def other_names(name: str) -> tuple[str, ...]:
+    """Every other name ``lookup_type`` takes for the type ``name``, one spelling each: names match
+    case-insensitively, so a spelling that is ``name`` in another case (``Linear``) is left out, and of
+    two that differ only in case the torch class name is given (``LeakyReLU``, not ``leakyrelu``)."""
+    seen = {name.lower()}
+    names = []
+    for spelling in _spellings(name, KINDS[name]):
+        if spelling.lower() not in seen and TYPE_NAMES.get(spelling.lower()) == name:
+            seen.add(spelling.lower())
+            names.append(spelling)
+    return tuple(names)
 
 
 def _check_layer_name(value: str) -> str:
@@ -443,5 +461,5 @@ def parse_spec(source: ModelSpec | Mapping[str, Any] | str | bytes | Path, *, ma
 
 __all__ = [
     "ACTIVATION_MODELS", "DEFAULT_MAX_PARAMS", "KINDS", "LAYER_MODELS", "ActivationSpec", "LayerSpec",
-    "ModelSpec", "Node", "lookup_type", "parse_spec", "MAX_SIZE",
+    "ModelSpec", "Node", "lookup_type", "other_names", "parse_spec", "MAX_SIZE",
 ]

@@ -1,5 +1,5 @@
 """The server's answers built from core objects: store records, training events, a compiled
-model's layers, the activation registry.
+model's layers (the registries' answers are ``catalog``'s).
 
 Statistics and epoch metrics have their one protobuf form in ``specbuilder_wire.results``; a
 store record keeps them as the plain dicts they were saved as, read back into those types here.
@@ -7,19 +7,15 @@ store record keeps them as the plain dicts they were saved as, read back into th
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from specbuilder.activations import ACTIVATIONS
-from specbuilder.kinds import ActivationKind
 from specbuilder.proto import spec_to_proto
-from specbuilder.spec import ACTIVATION_MODELS, Node
+from specbuilder.spec import Node
 from specbuilder.store import ModelRecord, ModelSummary
 from specbuilder.training import Event
 from specbuilder_wire.results import EpochMetrics, LayerStats, status_value
 from specbuilder_wire.v1 import service_pb2
-from specbuilder_wire.values import config_to_proto, encode_value
+from specbuilder_wire.values import config_to_proto
 
 
 def model_summary(summary: ModelSummary) -> service_pb2.ModelRecord:
@@ -88,37 +84,3 @@ def layer_summary(node: Node) -> service_pb2.LayerSummary:
         index=node.index, name=node.name, type=node.layer.type, path=node.path,
         output_shape=node.out_shape, num_params=node.num_params,
     )
-
-
-def _constraint(schema: Mapping[str, Any]) -> str:
-    bounds = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
-    parts = [f"{word} {schema[key]:g}" for key, word in bounds if key in schema]
-    if "enum" in schema:
-        parts.append("one of " + ", ".join(repr(choice) for choice in schema["enum"]))
-    return ", ".join(parts)
-
-
-def activation_info(kind: ActivationKind) -> service_pb2.ActivationInfo:
-    """One registry entry: names, parameters with their defaults and bounds, range at the defaults, flat region."""
-    model = ACTIVATION_MODELS[kind.name]
-    properties = model.model_json_schema()["properties"]
-    defaults = {name: field.default for name, field in model.model_fields.items() if name in kind.params and not field.is_required()}
-    parameters = []
-    for name in kind.params:
-        schema = properties[name]
-        info = service_pb2.ParameterInfo(name=name, type=schema.get("type", ""), constraint=_constraint(schema))
-        if name in defaults:
-            info.default.CopyFrom(encode_value(defaults[name], name))
-        parameters.append(info)
-    low, high = kind.range_for(defaults)
-    return service_pb2.ActivationInfo(
-        name=kind.name, aliases=kind.aliases, summary=kind.summary, formula=kind.formula, parameters=parameters,
-        range_min=low, range_max=high,
-        flat_region=kind.flat.text if kind.flat else "",
-    )
-
-
-@functools.cache
-def activations() -> service_pb2.ListActivationsResponse:
-    """The whole registry, built once: it never changes while the server runs."""
-    return service_pb2.ListActivationsResponse(activations=[activation_info(kind) for kind in ACTIVATIONS.values()])

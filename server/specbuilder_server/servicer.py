@@ -29,7 +29,7 @@ from specbuilder.proto import spec_to_proto
 from specbuilder.spec import STYLES, ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
-from specbuilder_server import request_fields, responses
+from specbuilder_server import catalog, request_fields, responses
 from specbuilder_server.compute_budget import Budget
 from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
@@ -327,6 +327,20 @@ class ModelServicer:
         spec, weights = await self.blocking(self._store.export, request_fields.model_id(request.model_id))
         return service_pb2.ExportModelResponse(spec=spec_to_proto(spec), weights={key: to_proto(array) for key, array in weights.items()})
 
+    # -- what the service offers -----------------------------------------------------------
+
     @handled
     async def ListActivations(self, request: service_pb2.ListActivationsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListActivationsResponse:
-        return await self.blocking(responses.activations)
+        return await self.blocking(catalog.activations)
+
+    @handled
+    async def ListLayers(self, request: service_pb2.ListLayersRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListLayersResponse:
+        return await self.blocking(catalog.layers)
+
+    @handled
+    async def ListDatasets(self, request: service_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext) -> service_pb2.ListDatasetsResponse:
+        return await self.blocking(catalog.datasets)
+
+    @handled
+    async def GetSchema(self, request: service_pb2.GetSchemaRequest, context: grpc.aio.ServicerContext) -> service_pb2.GetSchemaResponse:
+        return await self.blocking(catalog.schemas)
