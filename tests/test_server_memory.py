@@ -51,7 +51,7 @@ def test_the_model_cache_is_bounded_in_bytes_and_keeps_nothing_larger_than_its_b
         assert [module() is not None for module in kept] == [False] * 3 + [True] * 3  # the least recently used went
         huge = models.compiled(spec(2000))  # type: ignore[arg-type]
         assert huge.module(torch.zeros(1, 1000)).shape == (1, 2000)  # served for its call
-        assert cache.get(("spec", huge.spec.spec_hash(), "sequential")) is None and cache.nbytes <= cache.max_bytes
+        assert cache.get(("spec", huge.spec.spec_hash(), "sequential", 0)) is None and cache.nbytes <= cache.max_bytes
 
 
 def test_the_pool_trims_once_after_each_busy_spell() -> None:

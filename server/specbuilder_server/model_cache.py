@@ -1,7 +1,9 @@
 """Models ready to evaluate: specs compiled once per hash, stored models loaded once per id, in one cache bounded in bytes.
 
-``ModelCache`` keeps compiled specs (keyed by canonical hash and style) and stored models (keyed
-by id: their weights differ from a fresh compile's) in one least-recently-used order, bounded by
+``ModelCache`` keeps compiled specs (keyed by canonical hash, style and seed: a spec's weights are
+initialized from the request's seed, so every server gives the same spec, seed and input the same
+outputs, after a restart or an eviction too) and stored models (keyed by id: their weights are the
+stored ones) in one least-recently-used order, bounded by
 count and by the bytes of their parameters and buffers: a model larger than the whole budget is
 served for its call and not kept. The bytes of the request sources that lead to a compiled spec
 (``Models.for_source``: a client sends the same spec call after call, and validating and hashing
@@ -30,8 +32,8 @@ from specbuilder.store import ModelStore
 from specbuilder_server import request_fields
 from specbuilder_wire.v1 import service_pb2
 
-Key = tuple[str, str, str]
-"""``("spec", spec_hash, style)`` or ``("model", model_id, "")``."""
+Key = tuple[str, str, str, int]
+"""``("spec", spec_hash, style, seed)`` or ``("model", model_id, "", 0)``."""
 
 
 @dataclass(eq=False)
@@ -130,30 +132,31 @@ class Models:
         self._max_params = max_params
         self.cache = cache
 
-    def compiled(self, spec: ModelSpec, style: Style = "sequential", source: bytes | None = None) -> Ready:
-        """The spec compiled (freshly initialized weights), shared by every call with the same spec and style."""
-        key: Key = ("spec", spec.spec_hash(), style)
+    def compiled(self, spec: ModelSpec, style: Style = "sequential", seed: int = 0, source: bytes | None = None) -> Ready:
+        """The spec compiled, its weights initialized from ``seed`` (``compile_spec``'s seeding, as training's), shared
+        by every call with the same spec, style and seed."""
+        key: Key = ("spec", spec.spec_hash(), style, seed)
         ready = self.cache.get(key)
         if ready is None:
-            ready = Ready.of(compile_spec(spec, style, self.device).eval(), self.device)
+            ready = Ready.of(compile_spec(spec, style, self.device, seed=seed).eval(), self.device)
         return self.cache.put(key, ready, source)
 
     @staticmethod
-    def source_key(source: service_pb2.SpecSource) -> bytes:
-        """What a request's spec source is remembered by."""
-        return source.SerializeToString(deterministic=True)
+    def source_key(source: service_pb2.SpecSource, seed: int) -> bytes:
+        """What a request's spec source and seed are remembered by."""
+        return seed.to_bytes(8, "little") + source.SerializeToString(deterministic=True)
 
-    def for_source(self, source: service_pb2.SpecSource, path: str, check: Callable[[ModelSpec], object] | None = None) -> Ready:
-        """``compiled`` for the spec a request sends, remembered by the source's bytes; ``check`` sees the
+    def for_source(self, source: service_pb2.SpecSource, seed: int, path: str, check: Callable[[ModelSpec], object] | None = None) -> Ready:
+        """``compiled`` for the spec a request sends and its seed, remembered by the source's bytes; ``check`` sees the
         spec first, before anything is compiled (and may refuse it by raising)."""
-        key = self.source_key(source)
+        key = self.source_key(source, seed)
         ready = self.cache.by_source(key)
         if ready is not None:
             return ready
         spec = request_fields.spec_of(source, path, self._max_params)
         if check is not None:
             check(spec)
-        return self.compiled(spec, source=key)
+        return self.compiled(spec, seed=seed, source=key)
 
     def stored(self, model_id: str) -> Ready:
         """A stored model with its weights; ``ModelNotFound`` / ``NoWeights`` from the store.
@@ -161,7 +164,7 @@ class Models:
         A cached one is returned only while the store still has its id: replicas share the
         store, not this cache, and another may have deleted it.
         """
-        key: Key = ("model", model_id, "")
+        key: Key = ("model", model_id, "", 0)
         ready = self.cache.get(key)
         if ready is not None:
             if self._store.exists(model_id):
@@ -171,4 +174,4 @@ class Models:
 
     def forget(self, model_id: str) -> None:
         """Drop a deleted model, so it cannot be evaluated from the cache."""
-        self.cache.drop(("model", model_id, ""))
+        self.cache.drop(("model", model_id, "", 0))

@@ -126,12 +126,13 @@ class ModelServicer:
         return None
 
     async def _ready(self, request: Any, check: Callable[[ModelSpec], object] | None = None) -> Ready:
-        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``); ``check`` sees a
-        spec sent with the request before it is compiled."""
+        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``): a spec with its weights
+        initialized from the request's ``seed``, a stored model with its own. ``check`` sees a spec sent with
+        the request before it is compiled."""
         kind = request.WhichOneof("model")
         if kind == "spec":
-            ready = self._models.cache.by_source(self._models.source_key(request.spec))
-            return ready or await self.blocking(self._models.for_source, request.spec, "spec", check)
+            ready = self._models.cache.by_source(self._models.source_key(request.spec, request.seed))
+            return ready or await self.blocking(self._models.for_source, request.spec, request.seed, "spec", check)
         if kind == "model_id":
             return await self.blocking(self._models.stored, request_fields.model_id(request.model_id))
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")

@@ -148,16 +148,20 @@ class Client:
         shared_memory: bool | None = None,
         timeout: float | None = None,
         amp: str | None = None,
+        seed: int = 0,
     ) -> EvalResult:
         """Run one batch ``x`` ([N, *input_shape]) through a spec or a stored model's id.
 
-        ``statistics`` adds per-layer activation statistics (every activation layer, or the
-        modules named in ``layers``, or every module with ``all_layers``). ``shared_memory``
-        overrides the client's choice for this call. ``amp`` (``"bf16"`` or ``"fp16"``) runs the
+        A spec's weights are initialized from ``seed``: the same spec, seed and input give the same
+        outputs on every server (a stored model has its own weights and ignores it). ``statistics``
+        adds per-layer activation statistics (every activation layer, or the modules named in
+        ``layers``, or every module with ``all_layers``). ``shared_memory`` overrides the client's
+        choice for this call. ``amp`` (``"bf16"`` or ``"fp16"``) runs the
         forward in mixed precision: outputs come back in that dtype (bfloat16 widened to float32
         here), statistics are still computed in float32.
         """
-        request = service_pb2.EvaluateRequest(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), **model_fields(model))
+        request = service_pb2.EvaluateRequest(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=seed,
+                                              **model_fields(model))
         if self.shared_memory if shared_memory is None else shared_memory:
             with self._shared.place(x) as tensor:
                 request.input.CopyFrom(tensor)
@@ -242,14 +246,16 @@ class Client:
         skip_output: bool = False,
         timeout: float | None = None,
         amp: str | None = None,
+        seed: int = 0,
     ) -> StreamResult:
         """Run many batches through one model in one call; memory stays flat on both sides.
 
         ``batches`` is read lazily (a generator is fine). Iterate the result for the outputs, in
         order, then read ``.summary`` (statistics aggregate over the whole stream). Batches travel
-        inline even on a shared-memory client. ``amp`` as for ``evaluate``.
+        inline even on a shared-memory client. ``amp`` and ``seed`` as for ``evaluate``.
         """
-        start = service_pb2.StreamEvaluateStart(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), **model_fields(model))
+        start = service_pb2.StreamEvaluateStart(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=seed,
+                                                **model_fields(model))
         requests = StreamRequests(start, batches)
         call = self._stream_bytes(iter(requests), timeout=timeout, metadata=self._metadata)
         return StreamResult(call, requests)
