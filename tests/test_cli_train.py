@@ -299,7 +299,7 @@ def test_eval_input_errors_say_what_to_do(folder: Path, tmp_path: Path, array: n
 def test_eval_model_errors(folder: Path, trained: Trained, tmp_path: Path) -> None:
     x = folder / "x.npy"
     assert run("eval", "--model", "0123", "--store", trained.store, "--input", x).err == [
-        "--model: a model id is 32 lowercase hex digits, as returned by save or start_run; got '0123'"]
+        "--model: a model id is 32 lowercase hexadecimal digits, as returned by save or start_run; got '0123'"]
     assert run("eval", "--model", MISSING_ID, "--store", trained.store, "--input", x).err == [
         f"--model: no model or run with id {MISSING_ID} in the store"]
     assert run("eval", "--model", MISSING_ID, "--store", tmp_path / "none", "--input", x).err == [
@@ -344,7 +344,7 @@ def test_models_rm(folder: Path, tmp_path: Path) -> None:
 def test_models_malformed_ids(trained: Trained, argv: list[str]) -> None:
     ran = run("models", *argv, "--store", trained.store)
     assert ran.code == 1
-    assert ran.err == [f"models {argv[0]}: a model id is 32 lowercase hex digits, as returned by save or start_run; got {argv[1]!r}"]
+    assert ran.err == [f"models {argv[0]}: a model id is 32 lowercase hexadecimal digits, as returned by save or start_run; got {argv[1]!r}"]
 
 
 def test_models_usage(trained: Trained) -> None:

@@ -109,6 +109,11 @@ CATALOG: list[Case] = [
     ("stream that starts with a batch", lambda s: s.StreamEvaluate(stream(batch_message(X))), INVALID, "start"),
     ("stream with a second start", lambda s: s.StreamEvaluate(stream(START, batch_message(X), START)), INVALID, "batch[1]"),
     ("stream with a bad batch", lambda s: s.StreamEvaluate(stream(START, batch_message(X), batch_message(np.zeros((2, 3), np.float32)))), INVALID, "batch[1].shape"),
+    ("stream without a model", lambda s: s.StreamEvaluate(stream(pb.StreamEvaluateRequest(start=pb.StreamEvaluateStart()))), INVALID, "start.model"),
+    ("stream a malformed model id", lambda s: s.StreamEvaluate(stream(pb.StreamEvaluateRequest(start=pb.StreamEvaluateStart(model_id="ABC")))),
+     INVALID, "start.model_id"),
+    ("stream an empty spec source", lambda s: s.StreamEvaluate(stream(pb.StreamEvaluateRequest(start=pb.StreamEvaluateStart(spec=pb.SpecSource())))),
+     INVALID, "start.spec"),
     ("stream options naming no layer", lambda s: s.StreamEvaluate(stream(pb.StreamEvaluateRequest(start=pb.StreamEvaluateStart(
         spec=spec_source(SPIRALS), options=pb.EvaluateOptions(statistics=True, layers=["nope"]))))), INVALID, "start.options.layers[0]"),
     ("train without data", lambda s: s.Train(train_with(dataset=None)), INVALID, "data"),
@@ -118,6 +123,7 @@ CATALOG: list[Case] = [
     ("train with an empty Value", lambda s: s.Train(train_with(config={"lr": spec_pb2.Value()})), INVALID, "config.lr"),
     ("train with a bad optimizer parameter", lambda s: s.Train(train_with(config=config_values({"optimizer": "sgd", "optimizer.momentum": 1.5}))), INVALID, "config.optimizer.momentum"),
     ("train with a loss the model cannot feed", lambda s: s.Train(train_with(config=config_values({"loss": "bce"}))), INVALID, "config.loss"),
+    ("train on several ranks", lambda s: s.Train(train_with(config=config_values({"world_size": 2}))), INVALID, "config.world_size"),
     ("train with a bad name", lambda s: s.Train(train_with(name="../escape")), INVALID, "name"),
     ("train arrays of different lengths", lambda s: s.Train(pb.TrainRequest(spec=spec_source(SPIRALS), arrays=pb.TrainArrays(
         x=batch(np.zeros((10, 2), np.float32)), y=batch(np.zeros(9, np.int64))))), INVALID, "arrays"),
@@ -138,6 +144,7 @@ def test_a_bad_request_gets_its_status_and_names_the_field(stub: Stub, name: str
         assert failure.message.startswith(f"{where}: " if where else "") and len(failure.message) > len(where) + 10
     else:
         assert where in failure.message
+    assert "()" not in failure.message, f"names a Python function, not a wire field: {failure.message}"
     assert not caplog.records, [r.getMessage() for r in caplog.records]
 
 
@@ -151,6 +158,8 @@ def test_messages_say_what_to_do(stub: Stub) -> None:
     assert "send at most 312 samples per batch" in limit.message
     spec = rpc_error(lambda: stub.CompileSpec(pb.CompileSpecRequest(spec=spec_source({"input_shape": [2], "layers": [{"type": "relu7"}]}))))
     assert "did you mean" in spec.message
+    malformed = rpc_error(lambda: stub.GetModel(pb.GetModelRequest(model_id="0123")))
+    assert malformed.message == "model_id: must be 32 lowercase hexadecimal digits (a ModelRecord.id), got '0123'"
 
 
 def test_still_serving_after_the_whole_catalog(limited: RunningServer, stub: Stub) -> None:

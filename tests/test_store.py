@@ -187,7 +187,7 @@ def test_every_id_argument_is_checked_before_the_filesystem(store: ModelStore, b
     victim.write_bytes(b"keep me")
     calls = [store.get, store.load, store.export, store.delete, store.update_run, lambda i: store.finish_run(i, "failed")]
     for call in calls:
-        with pytest.raises(ValueError, match="a model id is 32 lowercase hex digits"):
+        with pytest.raises(ValueError, match="a model id is 32 lowercase hexadecimal digits"):
             call(bad)
     with pytest.raises(ValueError):
         store.delete("../../victim")  # would be exactly the victim, were it used as a path

@@ -22,7 +22,7 @@ from specbuilder.errors import SpecError, suggest
 from specbuilder.proto import spec_from_proto
 from specbuilder.spec import ModelSpec, parse_spec
 from specbuilder.store.model_store import MAX_PAGE
-from specbuilder.store.records import check_id, check_name
+from specbuilder.store.records import ID_FORM, check_id, check_name, shown
 from specbuilder.training import ConfigError, TrainConfig, parse_config
 from specbuilder_server.errors import invalid, spec_problems
 from specbuilder_wire.arrays import copy_to_numpy
@@ -64,8 +64,8 @@ def model_id(value: str, path: str = "model_id") -> str:
         raise invalid(path, "is required: the id of a stored model (ListModels shows them)", "missing")
     try:
         return check_id(value)
-    except ValueError as error:
-        raise invalid(path, str(error), "model_id") from None
+    except ValueError:
+        raise invalid(path, f"must be {ID_FORM} (a ModelRecord.id), got {shown(value)}", "model_id") from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def train_config(config: Mapping[str, spec_pb2.Value], device: torch.device) -> 
     if parsed.world_size > 1:  # a job is one thread of the server; distributed runs launch processes of their own
         raise invalid("config.world_size", (
             f"must be 1 here, got {parsed.world_size}: the service trains each run in one process; for distributed "
-            "training use the command line (specbuilder train SPEC --nproc N) or specbuilder.train() with world_size"),
+            "training use the command line (specbuilder train SPEC --nproc N)"),
             "unsupported")
     return parsed
 

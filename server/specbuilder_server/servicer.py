@@ -125,17 +125,17 @@ class ModelServicer:
                     f"checked against the region's owner; gRPC cannot tell who the caller is; {where}"), metadata=metadata)
         return None
 
-    async def _ready(self, request: Any, check: Callable[[ModelSpec], object] | None = None) -> Ready:
-        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``): a spec with its weights
-        initialized from the request's ``seed``, a stored model with its own. ``check`` sees a spec sent with
-        the request before it is compiled."""
+    async def _ready(self, request: Any, path: str = "", check: Callable[[ModelSpec], object] | None = None) -> Ready:
+        """The model a request names (``spec`` or ``model_id``, a oneof called ``model``; its fields' paths start with
+        ``path``): a spec with its weights initialized from the request's ``seed``, a stored model with its own.
+        ``check`` sees a spec sent with the request before it is compiled."""
         kind = request.WhichOneof("model")
         if kind == "spec":
             ready = self._models.cache.by_source(self._models.source_key(request.spec, request.seed))
-            return ready or await self.blocking(self._models.for_source, request.spec, request.seed, "spec", check)
+            return ready or await self.blocking(self._models.for_source, request.spec, request.seed, f"{path}spec", check)
         if kind == "model_id":
-            return await self.blocking(self._models.stored, request_fields.model_id(request.model_id))
-        raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
+            return await self.blocking(self._models.stored, request_fields.model_id(request.model_id, f"{path}model_id"))
+        raise invalid(f"{path}model", "is required: set spec (compiled and cached by its hash and seed) or model_id (a stored model)", "missing")
 
     def _batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, path: str, output: tensor_pb2.Tensor,
                regions: RegionReader | None, budget: Budget) -> None:
@@ -164,7 +164,7 @@ class ModelServicer:
         """Evaluate, for gRPC and the local socket alike; raises what the call fails with."""
         request = received.message
         rows = _rows(request.input)
-        ready = await self._ready(request, lambda spec: self._check_cost(spec, rows, "input"))  # refused before it is compiled
+        ready = await self._ready(request, check=lambda spec: self._check_cost(spec, rows, "input"))  # refused before it is compiled
         options = request_fields.options_of(request.options, ready.spec)
         if not request.HasField("input"):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
@@ -244,7 +244,7 @@ class ModelServicer:
             if first is None or first.WhichOneof("item") != "start":
                 got = "nothing" if first is None else "a batch"
                 raise invalid("start", f"the first message must be start (the model and options), got {got}", "missing")
-            ready = await self._ready(first.start)
+            ready = await self._ready(first.start, "start.")
             options = request_fields.options_of(first.start.options, ready.spec, "start.options")
             run = Pass(ready, options)
             lane = self._lanes.small

@@ -27,6 +27,8 @@ FINAL_STATUSES: tuple[str, ...] = tuple(s for s in STATUSES if s != "running")
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 """A model id: ``uuid4().hex``, 32 lowercase hex digits, nothing else."""
+ID_FORM = "32 lowercase hexadecimal digits"
+"""``ID_PATTERN`` for people."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A model name: the same rule as a spec's name, at most 64 characters."""
 
@@ -80,7 +82,7 @@ def shown(value: object) -> str:
 def check_id(value: object) -> str:
     """``value`` if it is a well-formed model id, else ``ValueError``; never touches the filesystem."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise ValueError(f"a model id is 32 lowercase hex digits, as returned by save or start_run; got {shown(value)}")
+        raise ValueError(f"a model id is {ID_FORM}, as returned by save or start_run; got {shown(value)}")
     return value
 
 
