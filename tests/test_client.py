@@ -249,6 +249,23 @@ def test_activations_lists_the_registry_with_typed_defaults(client: Client) -> N
     slope = {p.name: p for p in activations["leaky_relu"].parameters}["negative_slope"]
     assert slope.default == 0.01 and isinstance(slope.default, float)
     assert (activations["sigmoid"].range_min, activations["sigmoid"].range_max) == (0.0, 1.0)
+    assert (slope.minimum, slope.exclusive_minimum, slope.required, slope.inferred) == (0.0, False, False, False)
+
+
+def test_layers_datasets_and_schema_describe_the_service_in_typed_results(client: Client) -> None:
+    layers = {layer.name: layer for layer in client.layers()}
+    assert "linear" in layers and "relu" not in layers and layers["max_pool2d"].aliases == ["MaxPool2d"]
+    linear = {p.name: p for p in layers["linear"].parameters}
+    assert (linear["out_features"].type, linear["out_features"].required, linear["out_features"].default) == ("integer", True, None)
+    assert linear["in_features"].inferred and linear["bias"].default is True and layers["linear"].module == "torch.nn.Linear"
+    padding = {p.name: p for p in layers["conv2d"].parameters}["padding"]
+    assert (padding.choices, padding.items, padding.minimum, padding.maximum) == (["same", "valid"], "integer", 0.0, 2**31 - 1)
+    datasets = {dataset.name: dataset for dataset in client.datasets()}
+    assert (datasets["digits"].input_shape, datasets["digits"].target_kind, datasets["digits"].classes) == ((64,), "classes", 10)
+    assert (datasets["sine"].target_kind, datasets["sine"].classes) == ("values", 0)
+    schemas = client.schema()
+    assert schemas.spec["$schema"] == schemas.train_config["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert {"input_shape", "layers"} <= set(schemas.spec["properties"]) and "optimizer" in schemas.train_config["properties"]
 
 
 def test_an_unreachable_server_is_unavailable() -> None:

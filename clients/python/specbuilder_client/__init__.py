@@ -2,7 +2,12 @@
 
 >>> from specbuilder_client import Client
 >>> with Client("127.0.0.1:50051") as client:
-...     result = client.evaluate(spec, x, statistics=True)
+...     result = client.evaluate(spec, x, seed=0, statistics=True)
+
+A spec's weights are initialized from ``seed`` (default 0), so every server answers the same spec,
+seed and input alike. The service describes itself: ``layers()`` and ``activations()`` give every
+type with its parameters (kinds, defaults, bounds, choices, which are inferred), ``datasets()`` the
+built-in datasets, ``schema()`` the JSON Schemas of a spec and of a training config.
 
 A server with tokens wants one: ``token="..."``, or ``token_file=`` a file holding it on one
 line (mode 600), which keeps it out of command lines and code. An inference token may read and
@@ -31,11 +36,14 @@ from specbuilder_client.errors import (
 from specbuilder_client.results import (
     ActivationInfo,
     Compiled,
+    DatasetInfo,
     EvalResult,
+    LayerInfo,
     LayerSummary,
     ModelRecord,
     ModelSummary,
     ParameterInfo,
+    Schemas,
     StreamSummary,
     Validation,
 )
@@ -44,9 +52,9 @@ from specbuilder_client.training import EpochEvent, StatsEvent, TrainEvent, Trai
 from specbuilder_wire.results import EpochMetrics, Histogram, LayerStats
 
 __all__ = [
-    "ActivationInfo", "Cancelled", "Client", "Compiled", "DeadlineExceeded", "EpochEvent", "EpochMetrics",
-    "EvalResult", "FailedPrecondition", "Histogram", "InvalidArgument", "LayerStats", "LayerSummary",
-    "ModelRecord", "ModelSummary", "NotFound", "ParameterInfo", "ResourceExhausted", "SpecbuilderError", "StatsEvent",
+    "ActivationInfo", "Cancelled", "Client", "Compiled", "DatasetInfo", "DeadlineExceeded", "EpochEvent", "EpochMetrics",
+    "EvalResult", "FailedPrecondition", "Histogram", "InvalidArgument", "LayerInfo", "LayerStats", "LayerSummary",
+    "ModelRecord", "ModelSummary", "NotFound", "ParameterInfo", "ResourceExhausted", "Schemas", "SpecbuilderError", "StatsEvent",
     "StreamResult", "StreamSummary", "TrainEvent", "TrainFinished", "TrainResult", "TrainRun", "TrainStarted",
     "PermissionDenied", "Unauthenticated", "Unavailable", "Validation", "Violation",
 ]

@@ -18,7 +18,9 @@ import numpy.typing as npt
 from specbuilder_client.credentials import Pem, bearer_token, channel_credentials
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.local import LocalConnection
-from specbuilder_client.results import ActivationInfo, Compiled, EvalResult, ModelRecord, ModelSummary, Validation, layer_stats, spec_dict
+from specbuilder_client.results import (
+    ActivationInfo, Compiled, DatasetInfo, EvalResult, LayerInfo, ModelRecord, ModelSummary, Schemas, Validation, layer_stats, spec_dict,
+)
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
 from specbuilder_client.streaming import StreamRequests, StreamResult
@@ -322,6 +324,20 @@ class Client:
         """The server's activation registry: names, parameters, ranges, formulas, flat regions."""
         response = self._call(self._stub.ListActivations, service_pb2.ListActivationsRequest(), timeout)
         return [ActivationInfo.from_proto(a) for a in response.activations]
+
+    def layers(self, *, timeout: float | None = None) -> list[LayerInfo]:
+        """Every other layer type of the spec language: names, parameters (kinds, defaults, bounds, which are inferred), torch class."""
+        response = self._call(self._stub.ListLayers, service_pb2.ListLayersRequest(), timeout)
+        return [LayerInfo.from_proto(layer) for layer in response.layers]
+
+    def datasets(self, *, timeout: float | None = None) -> list[DatasetInfo]:
+        """The built-in datasets ``train`` takes by name: input shape, target kind, classes, rows."""
+        response = self._call(self._stub.ListDatasets, service_pb2.ListDatasetsRequest(), timeout)
+        return [DatasetInfo.from_proto(dataset) for dataset in response.datasets]
+
+    def schema(self, *, timeout: float | None = None) -> Schemas:
+        """The JSON Schemas of a spec and of a training configuration."""
+        return Schemas.from_proto(self._call(self._stub.GetSchema, service_pb2.GetSchemaRequest(), timeout))
 
 
 __all__ = ["Client"]

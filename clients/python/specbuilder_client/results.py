@@ -10,6 +10,7 @@ reports too (``specbuilder_wire.results``), so a remote result reads as a local 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -168,19 +169,38 @@ class ModelRecord(ModelSummary):
 
 
 class ParameterInfo(Result):
-    """One parameter of an activation."""
+    """One parameter of a layer or an activation: everything a spec needs to give it."""
 
     name: str
-    type: str
-    default: Any = Field(description="its default (None when it has none)")
-    constraint: str
+    type: str = Field(description='its value kinds as in the JSON schema ("integer", "number", "boolean", "string", "array", "null"), '
+                                  'several joined by " | "; an "integer" refuses a real such as 8.0, a "number" takes an int')
+    default: Any = Field(description="its default (None when it has none, or when None is its default: see required)")
+    constraint: str = Field(description="its bounds and choices, for people")
+    minimum: float | None = Field(description="its lower bound (of each element, for a list); inclusive unless exclusive_minimum")
+    maximum: float | None = Field(description="its upper bound (of each element, for a list); inclusive unless exclusive_maximum")
+    exclusive_minimum: bool
+    exclusive_maximum: bool
+    choices: list[str] = Field(description="the strings it takes, for a parameter with a fixed set")
+    required: bool = Field(description="a spec must give it")
+    inferred: bool = Field(description="left out, it is inferred from the input shape (in_features, num_features)")
+    items: str = Field(description='the element kind of a list parameter ("integer", ...); empty otherwise')
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.ParameterInfo) -> ParameterInfo:
+        return cls(
+            name=message.name, type=message.type, default=decode_value(message.default) if message.HasField("default") else None,
+            constraint=message.constraint, minimum=message.minimum if message.HasField("minimum") else None,
+            maximum=message.maximum if message.HasField("maximum") else None, exclusive_minimum=message.exclusive_minimum,
+            exclusive_maximum=message.exclusive_maximum, choices=list(message.choices), required=message.required,
+            inferred=message.inferred, items=message.items,
+        )
 
 
 class ActivationInfo(Result):
     """One activation of the server's registry."""
 
     name: str
-    aliases: list[str]
+    aliases: list[str] = Field(description="every other name a spec's type takes for it; names match case-insensitively")
     summary: str
     formula: str
     parameters: list[ParameterInfo]
@@ -190,17 +210,56 @@ class ActivationInfo(Result):
 
     @classmethod
     def from_proto(cls, message: service_pb2.ActivationInfo) -> ActivationInfo:
-        parameters = [
-            ParameterInfo(name=p.name, type=p.type, default=decode_value(p.default) if p.HasField("default") else None, constraint=p.constraint)
-            for p in message.parameters
-        ]
         return cls(
             name=message.name, aliases=list(message.aliases), summary=message.summary, formula=message.formula,
-            parameters=parameters, range_min=message.range_min, range_max=message.range_max, flat_region=message.flat_region,
+            parameters=[ParameterInfo.from_proto(p) for p in message.parameters], range_min=message.range_min,
+            range_max=message.range_max, flat_region=message.flat_region,
         )
 
 
+class LayerInfo(Result):
+    """One layer type of the spec language that is no activation."""
+
+    name: str
+    aliases: list[str] = Field(description="every other name a spec's type takes for it; names match case-insensitively")
+    summary: str
+    parameters: list[ParameterInfo]
+    module: str = Field(description='the torch.nn class it compiles to, such as "torch.nn.Linear"')
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.LayerInfo) -> LayerInfo:
+        return cls(name=message.name, aliases=list(message.aliases), summary=message.summary,
+                   parameters=[ParameterInfo.from_proto(p) for p in message.parameters], module=message.module)
+
+
+class DatasetInfo(Result):
+    """One built-in dataset the server trains on by name."""
+
+    name: str
+    description: str
+    input_shape: tuple[int, ...]
+    target_kind: str = Field(description='"classes" (int64 class indices) or "values" (float regression targets)')
+    classes: int = Field(description="number of classes; 0 for values")
+    rows: int = Field(description="samples it holds at its default size")
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.DatasetInfo) -> DatasetInfo:
+        return cls(name=message.name, description=message.description, input_shape=tuple(message.input_shape),
+                   target_kind=message.target_kind, classes=message.classes, rows=message.rows)
+
+
+class Schemas(Result):
+    """The JSON Schemas (draft 2020-12) of the spec language and of the training configuration."""
+
+    spec: dict[str, Any] = Field(description="a spec's JSON form validates against it (the server checks more: shapes, limits)")
+    train_config: dict[str, Any] = Field(description="the training configuration, nested: train(**config) takes what it describes")
+
+    @classmethod
+    def from_proto(cls, message: service_pb2.GetSchemaResponse) -> Schemas:
+        return cls(spec=json.loads(message.spec_schema), train_config=json.loads(message.train_config_schema))
+
+
 __all__ = [
-    "ActivationInfo", "Compiled", "EvalResult", "LayerSummary", "ModelRecord", "ModelSummary", "ParameterInfo", "Result",
-    "StreamSummary", "Validation", "layer_stats", "spec_dict",
+    "ActivationInfo", "Compiled", "DatasetInfo", "EvalResult", "LayerInfo", "LayerSummary", "ModelRecord", "ModelSummary",
+    "ParameterInfo", "Result", "Schemas", "StreamSummary", "Validation", "layer_stats", "spec_dict",
 ]
