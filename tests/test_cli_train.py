@@ -424,6 +424,18 @@ def test_remote_train_eval_show_and_rm(folder: Path, remote: RunningServer, trai
         f"server {remote.address}: no model or run with id {model_id} in the store"]
 
 
+def test_eval_of_a_spec_on_a_server_uses_the_seed_as_here(folder: Path, remote: RunningServer, tmp_path: Path) -> None:
+    here, there, default = tmp_path / "here.npy", tmp_path / "there.npy", tmp_path / "default.npy"
+    x = folder / "x.npy"
+    assert run("eval", folder / "spec.json", "--input", x, "--seed", "7", "--output", here, "--device", "cpu").code == 0
+    assert run("eval", folder / "spec.json", "--input", x, "--seed", "7", "--output", there, "--server", remote.address).code == 0
+    assert run("eval", folder / "spec.json", "--input", x, "--output", default, "--server", remote.address).code == 0
+    np.testing.assert_allclose(np.load(there), np.load(here), rtol=1e-6, atol=1e-6)  # the same weights; kernels may round apart
+    assert not np.allclose(np.load(default), np.load(here))
+    assert run("eval", "--model", MISSING_ID, "--input", x, "--seed", "1", "--server", remote.address).err == [
+        "--seed: only with a SPEC (a stored model has its trained weights)"]
+
+
 def test_remote_compile_and_errors(folder: Path, remote: RunningServer, tmp_path: Path) -> None:
     ran = run("compile", folder / "spec.json", "--server", remote.address)
     assert ran.code == 0
@@ -437,7 +449,7 @@ def test_remote_compile_and_errors(folder: Path, remote: RunningServer, tmp_path
     assert run("train", folder / "spec.json", "--data", "spirals", "--epochs", "0", "--server", remote.address).err == [
         "epochs: must be >= 1, got 0"]
     assert run("train", folder / "spec.json", "--data", "spirals", "--server", remote.address, "--store", tmp_path).err == [
-        "--store: not with --server (the server keeps its own store and initializes specs itself)"]
+        "--store: not with --server (the server keeps its own store)"]
 
 
 def test_remote_token_and_unreachable_server(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

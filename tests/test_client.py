@@ -252,6 +252,12 @@ def test_activations_lists_the_registry_with_typed_defaults(client: Client) -> N
     assert (slope.minimum, slope.exclusive_minimum, slope.required, slope.inferred) == (0.0, False, False, False)
 
 
+def test_a_seed_the_wire_cannot_carry_is_refused_before_sending(client: Client) -> None:
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=f"seed must be 0 to 2\\*\\*64 - 1, got {seed}"):
+            client.evaluate(SPIRALS, np.zeros((1, 2), np.float32), seed=seed)
+
+
 def test_layers_datasets_and_schema_describe_the_service_in_typed_results(client: Client) -> None:
     layers = {layer.name: layer for layer in client.layers()}
     assert "linear" in layers and "relu" not in layers and layers["max_pool2d"].aliases == ["MaxPool2d"]

@@ -121,7 +121,7 @@ def _register_eval(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     evaluate.add_argument("--input", required=True, type=Path, metavar="FILE.npy", help="the batch: shape [N, *input_shape]")
     evaluate.add_argument("--output", type=Path, metavar="FILE.npy", help="save the outputs here")
     evaluate.add_argument("--stats", action="store_true", help="print per-layer activation statistics")
-    evaluate.add_argument("--seed", type=int, metavar="N", help="initialization of a SPEC (default 0)")
+    evaluate.add_argument("--seed", type=int, metavar="N", help="initialization of a SPEC (default 0): the same weights here and on any --server")
     evaluate.add_argument("--style", choices=STYLES, default="sequential", help="compile as nn.Sequential or a functional forward")
     evaluate.add_argument("--device", default="auto", help="'auto' (default), 'cpu', 'cuda' or 'cuda:N'")
     evaluate.add_argument("--amp", choices=("bf16", "fp16"), help=(
@@ -164,7 +164,7 @@ def _local_only(args: argparse.Namespace, *flags: str) -> None:
     """Refuse flags that mean nothing with ``--server``."""
     given = [flag for flag in flags if getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
     if args.server and given:
-        raise CommandError(f"{' and '.join(given)}: not with --server (the server keeps its own store and initializes specs itself)")
+        raise CommandError(f"{' and '.join(given)}: not with --server (the server keeps its own store)")
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -458,9 +458,7 @@ def _load_for_eval(args: argparse.Namespace, x: np.ndarray) -> nn.Module:
     if args.spec is not None:
         spec = load_spec(args.spec, args.max_params)
         check_batch(x.shape, spec, args.input)
-        return compile_spec(spec, args.style, device, seed=0 if args.seed is None else args.seed)
-    if args.seed is not None:
-        raise CommandError("--seed: only with a SPEC (a stored model has its trained weights)")
+        return compile_spec(spec, args.style, device, seed=args.seed or 0)
     with open_store(store_path(args), weights=args.weights) as store, store_errors("--model"):
         module = store.load(args.model, device, args.style)
     check_batch(x.shape, module.spec, args.input)
@@ -481,7 +479,11 @@ def _print_outputs(what: str, x: np.ndarray, outputs: np.ndarray) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the batch here or on the server; print the summary (and statistics), save the outputs."""
-    _local_only(args, "--store", "--seed")
+    _local_only(args, "--store")
+    if args.seed is not None and args.spec is None:
+        raise CommandError("--seed: only with a SPEC (a stored model has its trained weights)")
+    if args.seed is not None and args.seed < 0:
+        raise CommandError(f"--seed: must be >= 0, got {args.seed}")
     x = read_batch(args.input)
     if args.server:
         model: ModelSpec | str = args.model
@@ -489,7 +491,7 @@ def run_eval(args: argparse.Namespace) -> int:
             model = load_spec(args.spec, args.max_params)
             check_batch(x.shape, model, args.input)
         with connect(args) as client:
-            result = client.evaluate(model, x, statistics=args.stats, amp=args.amp)
+            result = client.evaluate(model, x, statistics=args.stats, amp=args.amp, seed=args.seed or 0)
         outputs, stats = np.asarray(result.outputs), result.stats
         what = f"{args.spec or args.model} on {args.server}"
     else:

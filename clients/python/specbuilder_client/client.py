@@ -47,6 +47,13 @@ def evaluate_options(
     )
 
 
+def checked_seed(seed: int) -> int:
+    """``seed`` if EvaluateRequest.seed (a uint64) can carry it; else a ValueError saying what it takes."""
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be 0 to 2**64 - 1, got {seed}")
+    return seed
+
+
 class Client:
     """A connection to a specbuilder server, or to several replicas over one store.
 
@@ -162,8 +169,9 @@ class Client:
         forward in mixed precision: outputs come back in that dtype (bfloat16 widened to float32
         here), statistics are still computed in float32.
         """
-        request = service_pb2.EvaluateRequest(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=seed,
-                                              **model_fields(model))
+        request = service_pb2.EvaluateRequest(
+            options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=checked_seed(seed), **model_fields(model),
+        )
         if self.shared_memory if shared_memory is None else shared_memory:
             with self._shared.place(x) as tensor:
                 request.input.CopyFrom(tensor)
@@ -256,8 +264,9 @@ class Client:
         order, then read ``.summary`` (statistics aggregate over the whole stream). Batches travel
         inline even on a shared-memory client. ``amp`` and ``seed`` as for ``evaluate``.
         """
-        start = service_pb2.StreamEvaluateStart(options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=seed,
-                                                **model_fields(model))
+        start = service_pb2.StreamEvaluateStart(
+            options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=checked_seed(seed), **model_fields(model),
+        )
         requests = StreamRequests(start, batches)
         call = self._stream_bytes(iter(requests), timeout=timeout, metadata=self._metadata)
         return StreamResult(call, requests)
