@@ -106,6 +106,9 @@ def valid(hostile: Stub) -> dict[str, list[bytes]]:
         "DeleteModel": [pb.DeleteModelRequest(model_id=model_id)],
         "ExportModel": [pb.ExportModelRequest(model_id=model_id)],
         "ListActivations": [pb.ListActivationsRequest()],
+        "ListLayers": [pb.ListLayersRequest()],
+        "ListDatasets": [pb.ListDatasetsRequest()],
+        "GetSchema": [pb.GetSchemaRequest()],
     }
     assert set(requests) == {method.name for method in METHODS}, "every RPC needs a valid request here"
     return {name: [message.SerializeToString() for message in messages] for name, messages in requests.items()}
