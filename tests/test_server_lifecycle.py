@@ -93,6 +93,7 @@ def test_a_restarted_server_serves_the_stored_models_and_sigterm_stops_it_gracef
         np.testing.assert_array_equal(after, before)
         training = stub.Train(train_request(name="interrupted-by-stop", **ENDLESS), metadata=token)
         run_id = next(training).run_id
+        assert next(training).HasField("progress")  # it has stepped: a run cancelled before its first step keeps no weights
         with open_channel(process.address) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
