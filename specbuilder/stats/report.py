@@ -107,10 +107,10 @@ def summarize(probe: Probe, counts: np.ndarray, moments: np.ndarray, alive_units
         saturated_fraction=int(counts[FLAT_COUNT]) / count if has_flat else 0.0,
         dead_fraction=(probe.units - alive_units) / probe.units if has_flat else 0.0,
         units=probe.units,
-        histogram=Histogram(
+        histogram=Histogram.model_construct(  # valid by construction (float edges, int counts): not checked again
             scale="symlog" if probe.scheme.log else "linear",
             edges=list(probe.scheme.edges()),
-            counts=[int(c) for c in counts[HISTOGRAM:]],
+            counts=counts[HISTOGRAM:].tolist(),
         ),
         grad_norm=float(moments[GRAD_NORM_SUM]) / passes if passes else None,
         entropy=float(moments[ENTROPY_SUM]) / rows if rows else None,
