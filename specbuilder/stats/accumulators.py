@@ -19,8 +19,8 @@ from specbuilder.stats.state import HISTOGRAM, MOMENTS, LayerState
 
 WORD = 8
 """Bytes per element of the block (int64)."""
-Readout = tuple[np.ndarray, np.ndarray, int]
-"""One layer on the host: its counts (int64), its moments (float64) and how many units are alive."""
+Readout = tuple[list[int], list[float], int]
+"""One layer on the host, in Python numbers: its counts, its moments and how many units are alive."""
 
 
 class Accumulators:
@@ -64,11 +64,11 @@ class Accumulators:
             self._place(self.block.to(device))
 
     def host(self) -> list[Readout]:
-        """Every layer's values on the host, in order, from one copy of the block (a view on the CPU:
-        read it before the next pass)."""
+        """Every layer's values on the host, in order, from one copy of the block (none on the CPU)."""
         flat = self.block.cpu().numpy()
         flags = flat.view(np.uint8)
         return [
-            (flat[counts:moments], flat[moments:alive].view(np.float64), int(np.count_nonzero(flags[alive * WORD:alive * WORD + units])))
+            (flat[counts:moments].tolist(), flat[moments:alive].view(np.float64).tolist(),
+             int(np.count_nonzero(flags[alive * WORD:alive * WORD + units])))
             for counts, moments, alive, units in self._spans
         ]

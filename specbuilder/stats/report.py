@@ -22,9 +22,9 @@ Definitions (the docstrings of the fields say the same):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from specbuilder.stats.probe import Probe
@@ -85,8 +85,8 @@ class LayerStats(BaseModel):
     max_probability: float | None
 
 
-def summarize(probe: Probe, counts: np.ndarray, moments: np.ndarray, alive_units: int) -> LayerStats:
-    """``LayerStats`` from a state's host copy (``counts`` int64, ``moments`` float64)."""
+def summarize(probe: Probe, counts: Sequence[int], moments: Sequence[float], alive_units: int) -> LayerStats:
+    """``LayerStats`` from a state's values on the host, as Python numbers (``Accumulators.host``)."""
     count = int(counts[COUNT])
     finite = count - int(counts[NAN_COUNT]) - int(counts[INF_COUNT])
     rows = int(counts[ROWS])
@@ -107,10 +107,10 @@ def summarize(probe: Probe, counts: np.ndarray, moments: np.ndarray, alive_units
         saturated_fraction=int(counts[FLAT_COUNT]) / count if has_flat else 0.0,
         dead_fraction=(probe.units - alive_units) / probe.units if has_flat else 0.0,
         units=probe.units,
-        histogram=Histogram.model_construct(  # valid by construction (float edges, int counts): not checked again
+        histogram=Histogram(
             scale="symlog" if probe.scheme.log else "linear",
             edges=list(probe.scheme.edges()),
-            counts=counts[HISTOGRAM:].tolist(),
+            counts=list(counts[HISTOGRAM:]),
         ),
         grad_norm=float(moments[GRAD_NORM_SUM]) / passes if passes else None,
         entropy=float(moments[ENTROPY_SUM]) / rows if rows else None,
