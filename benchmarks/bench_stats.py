@@ -12,7 +12,8 @@ Issue 16 figures (``per_batch``, ``evaluate``): what statistics cost when they a
 In process, against the plain forward: a monitor attached, the forward and ``stats()`` for every
 batch (``with ActivationMonitor(m): m(x)``, as a caller with one batch at a time writes it), a
 monitor kept attached with ``stats()`` and ``reset()`` per batch, and the forward alone with the
-monitor kept attached; then the server's own pass (``specbuilder_server.evaluation.Pass``: the
+monitor kept attached; two floors, the same attaching and reading with nothing of specbuilder in
+them and one torch read of every monitored output; then the server's own pass (``specbuilder_server.evaluation.Pass``: the
 core ``Evaluator`` under the model's lock, the statistics turned into their protobuf messages)
 with statistics against the same pass without. Over gRPC, an Evaluate call with
 ``statistics=True`` against the same call without, on one ``specbuilder serve`` in its own
@@ -33,7 +34,8 @@ from torch import nn
 from benchmarks.harness import Table, compare, synchronized
 from specbuilder.compiler import compile_spec
 from specbuilder.demo.server import serve_subprocess
-from specbuilder.stats import ActivationMonitor
+from specbuilder.stats import ActivationMonitor, LayerStats
+from specbuilder.stats.monitor import select_nodes
 from specbuilder_client import Client
 from specbuilder_server import convert
 from specbuilder_server.evaluation import Pass
@@ -145,6 +147,41 @@ def _kept(model: nn.Module, x: torch.Tensor, read: bool) -> Callable[[], object]
     return run
 
 
+def _monitored(model: nn.Module) -> list[nn.Module]:
+    """The modules a default monitor watches (the activation layers)."""
+    return [model.get_submodule(node.name) for node in select_nodes(model.spec, "activations")]
+
+
+def _floor_of_reading(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """Per batch, with nothing of specbuilder in it: a no-op forward hook on every monitored layer attached
+    and removed around the forward, and results of the same shape validated by pydantic from ready values."""
+    with torch.inference_mode(), ActivationMonitor(model) as monitor:
+        model(x)
+    values = [stats.model_dump() for stats in monitor.stats()]
+    modules = _monitored(model)
+
+    def run() -> object:
+        handles = [module.register_forward_hook(lambda *_: None) for module in modules]
+        with torch.inference_mode():
+            model(x)
+        for handle in handles:
+            handle.remove()
+        return [LayerStats.model_validate(value) for value in values]
+
+    return run
+
+
+def _read_once(_module: nn.Module, _args: tuple[Any, ...], y: torch.Tensor) -> None:
+    y.sum()
+
+
+def _floor_of_statistics(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """The forward with every monitored output read once by torch (``y.sum()`` in a hook kept attached)."""
+    for module in _monitored(model):
+        module.register_forward_hook(_read_once)
+    return _forward(model, x)
+
+
 def _pass(ready: Ready, x: torch.Tensor, layers: str | None) -> Callable[[], object]:
     """The server's pass over one batch, its statistics (with ``layers``) as protobuf messages."""
     options = Options(skip_output=False, layers=layers, bins=64)
@@ -164,8 +201,13 @@ def per_batch(quick: bool, device: torch.device) -> Table:
         f"Statistics per batch (issue 16, {'CUDA' if device.type == 'cuda' else 'CPU'}, in process)",
         note="Plain side: the forward under `inference_mode`. A monitor per batch: `with ActivationMonitor(m): m(x)`, then "
              "`stats()`. Kept attached: one monitor for the whole run, `stats()` and `reset()` after every forward. "
+             "The floors: what attaching and reading cost with nothing of ours in them (no-op torch hooks on the "
+             "same layers attached and removed per batch, pydantic validating the same results from ready values), "
+             "and what reading every monitored output once costs (`y.sum()` in a hook). "
              "The server's pass: `Pass` with statistics (every activation layer, 64 bins, turned into protobuf) "
-             "against the same `Pass` without. Each pair timed alternately, call by call; ratio of medians.",
+             "against the same `Pass` without. Each pair timed alternately, call by call; ratio of medians. "
+             "Under the process's malloc settings: glibc's defaults in a process of its own, the client's "
+             "(`specbuilder_client.framing`) once a client has sent a tensor in it.",
     )
     for spec, batch in CASES:
         x = torch.randn(batch, *spec["input_shape"], generator=torch.Generator().manual_seed(0)).to(device)
@@ -175,6 +217,10 @@ def per_batch(quick: bool, device: torch.device) -> Table:
             ("a monitor attached, forward, `stats()`, per batch", _per_batch(compile_spec(spec, device=device, seed=0).eval(), x), TARGET),
             ("kept attached: forward, `stats()`, `reset()`, per batch", _kept(compile_spec(spec, device=device, seed=0).eval(), x, True), TARGET),
             ("kept attached: forward only", _kept(compile_spec(spec, device=device, seed=0).eval(), x, False), None),
+            ("floor of attaching and reading: no-op hooks attached and removed, the same results validated by pydantic",
+             _floor_of_reading(compile_spec(spec, device=device, seed=0).eval(), x), None),
+            ("floor of the statistics: each monitored output read once (`y.sum()` in a hook)",
+             _floor_of_statistics(compile_spec(spec, device=device, seed=0).eval(), x), None),
         ):
             base, timed = compare(plain, synchronized(ours, device), repeat=repeat, warmup=5, budget_s=budget)
             table.ratio(f"{label}: {name}", base, timed, target=target)
