@@ -28,15 +28,15 @@ class Accumulators:
     empty, never an inference tensor (updatable in place inside and outside ``torch.inference_mode``)."""
 
     def __init__(self, shapes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> None:
-        self._spans: list[tuple[int, int, int, int]] = []
-        """Per layer: where its counts, moments and flags start in the block, and its units."""
-        offset = 0
+        self._spans: list[tuple[int, int, int, int, int]] = []
+        """Per layer: where its counts, moments and flags start in the block and where they end, and its units."""
+        end = 0
         for bins, units in shapes:
-            counts, moments, alive = offset, offset + HISTOGRAM + bins, offset + HISTOGRAM + bins + MOMENTS
-            self._spans.append((counts, moments, alive, units))
-            offset = alive + -(-units // WORD)
+            counts, moments, alive = end, end + HISTOGRAM + bins, end + HISTOGRAM + bins + MOMENTS
+            end = alive + -(-units // WORD)
+            self._spans.append((counts, moments, alive, end, units))
         with torch.inference_mode(False):
-            self._place(torch.empty(offset, dtype=torch.int64, device=device))
+            self._place(torch.empty(end, dtype=torch.int64, device=device))
             for state in self.states:
                 state.clear()
             self._empty = self.block.clone()
@@ -45,8 +45,8 @@ class Accumulators:
         self.block = block
         self.states = [
             LayerState(block[counts:moments], block[moments:alive].view(torch.float64),
-                       block[alive:alive + -(-units // WORD)].view(torch.uint8)[:units].view(torch.bool))
-            for counts, moments, alive, units in self._spans
+                       block[alive:end].view(torch.uint8)[:units].view(torch.bool))
+            for counts, moments, alive, end, units in self._spans
         ]
 
     @property
@@ -70,5 +70,5 @@ class Accumulators:
         return [
             (flat[counts:moments].tolist(), flat[moments:alive].view(np.float64).tolist(),
              int(np.count_nonzero(flags[alive * WORD:alive * WORD + units])))
-            for counts, moments, alive, units in self._spans
+            for counts, moments, alive, _, units in self._spans
         ]

@@ -73,11 +73,6 @@ class LayerState:
     def clone(self) -> LayerState:
         return LayerState(self.counts.clone(), self.moments.clone(), self.alive.clone())
 
-    def to(self, device: torch.device | str) -> LayerState:
-        """These accumulators on ``device`` (never as inference tensors, like ``empty``)."""
-        with torch.inference_mode(False):
-            return LayerState(self.counts.to(device), self.moments.to(device), self.alive.to(device))
-
     def copy_(self, other: LayerState) -> LayerState:
         """Overwrite these tensors (in place) with ``other``'s values."""
         self.counts.copy_(other.counts)
