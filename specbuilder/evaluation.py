@@ -8,7 +8,8 @@ all run on it. ``Evaluator`` is the piece underneath, for callers that run batch
 (the server, batch by batch within a call, under a shared model's lock) or read the monitor
 before its statistics (distributed training merges it across ranks first): its monitor sees
 only the passes made through ``run``, so other callers of a shared module neither see it nor
-feed it.
+feed it. An ``Evaluator`` per call is cheap: its monitor takes over the layers and accumulators
+an earlier one on the same module left (``ActivationMonitor``), emptied in one copy.
 """
 
 from __future__ import annotations

@@ -351,6 +351,70 @@ def test_disabled_passes_are_not_counted_and_reset_starts_a_window() -> None:
     assert monitor.stats()[0].count == 12
 
 
+def mixed_batches() -> list[torch.Tensor]:
+    """Three batches of different sizes for ``MIXED``, NaN and inf in the second."""
+    return [torch.randn(5, 1, 12, 12, generator=torch.Generator().manual_seed(7)),
+            awkward_input(9, (1, 12, 12), seed=8),
+            torch.randn(3, 1, 12, 12, generator=torch.Generator().manual_seed(9)) * 40]
+
+
+def one_batch(model: torch.nn.Module, batch: torch.Tensor, backend: str) -> list[dict[str, Any]]:
+    """A monitor attached for one forward and backward pass over ``batch``, then read and dropped."""
+    with ActivationMonitor(model, layers="all", backend=backend) as monitor:
+        model(batch).sum().backward()
+    return [stats.model_dump() for stats in monitor.stats()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_monitor_per_batch_reports_exactly_what_a_monitor_of_a_fresh_model_does(backend: str) -> None:
+    """Monitors made one after another on a model take over the accumulators of the ones before
+    (emptied): each batch's statistics are those of a monitor on a model that never had one."""
+    model = compile_spec(MIXED, device="cpu", seed=3)
+    for batch in mixed_batches():  # assert_equal: exactly, NaN (the gradient's norm, after NaN inputs) equal to NaN
+        np.testing.assert_equal(one_batch(model, batch, backend), one_batch(compile_spec(MIXED, device="cpu", seed=3), batch, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reset_leaves_nothing_of_the_previous_batches(backend: str) -> None:
+    model = compile_spec(MIXED, device="cpu", seed=3)
+    with ActivationMonitor(model, layers="all", backend=backend) as monitor:
+        for batch in mixed_batches():
+            monitor.reset()
+            assert all(torch.equal(a.counts, b.counts) and torch.equal(a.moments, b.moments) and torch.equal(a.alive, b.alive)
+                       for a, b in zip(monitor.state(), (LayerState.empty(p.scheme.bins, p.units) for p in monitor.probes)))
+            model(batch).sum().backward()
+            np.testing.assert_equal([s.model_dump() for s in monitor.stats()], one_batch(compile_spec(MIXED, device="cpu", seed=3), batch, backend))
+
+
+def test_monitors_alive_at_once_keep_windows_of_their_own() -> None:
+    """A monitor still held keeps its accumulators: one made beside it, or after another is
+    dropped, never takes them over."""
+    model = compile_spec(MIXED, device="cpu", seed=3)
+    first, second = mixed_batches()[:2]
+    held = ActivationMonitor(model)
+    model(first)
+    held.enabled = False
+    expected = [s.model_dump() for s in held.stats()]
+    for _ in range(2):
+        with ActivationMonitor(model) as other:
+            model(second)
+        assert other.stats()[0].count == second.shape[0] * 4 * 10 * 10
+        del other
+        assert [s.model_dump() for s in held.stats()] == expected
+    held.close()
+
+
+def test_a_backward_pass_counts_for_the_monitor_of_its_forward_only() -> None:
+    model = compile_spec(MIXED, device="cpu", seed=3)
+    with ActivationMonitor(model) as first:
+        out = model(mixed_batches()[0])
+    del first  # the graph still holds it: its accumulators stay its own
+    with ActivationMonitor(model) as second:
+        pass
+    out.sum().backward()
+    assert all(stats.grad_norm is None for stats in second.stats())
+
+
 def test_inference_mode_then_training_passes() -> None:
     """States made during inference_mode stay normal tensors, updatable outside it."""
     for backend in ("native", "torch") if native.compiler() else ("torch",):

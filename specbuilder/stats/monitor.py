@@ -4,7 +4,11 @@ Hooks observe each monitored layer's input and output: forward hooks on the chil
 sequential model, a tap on a functional one (its stateless activations have no module), so
 both styles give the same statistics for the same weights and inputs. Each pass adds to the
 layer's ``LayerState`` on the device — one fused native kernel call for float32 on CPU, torch
-reductions elsewhere — with no host sync; ``stats()`` copies every state to the host at once.
+reductions elsewhere — with no host sync; the states are views of one tensor (``Accumulators``), so
+``stats()`` copies every state to the host at once and ``reset()`` empties them in one copy.
+A monitor's layers and accumulators are made once per module, layer selection, bins and backend:
+when a monitor is garbage they go back to a pool held against its module, and the next monitor
+made like it takes them over, emptied, so a monitor attached per batch allocates nothing.
 Statistics are always of float32 (or wider) values: half-precision activations (a model run
 under autocast, or compiled in float16 / bfloat16) are widened first, which is exact, so they
 take the native kernel on CPU and give the statistics of the very values the layer produced.
@@ -12,12 +16,13 @@ take the native kernel on CPU and give the statistics of the very values the lay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+import weakref
+from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -25,6 +30,8 @@ from torch.utils.hooks import RemovableHandle
 from specbuilder.errors import suggest
 from specbuilder.spec import ModelSpec, Node
 from specbuilder.stats import native
+from specbuilder.stats.accumulators import Accumulators
+from specbuilder.stats.pool import Pool
 from specbuilder.stats.probe import Probe
 from specbuilder.stats.report import summarize
 from specbuilder.stats.state import LayerState
@@ -54,13 +61,20 @@ def select_nodes(spec: ModelSpec, layers: Layers) -> list[Node]:
 
 
 class _Layer:
-    """One monitored layer at run time: its probe, its state (made on first sight) and updater."""
+    """One monitored layer at run time: its probe, its state (a view into its set's accumulators) and updater."""
 
-    def __init__(self, probe: Probe, backend: Backend) -> None:
+    def __init__(self, probe: Probe, backend: Backend, state: LayerState) -> None:
         self.probe = probe
         self.backend = backend
-        self.state: LayerState | None = None
-        self._config: native.Config | None = None
+        self.bind(state)
+
+    def bind(self, state: LayerState) -> None:
+        """Accumulate into ``state`` (on the device the layer's outputs will be on)."""
+        self.state = state
+        use_native = self.backend != "torch" and state.counts.device.type == "cpu" and native.kernel() is not None
+        if self.backend == "native" and not use_native:
+            raise RuntimeError(f"the native statistics kernel is unavailable: {native.build_error() or 'not a CPU tensor'}")
+        self._config = native_config(self.probe, state) if use_native else None
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if y.numel() == 0:
@@ -69,11 +83,6 @@ class _Layer:
             y = y.float()
         if x.dtype in HALF_TYPES and self.probe.flat is not None:  # x is read only for the flat region
             x = x.float()
-        if self.state is None:
-            self._set_state(LayerState.empty(self.probe.scheme.bins, self.probe.units, y.device))
-        elif self.state.counts.device != y.device:  # the model moved: its window goes with it
-            self._set_state(self.state.to(y.device))
-        assert self.state is not None
         if self._config is not None and y.dtype == torch.float32:
             native_update(self.probe, self._config, x, y)
         else:
@@ -81,25 +90,37 @@ class _Layer:
         if self.probe.probability_dim is not None:
             add_rows(self.probe, self.state, y)
 
-    def _set_state(self, state: LayerState) -> None:
-        self.state = state
-        use_native = self.backend != "torch" and state.counts.device.type == "cpu" and native.kernel() is not None
-        if self.backend == "native" and not use_native:
-            raise RuntimeError(f"the native statistics kernel is unavailable: {native.build_error() or 'not a CPU tensor'}")
-        self._config = native_config(self.probe, state) if use_native else None
-
     def load(self, state: LayerState) -> None:
         if (state.bins, state.alive.numel()) != (self.probe.scheme.bins, self.probe.units):
             raise ValueError(
                 f"state for {state.bins} bins and {state.alive.numel()} units does not fit layer {self.probe.name} "
                 f"({self.probe.scheme.bins} bins, {self.probe.units} units)"
             )
-        device = self.state.counts.device if self.state is not None else state.counts.device
-        self._set_state(LayerState.empty(self.probe.scheme.bins, self.probe.units, device).copy_(state))
+        self.state.copy_(state)
 
-    def on_grad(self, grad: torch.Tensor, scale: torch.Tensor | float | None = None) -> None:
-        if self.state is not None:
-            add_gradient(self.state, grad, scale)
+
+class _LayerSet:
+    """A monitor's layers with their accumulators, on one device: what the next monitor made like
+    it takes over (see the module docstring)."""
+
+    def __init__(self, probes: Sequence[Probe], backend: Backend, device: torch.device) -> None:
+        self.accumulators = Accumulators([(probe.scheme.bins, probe.units) for probe in probes], device)
+        self.layers = {probe.index: _Layer(probe, backend, state) for probe, state in zip(probes, self.accumulators.states)}
+
+    def to(self, device: torch.device) -> None:
+        """The model moved: the window goes with it."""
+        self.accumulators.to(device)
+        for layer, state in zip(self.layers.values(), self.accumulators.states, strict=True):
+            layer.bind(state)
+
+
+_POOL: Pool[_LayerSet] = Pool()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s outputs will be: its first parameter's or buffer's device, the CPU for a stateless module."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 class ActivationMonitor:
@@ -130,7 +151,15 @@ class ActivationMonitor:
         self.enabled = True
         self.grads = grads
         self.grad_scale: torch.Tensor | float | None = None
-        self._layers = {node.index: _Layer(Probe.of(node, bins), backend) for node in select_nodes(spec, layers)}
+        key: Hashable = (layers if isinstance(layers, str) else tuple(layers), bins, backend)
+        kept = _POOL.take(module, key)
+        if kept is None:
+            kept = _LayerSet([Probe.of(node, bins) for node in select_nodes(spec, layers)], backend, _device_of(module))
+        else:
+            kept.accumulators.reset()
+        self._set = kept
+        self._layers = kept.layers
+        weakref.finalize(self, _POOL.give, weakref.ref(module), key, kept)
         self._handles = self._attach(module)
 
     def _attach(self, module: nn.Module) -> list[RemovableHandle]:
@@ -154,9 +183,14 @@ class ActivationMonitor:
         layer = self._layers.get(index)
         if layer is None or not self.enabled:
             return
+        if y.device != self._set.accumulators.device:
+            self._set.to(y.device)
         layer.observe(x, y)
-        if self.grads and y.requires_grad:
-            y.register_hook(layer.on_grad if self.grad_scale is None else partial(layer.on_grad, scale=self.grad_scale))
+        if self.grads and y.requires_grad:  # the hook holds the monitor: its accumulators are not taken over before the backward pass
+            y.register_hook(partial(self._on_grad, layer, self.grad_scale))
+
+    def _on_grad(self, layer: _Layer, scale: torch.Tensor | float | None, grad: torch.Tensor) -> None:
+        add_gradient(layer.state, grad, scale)
 
     @property
     def probes(self) -> list[Probe]:
@@ -165,37 +199,11 @@ class ActivationMonitor:
 
     def stats(self) -> list[LayerStats]:
         """Statistics of every monitored layer over the window, in node order (one host copy)."""
-        seen = [layer for layer in self._layers.values() if layer.state is not None]
-        host: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
-        if seen:
-            parts = []
-            for layer in seen:
-                assert layer.state is not None
-                parts += [layer.state.counts, layer.state.moments.view(torch.int64), layer.state.alive.sum().reshape(1)]
-            flat = torch.cat(parts).cpu().numpy()
-            offset = 0
-            for layer in seen:
-                assert layer.state is not None
-                n_counts, n_moments = layer.state.counts.numel(), layer.state.moments.numel()
-                counts = flat[offset:offset + n_counts]
-                moments = flat[offset + n_counts:offset + n_counts + n_moments].view(np.float64)
-                host[layer.probe.index] = (counts, moments, int(flat[offset + n_counts + n_moments]))
-                offset += n_counts + n_moments + 1
-        result = []
-        for index, layer in self._layers.items():
-            if index not in host:
-                empty = LayerState.empty(layer.probe.scheme.bins, layer.probe.units)
-                host[index] = (empty.counts.numpy(), empty.moments.numpy(), 0)
-            result.append(summarize(layer.probe, *host[index]))
-        return result
+        return [summarize(layer.probe, *values) for layer, values in zip(self._layers.values(), self._set.accumulators.host())]
 
     def state(self) -> list[LayerState]:
-        """A copy of every monitored layer's raw accumulators, in node order (an empty state on
-        the CPU for a layer not seen yet). Merge states with ``merge_states``."""
-        return [
-            layer.state.clone() if layer.state is not None else LayerState.empty(layer.probe.scheme.bins, layer.probe.units)
-            for layer in self._layers.values()
-        ]
+        """A copy of every monitored layer's raw accumulators, in node order. Merge states with ``merge_states``."""
+        return [layer.state.clone() for layer in self._layers.values()]
 
     def load_state(self, states: Sequence[LayerState]) -> None:
         """Replace the accumulators (e.g. with states merged across ranks), in node order."""
@@ -205,10 +213,8 @@ class ActivationMonitor:
             layer.load(state)
 
     def reset(self) -> None:
-        """Start a new window: forget everything seen so far."""
-        for layer in self._layers.values():
-            if layer.state is not None:
-                layer.state.copy_(LayerState.empty(layer.probe.scheme.bins, layer.probe.units, layer.state.counts.device))
+        """Start a new window: forget everything seen so far (in place, one copy on the device)."""
+        self._set.accumulators.reset()
 
     def close(self) -> None:
         """Remove the hooks; the statistics stay readable."""

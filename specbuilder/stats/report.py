@@ -8,8 +8,7 @@ The flat region is the registry's (``ActivationKind.flat``); a layer whose probe
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from collections.abc import Sequence
 
 from specbuilder.stats.probe import Probe
 from specbuilder.stats.state import (
@@ -32,8 +31,8 @@ from specbuilder.stats.state import (
 from specbuilder_wire.results import Histogram, LayerStats
 
 
-def summarize(probe: Probe, counts: np.ndarray, moments: np.ndarray, alive_units: int) -> LayerStats:
-    """``LayerStats`` from a state's host copy (``counts`` int64, ``moments`` float64)."""
+def summarize(probe: Probe, counts: Sequence[int], moments: Sequence[float], alive_units: int) -> LayerStats:
+    """``LayerStats`` from a state's values on the host, as Python numbers (``Accumulators.host``)."""
     count = int(counts[COUNT])
     finite = count - int(counts[NAN_COUNT]) - int(counts[INF_COUNT])
     rows = int(counts[ROWS])
@@ -57,7 +56,7 @@ def summarize(probe: Probe, counts: np.ndarray, moments: np.ndarray, alive_units
         histogram=Histogram(
             scale="symlog" if probe.scheme.log else "linear",
             edges=list(probe.scheme.edges()),
-            counts=[int(c) for c in counts[HISTOGRAM:]],
+            counts=list(counts[HISTOGRAM:]),
         ),
         grad_norm=float(moments[GRAD_NORM_SUM]) / passes if passes else None,
         entropy=float(moments[ENTROPY_SUM]) / rows if rows else None,

@@ -38,18 +38,24 @@ class LayerState:
     @classmethod
     def empty(cls, bins: int, units: int, device: torch.device | str = "cpu") -> LayerState:
         """The state of a layer that has seen nothing. Never an inference tensor, so it can be
-        updated in place both inside and outside ``torch.inference_mode``. The infinities are
-        filled in on the device: ``moments[MIN] = math.inf`` would copy a host scalar into a
-        CUDA tensor, a blocking copy (a host sync) in the training loop, at every report's reset."""
+        updated in place both inside and outside ``torch.inference_mode``."""
         with torch.inference_mode(False):
-            moments = torch.zeros(MOMENTS, dtype=torch.float64, device=device)
-            moments[MIN].fill_(math.inf)
-            moments[MAX].fill_(-math.inf)
             return cls(
-                torch.zeros(HISTOGRAM + bins, dtype=torch.int64, device=device),
-                moments,
-                torch.zeros(units, dtype=torch.bool, device=device),
-            )
+                torch.empty(HISTOGRAM + bins, dtype=torch.int64, device=device),
+                torch.empty(MOMENTS, dtype=torch.float64, device=device),
+                torch.empty(units, dtype=torch.bool, device=device),
+            ).clear()
+
+    def clear(self) -> LayerState:
+        """Make these tensors (in place) the state of a layer that has seen nothing. The
+        infinities are filled in on the device: ``moments[MIN] = math.inf`` would copy a host
+        scalar into a CUDA tensor, a blocking copy (a host sync)."""
+        self.counts.zero_()
+        self.moments.zero_()
+        self.moments[MIN].fill_(math.inf)
+        self.moments[MAX].fill_(-math.inf)
+        self.alive.zero_()
+        return self
 
     @property
     def bins(self) -> int:
@@ -66,11 +72,6 @@ class LayerState:
 
     def clone(self) -> LayerState:
         return LayerState(self.counts.clone(), self.moments.clone(), self.alive.clone())
-
-    def to(self, device: torch.device | str) -> LayerState:
-        """These accumulators on ``device`` (never as inference tensors, like ``empty``)."""
-        with torch.inference_mode(False):
-            return LayerState(self.counts.to(device), self.moments.to(device), self.alive.to(device))
 
     def copy_(self, other: LayerState) -> LayerState:
         """Overwrite these tensors (in place) with ``other``'s values."""
