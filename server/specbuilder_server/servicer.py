@@ -8,7 +8,9 @@ reader): blocking work (parsing large specs, compiling, the store) runs on the w
 (``blocking``), forwards and statistics in a compute lane (``compute_lanes``), each within a
 ``Budget`` (deadline, cancel, compute seconds), after the call's estimated cost was checked
 against the server's limit. Streams are capped in number, in all and per connection, and one
-that neither sends nor reads for ``stream_idle_seconds`` is ended.
+that neither sends nor reads for ``stream_idle_seconds`` is ended; a stream's next batches are
+read and started while the current one computes (``read_ahead``), and the same stream body serves
+gRPC and the local socket (``StreamEnds``).
 """
 
 from __future__ import annotations
