@@ -258,8 +258,8 @@ class ModelServicer:
 
     @handled
     async def StreamEvaluate(self, incoming: Incoming, context: grpc.aio.ServicerContext) -> None:
-        if self.local_socket is not None:  # a same-host client may move its stream there, its batches in shared memory
-            await context.send_initial_metadata(((localsocket.METADATA_KEY, self.local_socket),))
+        # at once, naming the local socket if there is one: a same-host client waits for these headers to choose where it streams
+        await context.send_initial_metadata(((localsocket.METADATA_KEY, self.local_socket),) if self.local_socket else ())
         await self.stream_evaluate(StreamEnds(
             incoming.next, functools.partial(self._send, context), lambda path, tensor: self._grpc_regions({path: tensor}),
             lambda: self.budget(context), context.peer()))

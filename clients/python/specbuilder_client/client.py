@@ -109,7 +109,8 @@ class Client:
         self._local: LocalConnection | None = None
         """The connection to the server's local socket, once a shared-memory answer has named it."""
         self._socket_path: str | None = None
-        """The server's local socket, once an answer has named it and it could be reached."""
+        """The server's local socket, once an answer has named it and it could be reached; "" once a stream's
+        headers named none (the streams after it go over gRPC without asking again)."""
 
     def __enter__(self) -> Client:
         return self
@@ -267,7 +268,7 @@ class Client:
         if self.shared_memory and self._use_local_socket:
             if self._socket_path is None:
                 return self._stream_finding_socket(start, batches, timeout)
-            connection = self._open_local(self._socket_path)
+            connection = self._open_local(self._socket_path) if self._socket_path else None
             if connection is not None:
                 return self._local_stream(connection, start, batches, timeout)
         requests = StreamRequests(start, batches)
@@ -281,6 +282,8 @@ class Client:
         requests = StreamRequests(start, batches, routed=True)
         call = self._stream_bytes(iter(requests), timeout=timeout, metadata=self._metadata)
         path = dict(call.initial_metadata() or ()).get(METADATA_KEY)
+        if not path:
+            self._socket_path = ""
         connection = self._open_local(path) if path else None
         if connection is not None:
             if requests.route(False):

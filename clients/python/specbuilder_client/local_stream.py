@@ -101,6 +101,8 @@ class LocalStream:
         """The answers in order, the summary last; the stream's failure raised as a ``SpecbuilderError``."""
         try:
             while True:
+                if self._cancelled:  # answers already on their way are not handed out
+                    raise Cancelled(grpc.StatusCode.CANCELLED, "the stream was cancelled")
                 try:
                     payload = self._connection.reply(self._deadline)
                 except TimeoutError:
