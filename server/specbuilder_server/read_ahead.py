@@ -5,9 +5,9 @@ thread idle for a round of the event loop per batch (the message read, parsed, i
 handed over). ``ReadAhead`` reads on while the current batch computes: a task of its own takes
 each message from the stream (``next_message``) and hands it to ``start`` (the servicer's: check
 it and submit its compute to a lane), so the lane runs the next batch the moment the current one
-ends. At most ``depth`` batches are started and not yet answered, each holding its message's
-bytes until it has computed: the memory a stream holds stays flat however long it runs and
-however slowly its client reads.
+ends. At most ``depth`` batches are started whose answers have not been taken (``next``), each
+holding its message's bytes until it has computed: the memory a stream holds stays flat however
+long it runs and however slowly its client reads.
 
 Answers are taken in the order the messages came (``next``); a message that fails its check,
 or fails to arrive (idle, malformed), takes its place in that order, so the answers before it
@@ -48,7 +48,7 @@ class Started(Generic[T]):
 
 class ReadAhead(Generic[M, T]):
     """Messages from ``next_message`` (None: the stream's end), each started by ``start(message, index)``
-    as soon as fewer than ``depth`` are started and unanswered; on the event loop only."""
+    as soon as fewer than ``depth`` started ones wait to be taken; on the event loop only."""
 
     def __init__(self, next_message: Callable[[], Awaitable[M | None]], start: Callable[[M, int], Started[T]], depth: int) -> None:
         self._next_message = next_message

@@ -109,13 +109,13 @@ class ModelServicer:
     async def _compute(self, flops: int, budget: Budget, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in its compute lane; a call that ends meanwhile (cancelled, deadline) stops its compute."""
         future = self._lanes.for_cost(flops).submit(fn, *args)
-        with self._pool.working():
-            try:
-                return await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                budget.cancel("the client cancelled the call")
-                future.cancel()
-                raise
+        self._pool.track(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            budget.cancel("the client cancelled the call")
+            future.cancel()
+            raise
 
     def budget(self, context: grpc.aio.ServicerContext | None) -> Budget:
         """The compute budget of a call: its deadline (none without a context) and the server's cap on compute seconds."""
@@ -284,9 +284,8 @@ class ModelServicer:
             try:
                 await lane.run(run.__enter__)  # a call cancelled meanwhile still exits it: the exit takes its turn after it
                 ahead = ReadAhead(ends.receive, functools.partial(self._start_batch, run, ends), STREAM_AHEAD)
-                with self._pool.working():
-                    while (answer := await ahead.next()) is not None:
-                        await ends.send(answer)
+                while (answer := await ahead.next()) is not None:
+                    await ends.send(answer)
                 stats = [layer.to_proto() for layer in await lane.run(run.stats)]
             finally:
                 if ahead is not None:
@@ -307,6 +306,7 @@ class ModelServicer:
         flops = self._check_cost(run.ready.spec, _rows(message.batch), path)
         budget = ends.budget()
         future = self._lanes.for_cost(flops).submit(self._answer_batch, run, message.batch, received.data, index, regions, budget)
+        self._pool.track(future)
         return Started(future, budget)
 
     def _answer_batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, index: int,
