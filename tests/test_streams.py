@@ -257,3 +257,17 @@ def test_streams_go_over_grpc_where_the_local_socket_cannot_be_reached(tmp_path:
             for got, want in zip(list(stream), expected, strict=True):
                 np.testing.assert_array_equal(got, want)
             assert isinstance(sender_of(stream), StreamRequests)
+
+
+def test_a_stream_whose_batches_cross_lanes_counts_each_once(tmp_path: Path) -> None:
+    sizes = [8, 400, 8, 400, 400, 8, 8, 400]  # each side of the threshold: batches started ahead in both lanes at once
+    batches = [RNG.normal(size=(rows, 2)).astype(np.float32) for rows in sizes]
+    per_row = 2 * (2 * 16 + 16 * 2)
+    with serving(tmp_path / "store", large_call_flops=per_row * 100) as server, Client(server.address) as client:
+        expected = [client.evaluate(SPIRALS, x).outputs for x in batches]
+        whole = client.evaluate(SPIRALS, np.concatenate(batches), statistics=True)
+        stream = client.evaluate_stream(SPIRALS, iter(batches), statistics=True)
+        for got, want in zip(list(stream), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert (stream.summary.batches, stream.summary.rows) == (len(sizes), sum(sizes))
+        assert [(s.count, s.min, s.max, s.histogram) for s in stream.summary.stats] == [(s.count, s.min, s.max, s.histogram) for s in whole.stats]
