@@ -32,6 +32,9 @@ BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}
 INLINE_PARSE_BYTES = 1 << 20
 """Requests up to this size are parsed on the event loop; larger ones on a worker thread, so one
 huge message does not stall every other call (for a request with a batch, the size without the batch's elements)."""
+CUT_BYTES = 1 << 17
+"""Requests with a batch smaller than this are parsed whole by protobuf: copying their elements twice
+costs less than cutting them out in Python (docs/benchmarks.md, issue 16)."""
 LOOP_FIELDS = 64
 """The most fields the event loop reads to cut a batch out of a request (a well-formed one has under a dozen)."""
 M = TypeVar("M")
@@ -42,7 +45,8 @@ Blocking = Callable[..., Awaitable[Any]]
 @dataclass(frozen=True)
 class Received(Generic[M]):
     """A request that carries a batch: the message parsed without the batch's elements, and the
-    elements as a read-only view of the bytes gRPC handed over (None where they were not inline).
+    elements as a read-only view of the bytes gRPC handed over (None where they were not inline, or
+    the request was small enough to be parsed whole: ``CUT_BYTES``, the elements then in the message).
 
     Protobuf would copy them twice, parsing and on reading ``Tensor.data``
     (``specbuilder_wire.message_bytes``); ``data`` is what ``specbuilder_wire.arrays.attached`` reads instead.
@@ -70,6 +74,8 @@ class Parser:
         """The request, whatever it costs (on any thread); ``DecodeError`` for bytes that do not parse."""
         if self._batch_field is None:
             return self._parse(raw)
+        if len(raw) < CUT_BYTES:
+            return Received(self._parse(raw), None)
         rest, data = cut_tensor_data(raw, self._batch_field)
         return Received(self._parse(rest), data)
 
@@ -77,6 +83,8 @@ class Parser:
         """The request, parsed on the loop or, when that would cost too much, awaited from a worker thread."""
         if self._batch_field is None:
             return self._parse(raw) if len(raw) <= INLINE_PARSE_BYTES else await blocking(self._parse, raw)
+        if len(raw) < CUT_BYTES:
+            return Received(self._parse(raw), None)
         try:
             rest, data = cut_tensor_data(raw, self._batch_field, LOOP_FIELDS)
         except TooManyFields:
