@@ -49,7 +49,7 @@ class Sender(Protocol):
     def stop(self) -> None: ...
 
 
-def put_unless_stopped(into: queue.Queue[T], item: T, stopped: threading.Event) -> bool:
+def _put_unless_stopped(into: queue.Queue[T], item: T, stopped: threading.Event) -> bool:
     """Put ``item`` into the bounded queue ``into`` once there is room (True), unless ``stopped`` is set first (False)."""
     while not stopped.is_set():
         try:
@@ -110,12 +110,12 @@ class StreamRequests:
     def _encode(self) -> None:
         try:
             for batch in self._batches:
-                if not put_unless_stopped(self._encoded, serialize_with_tensor(service_pb2.StreamEvaluateRequest(), "batch", batch),
+                if not _put_unless_stopped(self._encoded, serialize_with_tensor(service_pb2.StreamEvaluateRequest(), "batch", batch),
                                           self._stopped):
                     return
         except Exception as error:  # gRPC would only log it: keep it for the caller, end the stream
             self.error = error
-        put_unless_stopped(self._encoded, None, self._stopped)
+        _put_unless_stopped(self._encoded, None, self._stopped)
 
     def stop(self) -> None:
         """Send nothing more: the encoding thread ends at its next batch, gRPC's request thread at once."""
@@ -191,4 +191,4 @@ class StreamResult:
         self._cancel()
 
 
-__all__ = ["POLL_SECONDS", "ROUTE_SECONDS", "SEND_AHEAD", "Sender", "StreamRequests", "StreamResult", "grpc_responses", "put_unless_stopped"]
+__all__ = ["POLL_SECONDS", "ROUTE_SECONDS", "SEND_AHEAD", "Sender", "StreamRequests", "StreamResult", "grpc_responses"]
