@@ -15,10 +15,10 @@ import pytest
 from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server_helpers import SPIRALS, open_channel, serving, spec_source
+from server_helpers import SPIRALS, connect, open_channel, serving, spec_source, wait_for
 from specbuilder_client import Client, DeadlineExceeded, InvalidArgument, NotFound, SpecbuilderError
 from specbuilder_server import RunningServer, local_socket, roles
-from specbuilder_wire.localsocket import EVALUATE, HELLO, OK, STATUS, hello, read_head, read_payload, send_frame
+from specbuilder_wire.localsocket import CLOSE, EVALUATE, HELLO, OK, STATUS, STREAM, hello, read_head, read_payload, send_frame
 from specbuilder_wire.v1 import service_pb2, tensor_pb2
 
 TOKEN = "local-socket-token"
@@ -238,3 +238,82 @@ def test_a_connection_that_never_says_hello_is_closed(running: RunningServer, mo
         assert closed(silent), "the server let a silent connection hold its slot"
     with raw_connection(running) as connection:  # the slot is free again
         assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
+
+
+def stream_start(spec: dict[str, object] = SPIRALS) -> bytes:
+    return service_pb2.StreamEvaluateRequest(start=service_pb2.StreamEvaluateStart(spec=spec_source(spec))).SerializeToString()
+
+
+def stream_batch(x: np.ndarray) -> bytes:
+    return service_pb2.StreamEvaluateRequest(batch=tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=x.shape, data=x.tobytes())).SerializeToString()
+
+
+def test_a_stream_of_frames_is_answered_batch_by_batch_then_summed_up_and_the_connection_goes_on(running: RunningServer) -> None:
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(INFERENCE_TOKEN)) == (OK, b"")
+        send_frame(connection, STREAM, stream_start())
+        for part in (X[:10], X[10:]):  # sent without waiting for answers: inline batches are read as gRPC reads them
+            send_frame(connection, STREAM, stream_batch(part))
+        send_frame(connection, CLOSE, b"")
+        answers = []
+        for _ in range(3):
+            kind, length = read_head(connection)
+            assert kind == OK
+            answers.append(service_pb2.StreamEvaluateResponse.FromString(read_payload(connection, length)))
+        assert [a.output.batch_index for a in answers[:2]] == [0, 1] and answers[2].summary.rows == len(X)
+        kind, payload = exchange(connection, EVALUATE, evaluate_request())  # the connection serves the next call
+        assert kind == OK and service_pb2.EvaluateResponse.FromString(payload).output.shape == [len(X), 2]
+
+
+def test_a_stream_needs_a_role_that_may_stream_and_a_bad_one_ends_with_its_status_and_the_connection(running: RunningServer,
+                                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    evaluate_only = {path: role for path, role in roles.ROLES.items() if not path.endswith("/StreamEvaluate")}
+    monkeypatch.setattr(roles, "ROLES", evaluate_only)  # were StreamEvaluate not listed for inference tokens
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(INFERENCE_TOKEN)) == (OK, b"")
+        kind, payload = exchange(connection, STREAM, stream_start())
+        code, message = status_of(payload)
+        assert (kind, code) == (STATUS, grpc.StatusCode.PERMISSION_DENIED) and "StreamEvaluate needs the full-access role" in message
+        assert closed(connection)
+    monkeypatch.undo()
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
+        send_frame(connection, STREAM, stream_start())
+        kind, payload = exchange(connection, EVALUATE, evaluate_request())  # an Evaluate frame inside a stream
+        assert (kind, status_of(payload)[0]) == (STATUS, grpc.StatusCode.INVALID_ARGUMENT) and "in a stream" in status_of(payload)[1]
+        assert closed(connection)
+    with raw_connection(running) as connection:
+        assert exchange(connection, HELLO, hello(TOKEN)) == (OK, b"")
+        send_frame(connection, STREAM, stream_start())
+        connection.sendall(bytes([STREAM]) + (2**31).to_bytes(4, "little"))  # over the message limit: refused unread
+        kind, length = read_head(connection)
+        assert kind == STATUS and status_of(read_payload(connection, length))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert closed(connection)
+    wait_for(lambda: not len(running.servicer.streams), "the refused streams' slots")
+
+
+def test_a_local_stream_that_goes_quiet_is_ended_and_streams_count_against_the_servers_cap(tmp_path: Path) -> None:
+    with serving(tmp_path / "store", shared_memory=True, stream_idle_seconds=0.5, max_streams=2) as server:
+        with raw_connection(server) as quiet:
+            assert exchange(quiet, HELLO, hello(None)) == (OK, b"")
+            kind, payload = exchange(quiet, STREAM, stream_start())  # then nothing
+            assert (kind, status_of(payload)[0]) == (STATUS, grpc.StatusCode.DEADLINE_EXCEEDED) and "stream_idle_seconds" in status_of(payload)[1]
+            assert closed(quiet)
+        wait_for(lambda: not len(server.servicer.streams), "the quiet stream's slot")
+        release = threading.Event()
+
+        def held_open() -> Iterator[service_pb2.StreamEvaluateRequest]:
+            yield service_pb2.StreamEvaluateRequest(start=service_pb2.StreamEvaluateStart(spec=spec_source(SPIRALS)))
+            release.wait(30)
+
+        with connect(server.address) as stub, raw_connection(server) as first, raw_connection(server) as second:
+            over_grpc = stub.StreamEvaluate(held_open())  # one slot
+            wait_for(lambda: len(server.servicer.streams) == 1, "the gRPC stream's slot")
+            for connection in (first, second):
+                assert exchange(connection, HELLO, hello(None)) == (OK, b"")
+            send_frame(first, STREAM, stream_start())
+            assert exchange(first, STREAM, stream_batch(X))[0] == OK  # the other slot
+            kind, payload = exchange(second, STREAM, stream_start())
+            assert (kind, status_of(payload)[0]) == (STATUS, grpc.StatusCode.RESOURCE_EXHAUSTED) and "(max_streams)" in status_of(payload)[1]
+            release.set()
+            assert list(over_grpc)[-1].HasField("summary")

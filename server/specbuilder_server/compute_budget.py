@@ -8,7 +8,6 @@ the status the call then ends with.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -28,19 +27,19 @@ class Budget:
         """``time.monotonic()`` by which the call must have ended; None: no deadline."""
         self._max_seconds = max_seconds
         self._started: float | None = None
-        self._cancelled = threading.Event()
-        self._reason = ""
+        self._cancelled: str | None = None
+        """Why the call was cancelled, once it was: set on the event loop, read on a compute thread (one
+        reference, written once: what a ``threading.Event`` adds, a lock and a condition per call, is not needed)."""
 
     def cancel(self, reason: str) -> None:
         """Stop the call's compute at its next check (the first reason given is kept)."""
-        if not self._cancelled.is_set():
-            self._reason = reason
-            self._cancelled.set()
+        if self._cancelled is None:
+            self._cancelled = reason
 
     def check(self) -> None:
         """Raise ``Stopped`` if the call was cancelled, its deadline passed, or its compute ran past the cap."""
-        if self._cancelled.is_set():
-            raise Stopped(grpc.StatusCode.CANCELLED, self._reason)
+        if self._cancelled is not None:
+            raise Stopped(grpc.StatusCode.CANCELLED, self._cancelled)
         now = time.monotonic()
         if self._started is None:
             self._started = now

@@ -71,6 +71,19 @@ def exhausted(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
+def stream_went_quiet(seconds: float) -> RequestError:
+    """DEADLINE_EXCEEDED for a stream whose client sent no message for ``seconds`` (``stream_idle_seconds``)."""
+    return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+        f"the stream sent no message for {seconds:g} s, this server's limit (stream_idle_seconds); "
+        "send the next message sooner, or close the stream and open a new one when there is more"))
+
+
+def reader_stalled(seconds: float) -> RequestError:
+    """DEADLINE_EXCEEDED for a stream whose client read none of the server's messages for ``seconds`` (``stream_idle_seconds``)."""
+    return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+        f"the client read none of the server's messages for {seconds:g} s, this server's limit (stream_idle_seconds)"))
+
+
 def spec_problems(error: SpecError, prefix: str = "") -> RequestError:
     """A ``SpecError`` (or ``ConfigError``) as INVALID_ARGUMENT, paths under ``prefix``.
 

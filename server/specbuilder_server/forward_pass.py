@@ -44,7 +44,8 @@ class Pass:
 
     The core ``Evaluator`` runs each batch (inference mode, autocast, the monitor counting only
     this pass's batches); here it is attached, run and closed under the model's lock, and its
-    forward checks the call's ``Budget`` between layers.
+    forward checks the call's ``Budget`` between layers. ``run`` may be called from several threads
+    at once (a stream's batches started ahead, in different lanes): the lock takes them in turn.
     """
 
     def __init__(self, ready: Ready, options: Options) -> None:
@@ -76,12 +77,12 @@ class Pass:
         """The model's output for ``batch`` (on the model's device, possibly still being computed
         there); statistics accumulate. ``Stopped`` when ``budget`` runs out between layers."""
         assert self._evaluator is not None, "a Pass runs batches inside its with block"
-        started = self._timer.start()
-        with self.ready.lock:
+        with self.ready.lock:  # a stream's batches may run on two compute threads at once (one per lane): one at a time here
+            started = self._timer.start()
             output = self._evaluator.run(batch, partial(forward, self.ready.module, budget=budget))
-        self._timer.stop(started)
-        self.batches += 1
-        self.rows += len(batch)
+            self._timer.stop(started)
+            self.batches += 1
+            self.rows += len(batch)
         return output
 
     def stats(self) -> list[LayerStats]:

@@ -259,7 +259,7 @@ async def _serve(config: ServerConfig, servicer: ModelServicer, credentials: grp
     local = None
     if regions is not None and config.local_socket:
         local = LocalSocket(servicer, regions, access=access, max_message_bytes=config.max_message_bytes,
-                            max_connections=config.max_streams)
+                            max_connections=config.max_streams, idle_seconds=config.stream_idle_seconds)
         await local.start()
         servicer.local_socket = local.path
     await server.start()

@@ -22,8 +22,8 @@ import grpc.aio
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
-from specbuilder_server.errors import ClientGone, RequestError, abort
-from specbuilder_wire.message_bytes import cut_tensor_data
+from specbuilder_server.errors import ClientGone, RequestError, abort, stream_went_quiet
+from specbuilder_wire.message_bytes import TooManyFields, cut_tensor_data
 from specbuilder_wire.v1 import service_pb2
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -31,7 +31,12 @@ BATCH_FIELDS = {"Evaluate": "input", "StreamEvaluate": "batch"}
 """The methods whose requests carry a batch, and its field: the servicer reads its elements where they arrived."""
 INLINE_PARSE_BYTES = 1 << 20
 """Requests up to this size are parsed on the event loop; larger ones on a worker thread, so one
-huge message does not stall every other call."""
+huge message does not stall every other call (for a request with a batch, the size without the batch's elements)."""
+CUT_BYTES = 1 << 17
+"""Requests with a batch smaller than this are parsed whole by protobuf: copying their elements twice
+costs less than cutting them out in Python (docs/benchmarks.md, issue 16)."""
+LOOP_FIELDS = 64
+"""The most fields the event loop reads to cut a batch out of a request (a well-formed one has under a dozen)."""
 M = TypeVar("M")
 Blocking = Callable[..., Awaitable[Any]]
 """``await blocking(fn, *args)``: ``fn(*args)`` on the server's worker threads."""
@@ -40,7 +45,8 @@ Blocking = Callable[..., Awaitable[Any]]
 @dataclass(frozen=True)
 class Received(Generic[M]):
     """A request that carries a batch: the message parsed without the batch's elements, and the
-    elements as a read-only view of the bytes gRPC handed over (None where they were not inline).
+    elements as a read-only view of the bytes gRPC handed over (None where they were not inline, or
+    the request was small enough to be parsed whole: ``CUT_BYTES``, the elements then in the message).
 
     Protobuf would copy them twice, parsing and on reading ``Tensor.data``
     (``specbuilder_wire.message_bytes``); ``data`` is what ``specbuilder_wire.arrays.attached`` reads instead.
@@ -50,18 +56,48 @@ class Received(Generic[M]):
     data: memoryview | None
 
 
-def parser_for(parse: Callable[[bytes], Any], method: MethodDescriptor) -> Callable[[bytes], Any]:
-    """``parse``, or for a method in ``BATCH_FIELDS`` a parse into ``Received``."""
+class Parser:
+    """Bytes to one method's request: on the event loop when that is cheap, else on a worker thread.
+
+    For a method in ``BATCH_FIELDS`` the request comes as ``Received``; what its parse costs is the
+    cut (at most ``LOOP_FIELDS`` fields read on the loop) and the parse of what is left once the
+    batch's elements are out, not the batch, so a 3 MB batch is parsed on the loop without a hop
+    to a worker thread and back. Anything larger (a huge spec, bytes made of millions of fields)
+    goes to a worker, so one message never stalls every other call.
+    """
+
+    def __init__(self, parse: Callable[[bytes], Any], batch_field: int | None = None) -> None:
+        self._parse = parse
+        self._batch_field = batch_field
+
+    def __call__(self, raw: bytes) -> Any:
+        """The request, whatever it costs (on any thread); ``DecodeError`` for bytes that do not parse."""
+        if self._batch_field is None:
+            return self._parse(raw)
+        if len(raw) < CUT_BYTES:
+            return Received(self._parse(raw), None)
+        rest, data = cut_tensor_data(raw, self._batch_field)
+        return Received(self._parse(rest), data)
+
+    async def parsed(self, raw: bytes, blocking: Blocking) -> Any:
+        """The request, parsed on the loop or, when that would cost too much, awaited from a worker thread."""
+        if self._batch_field is None:
+            return self._parse(raw) if len(raw) <= INLINE_PARSE_BYTES else await blocking(self._parse, raw)
+        if len(raw) < CUT_BYTES:
+            return Received(self._parse(raw), None)
+        try:
+            rest, data = cut_tensor_data(raw, self._batch_field, LOOP_FIELDS)
+        except TooManyFields:
+            return await blocking(self, raw)
+        if len(rest) <= INLINE_PARSE_BYTES:
+            return Received(self._parse(rest), data)
+        return Received(await blocking(self._parse, rest), data)
+
+
+def parser_for(parse: Callable[[bytes], Any], method: MethodDescriptor) -> Parser:
+    """The ``Parser`` of ``method``'s requests (``parse``: protobuf's, for the whole message)."""
     field = BATCH_FIELDS.get(method.name)
-    if field is None:
-        return parse
-    number = method.input_type.fields_by_name[field].number
-
-    def received(raw: bytes) -> Received[Any]:
-        rest, data = cut_tensor_data(raw, number)
-        return Received(parse(rest), data)
-
-    return received
+    return Parser(parse, None if field is None else method.input_type.fields_by_name[field].number)
 
 
 def malformed(type_name: str, which: str = "the request") -> RequestError:
@@ -71,7 +107,7 @@ def malformed(type_name: str, which: str = "the request") -> RequestError:
 class Incoming:
     """The messages of a request stream, parsed, each waited for at most ``idle_seconds``."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, parse: Callable[[bytes], Any], type_name: str,
+    def __init__(self, context: grpc.aio.ServicerContext, parse: Parser, type_name: str,
                  blocking: Blocking, idle_seconds: float) -> None:
         self._context = context
         self._parse = parse
@@ -86,22 +122,16 @@ class Incoming:
         try:
             raw = await asyncio.wait_for(self._context.read(), self._idle_seconds)
         except TimeoutError:
-            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
-                f"the stream sent no message for {self._idle_seconds:g} s, this server's limit (stream_idle_seconds); "
-                "send the next message sooner, or close the stream and open a new one when there is more")) from None
+            raise stream_went_quiet(self._idle_seconds) from None
         except Exception as error:  # noqa: BLE001 - gRPC's failed read of a call that is over (the server stopped under it)
             raise ClientGone(str(error)) from None
         if raw is grpc.aio.EOF:
             return None
         index, self._count = self._count, self._count + 1
         try:
-            return await _parsed(raw, self._parse, self._blocking)
+            return await self._parse.parsed(raw, self._blocking)
         except DecodeError:
             raise malformed(self._type_name, f"message {index} of the request stream") from None
-
-
-async def _parsed(raw: bytes, parse: Callable[[bytes], Any], blocking: Blocking) -> Any:
-    return parse(raw) if len(raw) <= INLINE_PARSE_BYTES else await blocking(parse, raw)
 
 
 def model_service(servicer: Any, blocking: Blocking, idle_seconds: float) -> grpc.GenericRpcHandler:
@@ -117,7 +147,7 @@ def model_service(servicer: Any, blocking: Blocking, idle_seconds: float) -> grp
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
 
-def _handler(method: MethodDescriptor, behavior: Callable[..., Any], parse: Callable[[bytes], Any],
+def _handler(method: MethodDescriptor, behavior: Callable[..., Any], parse: Parser,
              serialize: Callable[[Any], bytes], blocking: Blocking, idle_seconds: float) -> grpc.RpcMethodHandler:
     type_name = method.input_type.full_name
     if method.client_streaming:
@@ -130,7 +160,7 @@ def _handler(method: MethodDescriptor, behavior: Callable[..., Any], parse: Call
 
     async def request(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await _parsed(raw, parse, blocking)
+            return await parse.parsed(raw, blocking)
         except DecodeError:
             await abort(context, malformed(type_name))
 

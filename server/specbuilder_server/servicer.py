@@ -8,7 +8,9 @@ reader): blocking work (parsing large specs, compiling, the store) runs on the w
 (``blocking``), forwards and statistics in a compute lane (``compute_lanes``), each within a
 ``Budget`` (deadline, cancel, compute seconds), after the call's estimated cost was checked
 against the server's limit. Streams are capped in number, in all and per connection, and one
-that neither sends nor reads for ``stream_idle_seconds`` is ended.
+that neither sends nor reads for ``stream_idle_seconds`` is ended; a stream's next batches are
+read and started while the current one computes (``read_ahead``), and the same stream body serves
+gRPC and the local socket (``StreamEnds``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -33,12 +36,13 @@ from specbuilder_server import catalog, request_fields, responses
 from specbuilder_server.compute_budget import Budget
 from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
-from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid
+from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid, reader_stalled
 from specbuilder_server.forward_pass import Pass
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.metrics import Metrics
 from specbuilder_server.model_cache import Models, Ready
 from specbuilder_server.raw_handlers import Incoming, Received
+from specbuilder_server.read_ahead import ReadAhead, Started
 from specbuilder_server.stream_slots import StreamSlots
 from specbuilder_server.torch_tensors import check_output_size, with_batch, write_tensor
 from specbuilder_server.worker_pool import TrimmingPool
@@ -50,8 +54,27 @@ from specbuilder_wire.v1 import service_pb2, tensor_pb2
 DEADLINE_SLACK = 0.25
 """A call that ends this close to its deadline ended by it: the client's own timer usually cancels it
 a moment before the server's deadline (which is later by the transit time) passes."""
+STREAM_AHEAD = 2
+"""Batches of a stream started (read, checked, handed to a compute lane) and not yet answered: the one
+computing and the next, so the lane goes on to it without waiting for the event loop (``read_ahead``)."""
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StreamEnds:
+    """What a StreamEvaluate call is served through, on gRPC or the local socket."""
+
+    receive: Callable[[], Awaitable[Received[service_pb2.StreamEvaluateRequest] | None]]
+    """The next message, None once the client has closed its side; raises ``RequestError`` (idle, malformed) or ``ClientGone``."""
+    send: Callable[[service_pb2.StreamEvaluateResponse], Awaitable[None]]
+    """Write one answer; raises ``RequestError`` for a client that reads none for too long, ``ClientGone`` when the call is over."""
+    regions: Callable[[str, tensor_pb2.Tensor], RegionReader | None]
+    """Where the batch at a path reads shared memory from (None: nowhere); raises to refuse it."""
+    budget: Callable[[], Budget]
+    """A batch's compute budget."""
+    peer: str
+    """The connection, for the per-connection stream cap."""
 
 
 def _rows(tensor: tensor_pb2.Tensor) -> int:
@@ -86,13 +109,13 @@ class ModelServicer:
     async def _compute(self, flops: int, budget: Budget, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in its compute lane; a call that ends meanwhile (cancelled, deadline) stops its compute."""
         future = self._lanes.for_cost(flops).submit(fn, *args)
-        with self._pool.working():
-            try:
-                return await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                budget.cancel("the client cancelled the call")
-                future.cancel()
-                raise
+        self._pool.track(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            budget.cancel("the client cancelled the call")
+            future.cancel()
+            raise
 
     def budget(self, context: grpc.aio.ServicerContext | None) -> Budget:
         """The compute budget of a call: its deadline (none without a context) and the server's cap on compute seconds."""
@@ -187,9 +210,7 @@ class ModelServicer:
             raise
         if not done:  # a write waits on the reader's flow control, and cancelling it must not wait for the reader too
             write.cancel()
-            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, (
-                f"the client read none of the server's messages for {self._config.stream_idle_seconds:g} s, this server's limit "
-                "(stream_idle_seconds)"))
+            raise reader_stalled(self._config.stream_idle_seconds)
         if write.exception() is not None:  # gRPC's failed write of a call that is over
             raise ClientGone(str(write.exception()))
 
@@ -238,8 +259,20 @@ class ModelServicer:
 
     @handled
     async def StreamEvaluate(self, incoming: Incoming, context: grpc.aio.ServicerContext) -> None:
-        with self.streams.held(context.peer()):
-            received = await incoming.next()
+        # at once, naming the local socket if there is one: a same-host client waits for these headers to choose where it streams
+        await context.send_initial_metadata(((localsocket.METADATA_KEY, self.local_socket),) if self.local_socket else ())
+        await self.stream_evaluate(StreamEnds(
+            incoming.next, functools.partial(self._send, context), lambda path, tensor: self._grpc_regions({path: tensor}),
+            lambda: self.budget(context), context.peer()))
+
+    async def stream_evaluate(self, ends: StreamEnds) -> None:
+        """StreamEvaluate, for gRPC and the local socket alike; raises what the call fails with.
+
+        The start names the model; then each batch is read, checked and handed to a compute lane up to
+        ``STREAM_AHEAD`` batches ahead of the one being answered (``read_ahead``), answered in order.
+        """
+        with self.streams.held(ends.peer):
+            received = await ends.receive()
             first = received.message if received is not None else None
             if first is None or first.WhichOneof("item") != "start":
                 got = "nothing" if first is None else "a batch"
@@ -248,33 +281,42 @@ class ModelServicer:
             options = request_fields.options_of(first.start.options, ready.spec, "start.options")
             run = Pass(ready, options)
             lane = self._lanes.small
-            await lane.run(run.__enter__)
+            ahead: ReadAhead[Received[service_pb2.StreamEvaluateRequest], service_pb2.StreamEvaluateResponse] | None = None
             try:
-                index = 0
-                while (received := await incoming.next()) is not None:
-                    await self._stream_batch(context, run, received, index)
-                    del received  # the batch's bytes go now, not after the next batch has arrived
-                    index += 1
+                await lane.run(run.__enter__)  # a call cancelled meanwhile still exits it: the exit takes its turn after it
+                ahead = ReadAhead(ends.receive, functools.partial(self._start_batch, run, ends), STREAM_AHEAD)
+                while (answer := await ahead.next()) is not None:
+                    await ends.send(answer)
                 stats = [layer.to_proto() for layer in await lane.run(run.stats)]
             finally:
+                if ahead is not None:
+                    await ahead.close()
                 await lane.run(run.__exit__, None, None, None)
-            await self._send(context, service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
+            await ends.send(service_pb2.StreamEvaluateResponse(summary=service_pb2.StreamSummary(
                 batches=run.batches, rows=run.rows, stats=stats, compute_seconds=run.seconds,
             )))
 
-    async def _stream_batch(self, context: grpc.aio.ServicerContext, run: Pass, received: Received[service_pb2.StreamEvaluateRequest],
-                            index: int) -> None:
+    def _start_batch(self, run: Pass, ends: StreamEnds, received: Received[service_pb2.StreamEvaluateRequest],
+                     index: int) -> Started[service_pb2.StreamEvaluateResponse]:
+        """Check the stream's ``index``-th batch and submit its compute; on the event loop."""
         message = received.message
         path = f"batch[{index}]"
         if message.WhichOneof("item") != "batch":
             raise invalid(path, "every message after the first must be a batch; start comes once", "unexpected_start")
-        regions = self._grpc_regions({path: message.batch})
+        regions = ends.regions(path, message.batch)
         flops = self._check_cost(run.ready.spec, _rows(message.batch), path)
+        budget = ends.budget()
+        future = self._lanes.for_cost(flops).submit(self._answer_batch, run, message.batch, received.data, index, regions, budget)
+        self._pool.track(future)
+        return Started(future, budget)
+
+    def _answer_batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, index: int,
+                      regions: RegionReader | None, budget: Budget) -> service_pb2.StreamEvaluateResponse:
+        """One stream batch's answer; runs in a compute lane."""
         response = service_pb2.StreamEvaluateResponse()
         response.output.batch_index = index
-        budget = self.budget(context)
-        await self._compute(flops, budget, self._batch, run, message.batch, received.data, path, response.output.output, regions, budget)
-        await self._send(context, response)
+        self._batch(run, tensor, data, f"batch[{index}]", response.output.output, regions, budget)
+        return response
 
     # -- training --------------------------------------------------------------------------
 

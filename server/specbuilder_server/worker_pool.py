@@ -1,7 +1,7 @@
 """The worker threads for the server's blocking work, giving freed memory back to the system once they fall idle.
 
 ``TrimmingPool`` counts the work in flight (its own tasks, and work it does not run that a
-caller declares with ``working``: every call's compute) and, once none has run for
+caller declares with ``track``: every call's compute) and, once none has run for
 ``IDLE_SECONDS``, calls its ``trim`` once (the server's lets go of the shared-memory regions kept
 mapped, then calls ``malloc_tuning.malloc_trim``). Why: the raised malloc thresholds
 (``malloc_tuning``) keep freed multi-MB buffers in glibc's heaps for the next call to reuse, and
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 IDLE_SECONDS = 2.0
@@ -50,14 +49,10 @@ class TrimmingPool(ThreadPoolExecutor):
             self._finished()
             raise
 
-    @contextmanager
-    def working(self) -> Iterator[None]:
-        """Count work that runs outside the pool (a call on the local socket) as a task in flight."""
+    def track(self, work: Future[Any]) -> None:
+        """Count work that runs outside the pool (a call's compute) as a task in flight until it is done."""
         self._started()
-        try:
-            yield
-        finally:
-            self._finished()
+        work.add_done_callback(lambda _: self._finished())
 
     def _started(self) -> None:
         with self._changed:

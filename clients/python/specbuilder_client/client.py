@@ -23,7 +23,8 @@ from specbuilder_client.results import (
 )
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
-from specbuilder_client.streaming import StreamRequests, StreamResult
+from specbuilder_client.local_stream import LocalStream
+from specbuilder_client.streaming import StreamRequests, StreamResult, grpc_responses
 from specbuilder_client.targets import channel_target
 from specbuilder_client.training import TrainRun
 from specbuilder_wire.arrays import to_numpy, to_proto
@@ -116,6 +117,9 @@ class Client:
         self._use_local_socket = local_socket
         self._local: LocalConnection | None = None
         """The connection to the server's local socket, once a shared-memory answer has named it."""
+        self._socket_path: str | None = None
+        """The server's local socket, once an answer has named it and it could be reached; "" once a stream's
+        headers named none (the streams after it go over gRPC without asking again)."""
 
     def __enter__(self) -> Client:
         return self
@@ -233,11 +237,18 @@ class Client:
     def _connect_local(self, path: str) -> bool:
         """Connect to the server's local socket at ``path`` (unless local sockets are off); False where it cannot be reached."""
         if self._use_local_socket:
-            try:
-                self._local = LocalConnection(path, self._token)
-            except (OSError, SpecbuilderError):  # not reachable from here (another host, a container): gRPC it is
-                self._use_local_socket = False
+            self._local = self._open_local(path)
         return self._local is not None
+
+    def _open_local(self, path: str) -> LocalConnection | None:
+        """A new connection to the server's local socket at ``path``; None, and local sockets off for this client, where it cannot be reached."""
+        try:
+            connection = LocalConnection(path, self._token)
+        except (OSError, SpecbuilderError):  # not reachable from here (another host, a container): gRPC it is
+            self._use_local_socket = False
+            return None
+        self._socket_path = path
+        return connection
 
     def _drop_local(self) -> None:
         if self._local is not None:
@@ -260,16 +271,49 @@ class Client:
     ) -> StreamResult:
         """Run many batches through one model in one call; memory stays flat on both sides.
 
-        ``batches`` is read lazily (a generator is fine). Iterate the result for the outputs, in
-        order, then read ``.summary`` (statistics aggregate over the whole stream). Batches travel
-        inline even on a shared-memory client. ``amp`` and ``seed`` as for ``evaluate``.
+        ``batches`` is read lazily (a generator is fine), on a thread of the stream's own, a few
+        batches ahead of the outputs. Iterate the result for the outputs, in order, then read
+        ``.summary`` (statistics aggregate over the whole stream). On a shared-memory client the
+        stream goes to the server's local socket when it can be reached, each batch through a
+        region of a small ring the stream reuses (an array from ``shared_array`` is sent where
+        it lies: leave it unchanged until its output has come); otherwise it goes over gRPC,
+        batches inline. ``amp`` and ``seed`` as for ``evaluate``.
         """
         start = service_pb2.StreamEvaluateStart(
             options=evaluate_options(statistics, layers, all_layers, bins, skip_output, amp), seed=checked_seed(seed), **model_fields(model),
         )
+        if self.shared_memory and self._use_local_socket:
+            if self._socket_path is None:
+                return self._stream_finding_socket(start, batches, timeout)
+            connection = self._open_local(self._socket_path) if self._socket_path else None
+            if connection is not None:
+                return self._local_stream(connection, start, batches, timeout)
         requests = StreamRequests(start, batches)
         call = self._stream_bytes(iter(requests), timeout=timeout, metadata=self._metadata)
-        return StreamResult(call, requests)
+        return StreamResult(grpc_responses(call), requests, call.cancel)
+
+    def _stream_finding_socket(self, start: service_pb2.StreamEvaluateStart, batches: Iterable[np.ndarray],
+                               timeout: float | None) -> StreamResult:
+        """A stream over gRPC, unless the call's headers name the server's local socket and it can be reached:
+        then there, and the gRPC call, which sent only its start, is cancelled."""
+        requests = StreamRequests(start, batches, routed=True)
+        call = self._stream_bytes(iter(requests), timeout=timeout, metadata=self._metadata)
+        path = dict(call.initial_metadata() or ()).get(METADATA_KEY)
+        if not path:
+            self._socket_path = ""
+        connection = self._open_local(path) if path else None
+        if connection is not None:
+            if requests.route(False):
+                call.cancel()
+                return self._local_stream(connection, start, batches, timeout)
+            connection.close()  # the requests stopped waiting for the answer: the batches go over gRPC
+        requests.route(True)
+        return StreamResult(grpc_responses(call), requests, call.cancel)
+
+    def _local_stream(self, connection: LocalConnection, start: service_pb2.StreamEvaluateStart, batches: Iterable[np.ndarray],
+                      timeout: float | None) -> StreamResult:
+        stream = LocalStream(connection, self._shared, start, batches, timeout)
+        return StreamResult(stream.responses(), stream, stream.cancel)
 
     def train(
         self,

@@ -37,10 +37,10 @@ def spec_json(spec: SpecLike) -> str:
         return spec
     if isinstance(spec, PathLike):
         return Path(spec).read_text()
-    if isinstance(spec, SpecModel):
-        data: Any = spec.model_dump(mode="json")
-    elif isinstance(spec, Mapping):
-        data = spec
+    if isinstance(spec, Mapping):  # before the protocol, whose runtime check costs more than the JSON of a small spec
+        data: Any = spec
+    elif isinstance(spec, SpecModel):
+        data = spec.model_dump(mode="json")
     else:
         raise TypeError(f"a spec must be a ModelSpec, a dict, JSON text or a path, got {type(spec).__name__}")
     try:

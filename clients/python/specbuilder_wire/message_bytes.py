@@ -17,7 +17,7 @@ would copy them twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,10 +30,15 @@ TENSOR_FIELDS = tensor_pb2.Tensor.DESCRIPTOR.fields_by_name
 DATA_FIELD = TENSOR_FIELDS["data"].number
 SHARED_MEMORY_FIELD = TENSOR_FIELDS["shared_memory"].number
 MAX_VARINT_BYTES = 10
+T = TypeVar("T")
 
 
 class Unreadable(ValueError):
     """The bytes are not a well-formed message as far as this reader goes: protobuf decides."""
+
+
+class TooManyFields(Exception):
+    """A cut gave up: the message has more fields than the caller would read (``cut_tensor_data``'s ``max_fields``)."""
 
 
 def varint(value: int) -> bytes:
@@ -89,9 +94,13 @@ def fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, in
         yield tag >> 3, kind, tag_at, value_at, pos
 
 
-def cut_tensor_data(raw: bytes, tensor_field: int) -> tuple[bytes, memoryview | None]:
+def cut_tensor_data(raw: bytes, tensor_field: int, max_fields: int | None = None) -> tuple[bytes, memoryview | None]:
     """``raw``, a serialized message whose field ``tensor_field`` is a ``Tensor``, split in two:
     the message without the tensor's ``data``, and a read-only view of that ``data`` in ``raw``.
+
+    The cut reads the message's fields one by one in Python, and the tensors' own: ``max_fields``
+    bounds how many it reads before it gives up with ``TooManyFields`` (a well-formed request
+    has a handful; bytes made to hold millions would take seconds), None reads them all.
 
     Parsing the first and taking the view as ``data`` reads what parsing ``raw`` would, the last
     ``data`` of the field's occurrences winning. ``raw`` as it is and None when there is no
@@ -104,13 +113,14 @@ def cut_tensor_data(raw: bytes, tensor_field: int) -> tuple[bytes, memoryview | 
     data: memoryview | None = None
     parts: list[bytes | memoryview] = []
     copied_to = 0
+    read = [0]
     try:
-        for number, kind, tag_at, value_at, end in fields(raw, 0, len(raw)):
+        for number, kind, tag_at, value_at, end in _counted(fields(raw, 0, len(raw)), read, max_fields):
             if (number, kind) != (tensor_field, LENGTH_DELIMITED):
                 continue
             inner: list[bytes | memoryview] = []
             inner_from = value_at
-            for inner_number, inner_kind, inner_tag_at, inner_value_at, inner_end in fields(raw, value_at, end):
+            for inner_number, inner_kind, inner_tag_at, inner_value_at, inner_end in _counted(fields(raw, value_at, end), read, max_fields):
                 if inner_number == SHARED_MEMORY_FIELD:
                     return raw, None
                 if (inner_number, inner_kind) == (DATA_FIELD, LENGTH_DELIMITED):
@@ -128,6 +138,15 @@ def cut_tensor_data(raw: bytes, tensor_field: int) -> tuple[bytes, memoryview | 
         return raw, None
     parts.append(view[copied_to:])
     return b"".join(parts), data
+
+
+def _counted(found: Iterator[T], read: list[int], limit: int | None) -> Iterator[T]:
+    """``found``, each item counted in ``read[0]`` (shared by nested reads); ``TooManyFields`` past ``limit`` (None: no limit)."""
+    for item in found:
+        read[0] += 1
+        if limit is not None and read[0] > limit:
+            raise TooManyFields(f"more than the {limit} fields a cut may read")
+        yield item
 
 
 def serialize_with_tensor(message: Any, field: str, array: np.ndarray) -> bytes:
@@ -149,4 +168,4 @@ def serialize_with_tensor(message: Any, field: str, array: np.ndarray) -> bytes:
     return b"".join((message.SerializeToString(), outer, inner, elements))
 
 
-__all__ = ["DATA_FIELD", "Unreadable", "cut_tensor_data", "field_head", "fields", "serialize_with_tensor", "varint"]
+__all__ = ["DATA_FIELD", "TooManyFields", "Unreadable", "cut_tensor_data", "field_head", "fields", "serialize_with_tensor", "varint"]
