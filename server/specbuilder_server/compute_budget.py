@@ -3,13 +3,16 @@
 A ``Budget`` says when a call's compute must stop: its deadline, a cancel (the client went
 away), or the server's cap on compute seconds per call. Its ``check`` runs before every layer
 (``forward_pass.forward``), so a call stops within one layer of any of them, with ``Stopped``:
-the status the call then ends with.
+the status the call then ends with. Calls merged into one forward (``batching``) are checked
+together (``Shared``): each stops alone, and the forward only when all have.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
 import grpc
 
@@ -37,8 +40,13 @@ class Budget:
             self._reason = reason
             self._cancelled.set()
 
-    def check(self) -> None:
-        """Raise ``Stopped`` if the call was cancelled, its deadline passed, or its compute ran past the cap."""
+    def check(self, share: float = 1.0) -> None:
+        """Raise ``Stopped`` if the call was cancelled, its deadline passed, or its compute ran past the cap.
+
+        ``share`` is the part of the work being computed that is this call's (its rows' part of a forward
+        merged with other calls'): that part of the time since the first check counts against the cap,
+        so a call that fits the cap alone fits it merged too.
+        """
         if self._cancelled.is_set():
             raise Stopped(grpc.StatusCode.CANCELLED, self._reason)
         now = time.monotonic()
@@ -46,10 +54,38 @@ class Budget:
             self._started = now
         if self._deadline is not None and now > self._deadline:
             raise Stopped(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed while it was computing")
-        if now - self._started > self._max_seconds:
+        if (now - self._started) * share > self._max_seconds:
             raise Stopped(grpc.StatusCode.RESOURCE_EXHAUSTED, (
                 f"the call computed for more than {self._max_seconds:g} s, this server's limit (max_compute_seconds); "
                 "send fewer rows per call"))
+
+
+class Shared:
+    """The budgets of calls computing one merged forward, each with its share of the work: ``check``
+    stops a call whose own budget ran out (it is kept in ``stopped`` and the forward goes on for the
+    others), and the forward only once every call has stopped."""
+
+    def __init__(self, budgets: Sequence[Budget], shares: Sequence[float]) -> None:
+        self._budgets = list(zip(budgets, shares, strict=True))
+        self.stopped: dict[int, Stopped] = {}
+        """Why each stopped call stopped, by its index in ``budgets``."""
+
+    def check(self) -> None:
+        """Check every call still computing; ``Stopped`` (the last one's) once none is."""
+        for index, (budget, share) in enumerate(self._budgets):
+            if index not in self.stopped:
+                try:
+                    budget.check(share)
+                except Stopped as stop:
+                    self.stopped[index] = stop
+        if len(self.stopped) == len(self._budgets):
+            raise self.stopped[max(self.stopped)]
+
+
+class Check(Protocol):
+    """What a forward checks between layers: one call's ``Budget``, or the calls ``Shared`` by a merged forward."""
+
+    def check(self) -> None: ...
 
 
 UNLIMITED = Budget(None, float("inf"))

@@ -5,10 +5,11 @@ training ``train_events`` (through ``jobs``), storage ``ModelStore``. Every meth
 on the server's event loop wrapped by ``errors.handled``, so whatever goes wrong becomes a proper
 gRPC status. A call holds no thread while it waits (for a message, for its turn, for a slow
 reader): blocking work (parsing large specs, compiling, the store) runs on the worker threads
-(``blocking``), forwards and statistics in a compute lane (``compute_lanes``), each within a
-``Budget`` (deadline, cancel, compute seconds), after the call's estimated cost was checked
-against the server's limit. Streams are capped in number, in all and per connection, and one
-that neither sends nor reads for ``stream_idle_seconds`` is ended.
+(``blocking``), forwards and statistics in a compute lane (``compute_lanes``; Evaluate calls through
+``batching``, which merges concurrent ones), each within a ``Budget`` (deadline, cancel, compute
+seconds), after the call's estimated cost was checked against the server's limit. Streams are
+capped in number, in all and per connection, and one that neither sends nor reads for
+``stream_idle_seconds`` is ended.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -29,22 +31,21 @@ from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
 from specbuilder.regions import RegionReader, SharedRegions
 from specbuilder.spec import STYLES, ModelSpec
-from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
 from specbuilder.v1 import service_pb2, tensor_pb2
 from specbuilder.wire import to_proto
 from specbuilder_server import convert, request_fields
+from specbuilder_server.batching import Batcher, Call
 from specbuilder_server.compute_budget import Budget
 from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid
-from specbuilder_server.forward_pass import Pass
+from specbuilder_server.forward_pass import Pass, WireBatch, run_alone
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.metrics import Metrics
 from specbuilder_server.model_cache import Models, Ready
 from specbuilder_server.raw_handlers import Incoming, Received
 from specbuilder_server.stream_slots import StreamSlots
-from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
 from specbuilder_server.worker_pool import TrimmingPool
 
 DEADLINE_SLACK = 0.25
@@ -52,11 +53,6 @@ DEADLINE_SLACK = 0.25
 a moment before the server's deadline (which is later by the transit time) passes."""
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _rows(tensor: tensor_pb2.Tensor) -> int:
-    """The batch's first dimension as sent (checked against the spec later, with the data)."""
-    return max(tensor.shape[0], 0) if tensor.shape else 0
 
 
 class ModelServicer:
@@ -70,7 +66,9 @@ class ModelServicer:
         self._jobs = jobs
         self._regions = regions
         """Where shared-memory batches are read from; None: they are refused (no ``--shared-memory``)."""
-        self._lanes = lanes
+        self.lanes = lanes
+        """Where forwards and statistics compute: a small and a large lane."""
+        self._batcher = Batcher(lanes, config, metrics)
         self._pool = pool
         self.metrics = metrics
         self.streams = StreamSlots(config.max_streams, config.max_streams_per_connection)
@@ -84,8 +82,11 @@ class ModelServicer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def _compute(self, flops: int, budget: Budget, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in its compute lane; a call that ends meanwhile (cancelled, deadline) stops its compute."""
-        future = self._lanes.for_cost(flops).submit(fn, *args)
+        """``fn(*args)`` in its compute lane (``_awaited``)."""
+        return await self._awaited(self.lanes.for_cost(flops).submit(fn, *args), budget)
+
+    async def _awaited(self, future: Future[T], budget: Budget) -> T:
+        """What a call's compute (``future``) ends with; a call that ends meanwhile (cancelled, deadline) stops its compute."""
         with self._pool.working():
             try:
                 return await asyncio.wrap_future(future)
@@ -136,41 +137,19 @@ class ModelServicer:
             return await self.blocking(self._models.stored, request_fields.model_id(request.model_id))
         raise invalid("model", "is required: set spec (compiled and cached by its hash) or model_id (a stored model)", "missing")
 
-    def _batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, path: str, output: tensor_pb2.Tensor,
-               regions: RegionReader | None, budget: Budget) -> None:
-        """One batch through the pass (``data``: its elements, cut from the request's bytes); its output
-        written into ``output`` unless outputs are skipped. Runs in a compute lane."""
-
-        def compute(batch: Any) -> None:
-            result = run.run(batch, budget)
-            if not run.options.skip_output:
-                check_output_size(result, self._config.max_message_bytes, path)
-                write_tensor(result, output)
-
-        ready = run.ready
-        with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
-                   max_elements=self._config.max_batch_elements, regions=regions, data=data)
-
-    def _one_pass(self, ready: Ready, options: request_fields.Options, tensor: tensor_pb2.Tensor, data: memoryview | None,
-                  output: tensor_pb2.Tensor, regions: RegionReader | None, budget: Budget) -> tuple[list[LayerStats], float]:
-        """Evaluate's whole pass in one turn of a compute lane: the batch, then the statistics, and the compute time."""
-        with Pass(ready, options) as run:
-            self._batch(run, tensor, data, "input", output, regions, budget)
-            return run.stats(), run.seconds
-
     async def evaluate(self, received: Received[service_pb2.EvaluateRequest], regions: RegionReader | None,
                        budget: Budget) -> service_pb2.EvaluateResponse:
         """Evaluate, for gRPC and the local socket alike; raises what the call fails with."""
         request = received.message
-        rows = _rows(request.input)
-        ready = await self._ready(request, lambda spec: self._check_cost(spec, rows, "input"))  # refused before it is compiled
+        batch = WireBatch(request.input, received.data, regions, "input")
+        ready = await self._ready(request, lambda spec: self._check_cost(spec, batch.rows, "input"))  # refused before it is compiled
         options = request_fields.options_of(request.options, ready.spec)
         if not request.HasField("input"):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
-        flops = self._check_cost(ready.spec, rows, "input")
+        flops = self._check_cost(ready.spec, batch.rows, "input")
         response = service_pb2.EvaluateResponse()
-        stats, seconds = await self._compute(flops, budget, self._one_pass, ready, options, request.input, received.data,
-                                             response.output, regions, budget)
+        call = Call(ready, options, batch, response.output, budget, flops)
+        stats, seconds = await self._awaited(self._batcher.submit(call), budget)
         response.stats.extend(convert.stats_list(stats))
         response.compute_seconds = seconds
         return response
@@ -246,7 +225,7 @@ class ModelServicer:
             ready = await self._ready(first.start)
             options = request_fields.options_of(first.start.options, ready.spec, "start.options")
             run = Pass(ready, options)
-            lane = self._lanes.small
+            lane = self.lanes.small
             await lane.run(run.__enter__)
             try:
                 index = 0
@@ -267,12 +246,12 @@ class ModelServicer:
         path = f"batch[{index}]"
         if message.WhichOneof("item") != "batch":
             raise invalid(path, "every message after the first must be a batch; start comes once", "unexpected_start")
-        regions = self._grpc_regions({path: message.batch})
-        flops = self._check_cost(run.ready.spec, _rows(message.batch), path)
+        batch = WireBatch(message.batch, received.data, self._grpc_regions({path: message.batch}), path)
+        flops = self._check_cost(run.ready.spec, batch.rows, path)
         response = service_pb2.StreamEvaluateResponse()
         response.output.batch_index = index
         budget = self.budget(context)
-        await self._compute(flops, budget, self._batch, run, message.batch, received.data, path, response.output.output, regions, budget)
+        await self._compute(flops, budget, run_alone, run, batch, response.output.output, budget, self._config)
         await self._send(context, response)
 
     # -- training --------------------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""Dynamic batching: concurrent Evaluate calls on one model merged into one forward, and split back.
+
+``Batcher.submit`` takes each Evaluate call (``Call``: its batch checked against the spec and
+priced) and puts it in a batch: the open one of its ``MergeKey`` (the same compiled model object,
+input dtype, amp and compute lane) while that has room, else a new one. Room: at most
+``max_batch_rows`` rows, and at most the lane's cost for one call (``large_call_flops`` in the small
+lane, ``max_flops_per_call`` in the large one), so a merged forward is never a call its lane would
+not take; a call larger than that computes alone. A new batch is queued in its lane at once (with
+``batch_delay_us`` 0), or once it is full or the delay has passed; it takes calls until its turn in
+the lane comes. So with no delay exactly the calls that queued while the lane was busy merge, and
+none waits longer than it would alone.
+
+In its turn a batch (``_run``):
+
+- leaves out the calls cancelled while they waited;
+- copies each call's rows into one tensor, each call's batch checked and converted as it would be
+  alone: one whose data is bad fails alone, before the forward;
+- runs one forward (``Pass.run_merged``), each call's statistics counting only its own rows (so they
+  equal what the call would get alone) and each call's budget checked between layers
+  (``compute_budget.Shared``): a call cancelled or past its deadline stops alone while the others go
+  on, and only its rows' share of the time counts against its compute cap and its ``compute_seconds``;
+- splits the output: each call gets its own rows, in the model's output dtype, as alone.
+
+Should the merged forward fail otherwise, each call is computed again alone, so only a call that
+fails alone fails. Models that normalize with the batch's own statistics in evaluation
+(``ModelSpec.samples_independent``) never merge, nor does anything with ``dynamic_batching`` off.
+Forwards, their calls and rows, and the calls waiting are in the metrics (``Metrics.forward``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from specbuilder.stats import LayerStats
+from specbuilder.v1 import tensor_pb2
+from specbuilder_server.compute_budget import Budget, Shared, Stopped
+from specbuilder_server.compute_lanes import Lane, Lanes
+from specbuilder_server.config import ServerConfig
+from specbuilder_server.forward_pass import Pass, WireBatch, run_alone, write_output
+from specbuilder_server.metrics import Metrics
+from specbuilder_server.model_cache import Ready
+from specbuilder_server.request_fields import Options
+
+log = logging.getLogger("specbuilder_server")
+
+Result = tuple[list[LayerStats], float]
+"""What a call's future ends with: its statistics and compute seconds (the output went into its answer)."""
+
+
+@dataclass(eq=False)
+class Call:
+    """One Evaluate call waiting for its forward: its model, options, batch, cost and budget, and where its answer goes."""
+
+    ready: Ready
+    options: Options
+    batch: WireBatch
+    output: tensor_pb2.Tensor
+    """The answer's output tensor, filled in place (unless outputs are skipped)."""
+    budget: Budget
+    flops: int
+    """The call's estimated cost (``ModelSpec.flops``), already held against the server's limit."""
+    future: Future[Result] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class MergeKey:
+    """What calls share to merge: the compiled model object (``Ready``, by identity: one spec, seed or
+    stored model), the input's wire dtype, amp, and the compute lane their cost puts them in."""
+
+    ready: Ready
+    dtype: int
+    amp: str | None
+    lane: Lane
+
+
+class _Batch:
+    """Calls that compute in one forward; it takes calls while it has room, until its turn comes."""
+
+    def __init__(self, key: MergeKey, max_rows: int, max_flops: int) -> None:
+        self.key = key
+        self.calls: list[Call] = []
+        self._rows_left = max_rows
+        self._flops_left = max_flops
+        self.queued = False
+        """Handed to its lane (set and read on the event loop only)."""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def fits(self, call: Call) -> bool:
+        return call.batch.rows <= self._rows_left and call.flops <= self._flops_left
+
+    @property
+    def full(self) -> bool:
+        """No room left for even one more row."""
+        return self._rows_left < 1
+
+    def add(self, call: Call) -> None:
+        self.calls.append(call)
+        self._rows_left -= call.batch.rows
+        self._flops_left -= call.flops
+
+
+def _settle(call: Call, work: Callable[[], Result]) -> None:
+    """End ``call``'s future with what ``work`` returns or raises."""
+    try:
+        result = work()
+    except BaseException as error:  # noqa: BLE001 - handed to the call that waits on the future
+        call.future.set_exception(error)
+    else:
+        call.future.set_result(result)
+
+
+class Batcher:
+    """Queues Evaluate calls in their compute lanes, merging the calls that share a ``MergeKey`` (see the module docstring)."""
+
+    def __init__(self, lanes: Lanes, config: ServerConfig, metrics: Metrics) -> None:
+        self._lanes = lanes
+        self._config = config
+        self._metrics = metrics
+        self._delay = config.batch_delay_us / 1e6
+        self._lock = threading.Lock()
+        self._open: dict[MergeKey, _Batch] = {}
+        """The batch of each key that still takes calls (guarded by ``_lock``: the compute thread closes it)."""
+
+    def submit(self, call: Call) -> Future[Result]:
+        """Queue ``call`` (on the event loop); its future ends with its statistics and compute seconds, or
+        with what it failed with. Raises at once if its batch does not fit the model (shape, dtype, size).
+        Cancelling the future before the call's forward starts takes the call out of its batch."""
+        call.batch.check(call.ready.spec, self._config.max_batch_elements)
+        lane = self._lanes.for_cost(call.flops)
+        key = MergeKey(call.ready, call.batch.tensor.dtype, call.options.amp, lane)
+        max_flops = self._config.large_call_flops if lane is self._lanes.small else self._config.max_flops_per_call
+        self._metrics.evaluate_waiting.inc()
+        if not self._config.dynamic_batching or not call.ready.spec.samples_independent:
+            alone = _Batch(key, 0, 0)
+            alone.add(call)
+            self._queue(alone)
+            return call.future
+        with self._lock:
+            open_batch = self._open.get(key)
+            if open_batch is not None and open_batch.fits(call):
+                batch, full = open_batch, None
+            else:
+                batch, full = _Batch(key, self._config.max_batch_rows, max_flops), open_batch
+                self._open[key] = batch
+            batch.add(call)
+        if full is not None:
+            self._queue(full)  # it had no room for this call: it waits no longer
+        if not self._delay or batch.full:
+            self._queue(batch)
+        elif batch.timer is None:
+            batch.timer = asyncio.get_running_loop().call_later(self._delay, self._queue, batch)
+        return call.future
+
+    def _queue(self, batch: _Batch) -> None:
+        """Hand ``batch`` to its lane, once (on the event loop)."""
+        if batch.queued:
+            return
+        batch.queued = True
+        if batch.timer is not None:
+            batch.timer.cancel()
+        batch.key.lane.submit(self._run, batch)
+
+    def _run(self, batch: _Batch) -> None:
+        """The batch's turn, on a compute thread: its calls computed, together or alone, each one's future ended."""
+        with self._lock:
+            if self._open.get(batch.key) is batch:
+                del self._open[batch.key]
+        self._metrics.evaluate_waiting.dec(len(batch.calls))
+        calls = [call for call in batch.calls if call.future.set_running_or_notify_cancel()]
+        try:
+            if len(calls) == 1:
+                self._alone(batch.key.lane, calls[0])
+            elif calls:
+                self._together(batch.key.lane, calls)
+        except BaseException as error:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(error)
+            raise
+
+    def _alone(self, lane: Lane, call: Call) -> None:
+        self._metrics.forward(lane.name, 1, call.batch.rows)
+        _settle(call, partial(self._compute_alone, call))
+
+    def _compute_alone(self, call: Call) -> Result:
+        with Pass(call.ready, call.options) as run:
+            run_alone(run, call.batch, call.output, call.budget, self._config)
+            return run.stats(), run.seconds
+
+    def _together(self, lane: Lane, calls: list[Call]) -> None:
+        """``calls`` in one forward: each call's rows copied in (a call whose batch is bad fails here,
+        alone), the forward, each call's rows and statistics back; each alone should the forward fail."""
+        ready = calls[0].ready
+        batch = torch.empty((sum(call.batch.rows for call in calls), *ready.spec.input_shape), dtype=ready.dtype, device=ready.device)
+        taken: list[Call] = []
+        parts: list[slice] = []
+        end = 0
+        for call in calls:
+            part = slice(end, end + call.batch.rows)
+            try:
+                call.batch.use(ready, batch[part].copy_, self._config.max_batch_elements)
+            except BaseException as error:  # noqa: BLE001 - this call's own failure
+                call.future.set_exception(error)
+                continue
+            taken.append(call)
+            parts.append(part)
+            end = part.stop
+        if len(taken) == 1:
+            self._alone(lane, taken[0])
+            return
+        if not taken:
+            return
+        self._metrics.forward(lane.name, len(taken), end)
+        try:
+            self._merged(taken, parts, batch[:end])
+        except Exception as error:  # noqa: BLE001 - each call is computed again alone
+            log.warning("a forward merging %d Evaluate calls failed (%s: %s); computing each alone", len(taken), type(error).__name__, error)
+            for call in taken:
+                if not call.future.done():
+                    self._alone(lane, call)
+
+    def _merged(self, calls: list[Call], parts: list[slice], batch: torch.Tensor) -> None:
+        with ExitStack() as stack:
+            passes = [stack.enter_context(Pass(call.ready, call.options)) for call in calls]
+            shared = Shared([call.budget for call in calls], [(part.stop - part.start) / len(batch) for part in parts])
+            try:
+                output = Pass.run_merged(passes, parts, batch, shared)
+            except Stopped:
+                if len(shared.stopped) < len(calls):
+                    raise
+                output = None
+            if output is not None and not all(call.options.skip_output for call in calls):
+                output = output.to("cpu")  # one copy back from a device, then each call's rows
+            for index, (call, run, part) in enumerate(zip(calls, passes, parts)):
+                stopped = shared.stopped.get(index)
+                if stopped is not None:
+                    call.future.set_exception(stopped)
+                else:
+                    assert output is not None
+                    _settle(call, partial(self._split, call, run, output[part]))
+
+    def _split(self, call: Call, run: Pass, output: torch.Tensor) -> Result:
+        """One call's part of a merged forward: its rows into its answer, its statistics and compute seconds."""
+        write_output(output, run, call.output, self._config, call.batch.path)
+        return run.stats(), run.seconds
+
+
+__all__ = ["Batcher", "Call", "MergeKey", "Result"]
