@@ -12,14 +12,15 @@ none waits longer than it would alone.
 
 In its turn a batch (``_run``):
 
-- leaves out the calls cancelled while they waited;
+- leaves out the calls cancelled while they waited (``Budget.cancelled``);
 - copies each call's rows into one tensor, each call's batch checked and converted as it would be
   alone: one whose data is bad fails alone, before the forward;
 - runs one forward (``Pass.run_merged``), each call's statistics counting only its own rows (so they
   equal what the call would get alone) and each call's budget checked between layers
   (``compute_budget.Shared``): a call cancelled or past its deadline stops alone while the others go
   on, and only its rows' share of the time counts against its compute cap and its ``compute_seconds``;
-- splits the output: each call gets its own rows, in the model's output dtype, as alone.
+- splits the output: each call gets its own rows, in the model's output dtype, as alone;
+- hands every call's outcome back to the event loop at once (one wake-up of the loop per batch).
 
 Should the merged forward fail otherwise, each call is computed again alone, so only a call that
 fails alone fails. Models that normalize with the batch's own statistics in evaluation
@@ -33,9 +34,8 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -54,6 +54,7 @@ log = logging.getLogger("specbuilder_server")
 
 Result = tuple[list[LayerStats], float]
 """What a call's future ends with: its statistics and compute seconds (the output went into its answer)."""
+Outcome = Result | BaseException
 
 
 @dataclass(eq=False)
@@ -68,7 +69,6 @@ class Call:
     budget: Budget
     flops: int
     """The call's estimated cost (``ModelSpec.flops``), already held against the server's limit."""
-    future: Future[Result] = field(default_factory=Future)
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,12 @@ class MergeKey:
 class _Batch:
     """Calls that compute in one forward; it takes calls while it has room, until its turn comes."""
 
-    def __init__(self, key: MergeKey, max_rows: int, max_flops: int) -> None:
+    def __init__(self, key: MergeKey, loop: asyncio.AbstractEventLoop, max_rows: int, max_flops: int) -> None:
         self.key = key
+        self.loop = loop
+        """Where the calls wait for their outcomes."""
         self.calls: list[Call] = []
+        self.futures: list[asyncio.Future[Result]] = []
         self._rows_left = max_rows
         self._flops_left = max_flops
         self.queued = False
@@ -102,20 +105,36 @@ class _Batch:
         """No room left for even one more row."""
         return self._rows_left < 1
 
-    def add(self, call: Call) -> None:
+    def add(self, call: Call) -> asyncio.Future[Result]:
+        """Take ``call``; the future its outcome will end."""
+        future: asyncio.Future[Result] = self.loop.create_future()
         self.calls.append(call)
+        self.futures.append(future)
         self._rows_left -= call.batch.rows
         self._flops_left -= call.flops
+        return future
 
 
-def _settle(call: Call, work: Callable[[], Result]) -> None:
-    """End ``call``'s future with what ``work`` returns or raises."""
+def _outcome(work: Callable[[], Result]) -> Outcome:
+    """What ``work`` returns, or what it raises."""
     try:
-        result = work()
-    except BaseException as error:  # noqa: BLE001 - handed to the call that waits on the future
-        call.future.set_exception(error)
-    else:
-        call.future.set_result(result)
+        return work()
+    except BaseException as error:  # noqa: BLE001 - handed to the call that waits for it
+        return error
+
+
+def _deliver(futures: list[asyncio.Future[Result]], outcomes: list[Outcome | None]) -> None:
+    """End each call's future with its outcome (on the event loop; None: the call was cancelled before its
+    forward); a call that ended meanwhile has none to end."""
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if outcome is None:
+            future.cancel()
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class Batcher:
@@ -130,35 +149,36 @@ class Batcher:
         self._open: dict[MergeKey, _Batch] = {}
         """The batch of each key that still takes calls (guarded by ``_lock``: the compute thread closes it)."""
 
-    def submit(self, call: Call) -> Future[Result]:
-        """Queue ``call`` (on the event loop); its future ends with its statistics and compute seconds, or
+    def submit(self, call: Call) -> asyncio.Future[Result]:
+        """Queue ``call`` (on the event loop); the future ends with its statistics and compute seconds, or
         with what it failed with. Raises at once if its batch does not fit the model (shape, dtype, size).
-        Cancelling the future before the call's forward starts takes the call out of its batch."""
+        A call whose budget is cancelled before its forward starts leaves its batch."""
         call.batch.check(call.ready.spec, self._config.max_batch_elements)
+        loop = asyncio.get_running_loop()
         lane = self._lanes.for_cost(call.flops)
         key = MergeKey(call.ready, call.batch.tensor.dtype, call.options.amp, lane)
         max_flops = self._config.large_call_flops if lane is self._lanes.small else self._config.max_flops_per_call
         self._metrics.evaluate_waiting.inc()
         if not self._config.dynamic_batching or not call.ready.spec.samples_independent:
-            alone = _Batch(key, 0, 0)
-            alone.add(call)
+            alone = _Batch(key, loop, 0, 0)
+            future = alone.add(call)
             self._queue(alone)
-            return call.future
+            return future
         with self._lock:
             open_batch = self._open.get(key)
             if open_batch is not None and open_batch.fits(call):
                 batch, full = open_batch, None
             else:
-                batch, full = _Batch(key, self._config.max_batch_rows, max_flops), open_batch
+                batch, full = _Batch(key, loop, self._config.max_batch_rows, max_flops), open_batch
                 self._open[key] = batch
-            batch.add(call)
+            future = batch.add(call)
         if full is not None:
             self._queue(full)  # it had no room for this call: it waits no longer
         if not self._delay or batch.full:
             self._queue(batch)
         elif batch.timer is None:
-            batch.timer = asyncio.get_running_loop().call_later(self._delay, self._queue, batch)
-        return call.future
+            batch.timer = loop.call_later(self._delay, self._queue, batch)
+        return future
 
     def _queue(self, batch: _Batch) -> None:
         """Hand ``batch`` to its lane, once (on the event loop)."""
@@ -170,35 +190,38 @@ class Batcher:
         batch.key.lane.submit(self._run, batch)
 
     def _run(self, batch: _Batch) -> None:
-        """The batch's turn, on a compute thread: its calls computed, together or alone, each one's future ended."""
+        """The batch's turn, on a compute thread: its calls computed, together or alone, and their outcomes handed back."""
         with self._lock:
             if self._open.get(batch.key) is batch:
                 del self._open[batch.key]
         self._metrics.evaluate_waiting.dec(len(batch.calls))
-        calls = [call for call in batch.calls if call.future.set_running_or_notify_cancel()]
+        outcomes: dict[Call, Outcome] = {}
+        calls = [call for call in batch.calls if not call.budget.cancelled]
         try:
             if len(calls) == 1:
-                self._alone(batch.key.lane, calls[0])
+                outcomes[calls[0]] = self._alone(batch.key.lane, calls[0])
             elif calls:
-                self._together(batch.key.lane, calls)
+                self._together(batch.key.lane, calls, outcomes)
         except BaseException as error:
             for call in calls:
-                if not call.future.done():
-                    call.future.set_exception(error)
+                outcomes.setdefault(call, error)
             raise
+        finally:
+            batch.loop.call_soon_threadsafe(_deliver, batch.futures, [outcomes.get(call) for call in batch.calls])
 
-    def _alone(self, lane: Lane, call: Call) -> None:
+    def _alone(self, lane: Lane, call: Call) -> Outcome:
         self._metrics.forward(lane.name, 1, call.batch.rows)
-        _settle(call, partial(self._compute_alone, call))
+        return _outcome(partial(self._compute_alone, call))
 
     def _compute_alone(self, call: Call) -> Result:
         with Pass(call.ready, call.options) as run:
             run_alone(run, call.batch, call.output, call.budget, self._config)
             return run.stats(), run.seconds
 
-    def _together(self, lane: Lane, calls: list[Call]) -> None:
+    def _together(self, lane: Lane, calls: list[Call], outcomes: dict[Call, Outcome]) -> None:
         """``calls`` in one forward: each call's rows copied in (a call whose batch is bad fails here,
-        alone), the forward, each call's rows and statistics back; each alone should the forward fail."""
+        alone), the forward, each call's rows and statistics back; each alone should the forward fail.
+        Each call's outcome goes into ``outcomes``."""
         ready = calls[0].ready
         batch = torch.empty((sum(call.batch.rows for call in calls), *ready.spec.input_shape), dtype=ready.dtype, device=ready.device)
         taken: list[Call] = []
@@ -209,26 +232,26 @@ class Batcher:
             try:
                 call.batch.use(ready, batch[part].copy_, self._config.max_batch_elements)
             except BaseException as error:  # noqa: BLE001 - this call's own failure
-                call.future.set_exception(error)
+                outcomes[call] = error
                 continue
             taken.append(call)
             parts.append(part)
             end = part.stop
         if len(taken) == 1:
-            self._alone(lane, taken[0])
+            outcomes[taken[0]] = self._alone(lane, taken[0])
             return
         if not taken:
             return
         self._metrics.forward(lane.name, len(taken), end)
         try:
-            self._merged(taken, parts, batch[:end])
+            self._merged(taken, parts, batch[:end], outcomes)
         except Exception as error:  # noqa: BLE001 - each call is computed again alone
             log.warning("a forward merging %d Evaluate calls failed (%s: %s); computing each alone", len(taken), type(error).__name__, error)
             for call in taken:
-                if not call.future.done():
-                    self._alone(lane, call)
+                if call not in outcomes:
+                    outcomes[call] = self._alone(lane, call)
 
-    def _merged(self, calls: list[Call], parts: list[slice], batch: torch.Tensor) -> None:
+    def _merged(self, calls: list[Call], parts: list[slice], batch: torch.Tensor, outcomes: dict[Call, Outcome]) -> None:
         with ExitStack() as stack:
             passes = [stack.enter_context(Pass(call.ready, call.options)) for call in calls]
             shared = Shared([call.budget for call in calls], [(part.stop - part.start) / len(batch) for part in parts])
@@ -243,10 +266,10 @@ class Batcher:
             for index, (call, run, part) in enumerate(zip(calls, passes, parts)):
                 stopped = shared.stopped.get(index)
                 if stopped is not None:
-                    call.future.set_exception(stopped)
+                    outcomes[call] = stopped
                 else:
                     assert output is not None
-                    _settle(call, partial(self._split, call, run, output[part]))
+                    outcomes[call] = _outcome(partial(self._split, call, run, output[part]))
 
     def _split(self, call: Call, run: Pass, output: torch.Tensor) -> Result:
         """One call's part of a merged forward: its rows into its answer, its statistics and compute seconds."""

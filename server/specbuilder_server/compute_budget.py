@@ -9,7 +9,6 @@ together (``Shared``): each stops alone, and the forward only when all have.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -31,14 +30,18 @@ class Budget:
         """``time.monotonic()`` by which the call must have ended; None: no deadline."""
         self._max_seconds = max_seconds
         self._started: float | None = None
-        self._cancelled = threading.Event()
-        self._reason = ""
+        self._cancelled: str | None = None
+        """Why the call was cancelled; None while it is not. Set on the event loop and read on a compute thread:
+        one reference assigned needs no lock (an Event would make a lock and a condition for every call)."""
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled is not None
 
     def cancel(self, reason: str) -> None:
         """Stop the call's compute at its next check (the first reason given is kept)."""
-        if not self._cancelled.is_set():
-            self._reason = reason
-            self._cancelled.set()
+        if self._cancelled is None:
+            self._cancelled = reason
 
     def check(self, share: float = 1.0) -> None:
         """Raise ``Stopped`` if the call was cancelled, its deadline passed, or its compute ran past the cap.
@@ -47,8 +50,8 @@ class Budget:
         merged with other calls'): that part of the time since the first check counts against the cap,
         so a call that fits the cap alone fits it merged too.
         """
-        if self._cancelled.is_set():
-            raise Stopped(grpc.StatusCode.CANCELLED, self._reason)
+        if self._cancelled is not None:
+            raise Stopped(grpc.StatusCode.CANCELLED, self._cancelled)
         now = time.monotonic()
         if self._started is None:
             self._started = now

@@ -18,7 +18,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -83,16 +82,16 @@ class ModelServicer:
 
     async def _compute(self, flops: int, budget: Budget, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in its compute lane (``_awaited``)."""
-        return await self._awaited(self.lanes.for_cost(flops).submit(fn, *args), budget)
+        return await self._awaited(asyncio.wrap_future(self.lanes.for_cost(flops).submit(fn, *args)), budget)
 
-    async def _awaited(self, future: Future[T], budget: Budget) -> T:
-        """What a call's compute (``future``) ends with; a call that ends meanwhile (cancelled, deadline) stops its compute."""
+    async def _awaited(self, compute: asyncio.Future[T], budget: Budget) -> T:
+        """What a call's compute ends with; a call that ends meanwhile (cancelled, deadline) stops its compute."""
         with self._pool.working():
             try:
-                return await asyncio.wrap_future(future)
+                return await compute
             except asyncio.CancelledError:
                 budget.cancel("the client cancelled the call")
-                future.cancel()
+                compute.cancel()  # a compute not started yet never starts
                 raise
 
     def budget(self, context: grpc.aio.ServicerContext | None) -> Budget:

@@ -1,0 +1,192 @@
+"""Issue 16 figures: dynamic batching, 16 concurrent clients on one server, with it and without.
+
+Two ``specbuilder serve`` processes on this machine, started as users start them, with this
+process's torch thread count (``OMP_NUM_THREADS``) and ``--metrics-port 0``: one as it comes
+(dynamic batching on, no delay), one with ``--no-dynamic-batching``. ``CLIENTS`` client processes
+(``load_client``: each its own interpreter and channel, so no client-side lock is shared) call
+Evaluate of MLP 784-256-256-10 back to back, the spec sent with every call, on batches of 1 row
+and of 32 rows, all released together.
+
+The two servers take turns in short rounds, swapping which goes first every round, so a
+neighbour's load hits both alike; only one is called at a time. Per round: calls per second,
+forwards per second (the server's ``specbuilder_forward_calls_count``, read from its
+``/metrics`` before and after), rows per second, and the CPU the server and the clients used (in
+cores: CPU seconds / wall seconds, from ``/proc``). The ratio is the median over round pairs of
+(rows/s with batching / without); latency percentiles are over every call of a side.
+
+Targets (issue 16): forwards/s ≤ 1/4 of calls/s with batching (batches really form), rows/s ≥
+1.25× the server without it, and p99 latency no worse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.bench_replicas import cpu_seconds
+from benchmarks.harness import Row, Table, format_ns
+from specbuilder.demo.server import ServerProcess, serve_subprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = 16
+BATCHES = (1, 32)
+START_DELAY = 0.3
+"""Seconds from sending a round's commands to the clients' start: every client has its command by then."""
+
+
+@dataclass
+class Side:
+    """One server and what it measured, round by round."""
+
+    name: str
+    server: ServerProcess
+    metrics_url: str
+    calls_per_s: list[float] = field(default_factory=list)
+    forwards_per_s: list[float] = field(default_factory=list)
+    rows_per_s: list[float] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+    server_cores: list[float] = field(default_factory=list)
+    client_cores: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    def forwards(self) -> float:
+        """Evaluate forwards the server has run so far."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as answer:
+            text = answer.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == "specbuilder_forward_calls_count")
+
+
+@contextmanager
+def server(folder: Path, name: str, threads: int, *flags: str) -> Iterator[Side]:
+    """``specbuilder serve`` with metrics and ``flags``, as a ``Side``."""
+    with serve_subprocess(folder / name, "--device", "cpu", "--metrics-port", "0", *flags,
+                          env={"OMP_NUM_THREADS": str(threads)}) as process:
+        assert process.process.stdout is not None
+        line = process.process.stdout.readline()  # "metrics on http://HOST:PORT/metrics", right after the first line
+        if not line.startswith("metrics on "):
+            raise RuntimeError(f"{name}: expected the metrics line, got {line!r}")
+        yield Side(name, process, line.removeprefix("metrics on ").strip())
+
+
+@contextmanager
+def clients(count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    """``count`` client processes (``load_client``), closed when the block ends."""
+    with ExitStack() as stack:
+        started = [stack.enter_context(subprocess.Popen([sys.executable, "-m", "benchmarks.load_client"], cwd=ROOT, text=True,
+                                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)) for _ in range(count)]
+        try:
+            yield started
+        finally:
+            for process in started:
+                assert process.stdin is not None
+                process.stdin.close()
+
+
+def call_round(processes: list[subprocess.Popen[str]], address: str, rows: int, calls: int) -> tuple[float, float, list[dict]]:
+    """Every client makes ``calls`` calls of ``rows`` rows, released together; (start, end, each client's answer)."""
+    start = time.monotonic() + START_DELAY
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps({"address": address, "rows": rows, "calls": calls, "start": start}) + "\n")
+        process.stdin.flush()
+    answers = []
+    for process in processes:
+        assert process.stdout is not None
+        answers.append(json.loads(process.stdout.readline()))
+    errors = [error for answer in answers for error in answer["errors"]]
+    if errors:
+        raise RuntimeError(f"{len(errors)} calls failed, the first: {errors[0]}")
+    return start, max(answer["finished"] for answer in answers), answers
+
+
+def measured_round(processes: list[subprocess.Popen[str]], side: Side, rows: int, calls: int) -> None:
+    """One timed round against ``side``'s server."""
+    forwards = side.forwards()
+    server_cpu = cpu_seconds(side.server.pid)
+    client_cpu = sum(cpu_seconds(process.pid) for process in processes)
+    start, end, answers = call_round(processes, side.server.address, rows, calls)
+    wall = end - start
+    total = sum(len(answer["latencies"]) for answer in answers)
+    side.calls_per_s.append(total / wall)
+    side.rows_per_s.append(total * rows / wall)
+    side.forwards_per_s.append((side.forwards() - forwards) / wall)
+    side.latencies_s.extend(latency for answer in answers for latency in answer["latencies"])
+    side.server_cores.append((cpu_seconds(side.server.pid) - server_cpu) / wall)
+    side.client_cores.append((sum(cpu_seconds(process.pid) for process in processes) - client_cpu) / wall)
+
+
+class BatchingTable(Table):
+    """The harness's table with columns for the two servers compared here."""
+
+    HEADER = ("", "--no-dynamic-batching", "dynamic batching", "ratio", "target", "verdict")
+
+
+def rows_of(table: Table, label: str, alone: Side, merged: Side) -> None:
+    """The rows of one batch size."""
+    median = statistics.median
+    ratios = [b / a for a, b in zip(alone.rows_per_s, merged.rows_per_s)]
+    ratio = median(ratios)
+    table.rows.append(Row(f"{label}: calls/s (median of rounds)", f"{median(alone.calls_per_s):,.0f}",
+                          f"{median(merged.calls_per_s):,.0f}", "", "", ""))
+    per_call = [f / c for f, c in zip(merged.forwards_per_s, merged.calls_per_s)]
+    table.rows.append(Row(f"{label}: forwards/s (median of rounds); forwards per call", f"{median(alone.forwards_per_s):,.0f}; "
+                          f"{median(f / c for f, c in zip(alone.forwards_per_s, alone.calls_per_s)):.2f}",
+                          f"{median(merged.forwards_per_s):,.0f}; {median(per_call):.3f} (max {max(per_call):.3f})", "",
+                          "≤ 0.25 forwards per call", "meets" if max(per_call) <= 0.25 else "**misses**"))
+    table.rows.append(Row(f"{label}: rows/s (median of rounds); ratio per round pair", f"{median(alone.rows_per_s):,.0f}",
+                          f"{median(merged.rows_per_s):,.0f}; {', '.join(f'{r:.2f}' for r in ratios)}", f"{ratio:.2f}×",
+                          "≥ 1.25×", "meets" if ratio >= 1.25 else "**misses**"))
+    p99 = (alone.percentile(99), merged.percentile(99))
+    table.rows.append(Row(f"{label}: latency per call, p50 / p99",
+                          f"{format_ns(alone.percentile(50) * 1e9)} / {format_ns(p99[0] * 1e9)}",
+                          f"{format_ns(merged.percentile(50) * 1e9)} / {format_ns(p99[1] * 1e9)}", f"{p99[1] / p99[0]:.2f}× (p99)",
+                          "p99 ≤ 1.00×", "meets" if p99[1] <= p99[0] else "**misses**"))
+    table.rows.append(Row(f"{label}: CPU used, server; {CLIENTS} clients (median of rounds, cores)",
+                          f"{median(alone.server_cores):.2f}; {median(alone.client_cores):.2f}",
+                          f"{median(merged.server_cores):.2f}; {median(merged.client_cores):.2f}", "", "", ""))
+
+
+def run(quick: bool) -> list[Table]:
+    """The issue 16 table; both servers and the clients are started here and stopped before returning."""
+    threads = torch.get_num_threads()
+    rounds, calls = (2, 10) if quick else (10, 40)
+    load = os.getloadavg()[0]
+    table = BatchingTable(
+        f"Dynamic batching: {CLIENTS} concurrent clients, with and without (issue 16)",
+        note=(f"Two `specbuilder serve` processes on this machine ({os.cpu_count()} CPUs), {threads} torch threads each, one "
+              f"with `--no-dynamic-batching`. {CLIENTS} client processes, each with its own `Client`, call Evaluate of MLP "
+              f"784-256-256-10 back to back (the spec sent with every call), {calls} calls each per round, released together; "
+              f"{rounds} rounds per server and batch size, alternating which server goes first. Ratio = rows/s with batching / "
+              f"without, the median over round pairs. Load average (1 min) when the run began: {load:.1f}."),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as name, ExitStack() as stack:
+        folder = Path(name)
+        merged = stack.enter_context(server(folder, "batching", threads))
+        alone = stack.enter_context(server(folder, "alone", threads, "--no-dynamic-batching"))
+        processes = stack.enter_context(clients(CLIENTS))
+        for rows in BATCHES:
+            sides = {"alone": Side("alone", alone.server, alone.metrics_url), "merged": Side("merged", merged.server, merged.metrics_url)}
+            for side in sides.values():
+                call_round(processes, side.server.address, rows, 3)  # warm-up: channels open, the MLP compiled
+            for index in range(rounds):
+                for key in (("alone", "merged") if index % 2 == 0 else ("merged", "alone")):
+                    measured_round(processes, sides[key], rows, calls)
+            rows_of(table, f"{rows} row{'s' if rows > 1 else ''} per call", sides["alone"], sides["merged"])
+    return [table]
