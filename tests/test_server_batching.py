@@ -24,7 +24,7 @@ from specbuilder.cli import main
 from specbuilder.v1 import service_pb2 as pb
 from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
 from specbuilder.wire import to_numpy
-from specbuilder_server import RunningServer, ServerStartError, forward_pass
+from specbuilder_server import RunningServer, ServerConfig, ServerStartError, forward_pass, start_server
 from specbuilder_server.compute_budget import Budget, Shared, Stopped
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -281,6 +281,25 @@ def test_a_batch_delay_gathers_calls_while_the_lane_is_idle_until_the_batch_is_f
         for future in futures:
             future.result(timeout=60)
         assert forwards(server) == (1, 3)
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_rows_are_gathered_on_the_host_and_merged_answers_match_alone(tmp_path: Path) -> None:
+    server = start_server(ServerConfig(port=0, store=tmp_path, device="cuda", grace_seconds=2.0))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = Stub(channel)
+            requests = [request(MLP, rows(count, count), statistics=True) for count in (1, 32, 7)]
+            alone = [stub.Evaluate(message) for message in requests]
+            with lane_held(server):
+                futures = queue(server, stub, requests)
+            for future, own in zip(futures, alone):
+                answer = future.result(timeout=60)
+                np.testing.assert_allclose(to_numpy(answer.output), to_numpy(own.output), rtol=1e-4, atol=1e-5)
+                assert [s.count for s in answer.stats] == [s.count for s in own.stats]
+            assert forwards(server)[0] == len(alone) + 1
+    finally:
+        server.stop()
 
 
 def test_merged_calls_are_stopped_one_by_one() -> None:

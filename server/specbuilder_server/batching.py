@@ -40,6 +40,7 @@ from functools import partial
 
 import torch
 
+from specbuilder.devices import to_device
 from specbuilder.stats import LayerStats
 from specbuilder.v1 import tensor_pb2
 from specbuilder_server.compute_budget import Budget, Shared, Stopped
@@ -223,14 +224,16 @@ class Batcher:
         alone), the forward, each call's rows and statistics back; each alone should the forward fail.
         Each call's outcome goes into ``outcomes``."""
         ready = calls[0].ready
-        batch = torch.empty((sum(call.batch.rows for call in calls), *ready.spec.input_shape), dtype=ready.dtype, device=ready.device)
+        host = torch.device("cpu")  # the rows are gathered here, then cross to an accelerator in one copy
+        batch = torch.empty((sum(call.batch.rows for call in calls), *ready.spec.input_shape), dtype=ready.dtype,
+                            pin_memory=ready.device.type == "cuda")
         taken: list[Call] = []
         parts: list[slice] = []
         end = 0
         for call in calls:
             part = slice(end, end + call.batch.rows)
             try:
-                call.batch.use(ready, batch[part].copy_, self._config.max_batch_elements)
+                call.batch.use(ready, batch[part].copy_, self._config.max_batch_elements, host)
             except BaseException as error:  # noqa: BLE001 - this call's own failure
                 outcomes[call] = error
                 continue
@@ -244,7 +247,7 @@ class Batcher:
             return
         self._metrics.forward(lane.name, len(taken), end)
         try:
-            self._merged(taken, parts, batch[:end], outcomes)
+            self._merged(taken, parts, to_device(batch[:end], ready.device), outcomes)
         except Exception as error:  # noqa: BLE001 - each call is computed again alone
             log.warning("a forward merging %d Evaluate calls failed (%s: %s); computing each alone", len(taken), type(error).__name__, error)
             for call in taken:

@@ -153,10 +153,10 @@ class WireBatch:
         check_batch_shape(shape, spec, self.path)
         check_batch_size(shape[0], spec, max_elements, self.path)
 
-    def use(self, ready: Ready, use: Callable[[torch.Tensor], T], max_elements: int) -> T:
-        """``use(batch)`` for the batch checked against ``ready``'s spec and ``max_elements``, on its device
-        in its dtype (``tensors.with_batch``: nothing derived from it may outlive ``use``)."""
-        return with_batch(self.tensor, self.path, ready.spec, use, device=ready.device, dtype=ready.dtype,
+    def use(self, ready: Ready, use: Callable[[torch.Tensor], T], max_elements: int, device: torch.device | None = None) -> T:
+        """``use(batch)`` for the batch checked against ``ready``'s spec and ``max_elements``, in the model's dtype
+        on ``device`` (the model's by default; ``tensors.with_batch``: nothing derived from it may outlive ``use``)."""
+        return with_batch(self.tensor, self.path, ready.spec, use, device=device or ready.device, dtype=ready.dtype,
                           max_elements=max_elements, regions=self.regions, data=self.data)
 
 
