@@ -13,7 +13,9 @@ hits all alike; only one is called at a time. Per round: calls per second, forwa
 (the server's ``specbuilder_forward_calls_count``, read from its ``/metrics`` before and after),
 rows per second, and the CPU the server and the clients used (in cores: CPU seconds / wall
 seconds, from ``/proc``). A ratio is the median over rounds of (rows/s of a batching server /
-rows/s without batching in the same round); latency percentiles are over every call of a side.
+rows/s without batching in the same round); latency percentiles are over every call of a side. The
+server's CPU per call (its cores / calls per second) says what a call costs it, whatever share of a
+busy machine it got.
 
 Targets (issue 16): forwards/s ≤ 1/4 of calls/s with batching (batches really form), rows/s ≥
 1.25× the server without it, and p99 latency no worse.
@@ -167,12 +169,15 @@ def rows_of(table: Table, label: str, alone: Side, merged: Side) -> None:
     table.rows.append(Row(f"{label}: CPU used, server; {CLIENTS} clients (median of rounds, cores)",
                           f"{median(alone.server_cores):.2f}; {median(alone.client_cores):.2f}",
                           f"{median(merged.server_cores):.2f}; {median(merged.client_cores):.2f}", "", "", ""))
+    cost = [median(cores / calls * 1e3 for cores, calls in zip(side.server_cores, side.calls_per_s)) for side in (alone, merged)]
+    table.rows.append(Row(f"{label}: server CPU per call (median of rounds)", f"{cost[0]:.2f} ms", f"{cost[1]:.2f} ms",
+                          f"{cost[1] / cost[0]:.2f}×", "", ""))
 
 
 def run(quick: bool) -> list[Table]:
     """The issue 16 tables, one per batching server; the servers and the clients are started here and stopped before returning."""
     threads = torch.get_num_threads()
-    rounds, calls = (2, 10) if quick else (10, 40)
+    rounds, calls = (2, 10) if quick else (16, 40)
     load = os.getloadavg()[0]
     note = (f"Three `specbuilder serve` processes on this machine ({os.cpu_count()} CPUs), torch threads {threads} each: "
             f"`--no-dynamic-batching`, the default (dynamic batching, no delay) and `--batch-delay-us {DELAY_US}`. {CLIENTS} "
