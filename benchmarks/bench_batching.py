@@ -17,6 +17,10 @@ rows/s without batching in the same round); latency percentiles are over every c
 server's CPU per call (its cores / calls per second) says what a call costs it, whatever share of a
 busy machine it got.
 
+The floor: the same calls to the batching server (no delay) on a linear 784-10 model (the MLP's
+bytes in and out, 3% of its compute), interleaved as a fourth side: what a call costs with next to
+no forward, so (floor rows/s / rows/s without batching) is about the most batching could gain here.
+
 Targets (issue 16): forwards/s ≤ 1/4 of calls/s with batching (batches really form), rows/s ≥
 1.25× the server without it, and p99 latency no worse.
 """
@@ -59,6 +63,8 @@ class Side:
     name: str
     server: ServerProcess
     metrics_url: str
+    spec: str = "mlp"
+    """The model its clients call (``grpc_workload.SPECS``)."""
     calls_per_s: list[float] = field(default_factory=list)
     forwards_per_s: list[float] = field(default_factory=list)
     rows_per_s: list[float] = field(default_factory=list)
@@ -104,12 +110,13 @@ def clients(count: int) -> Iterator[list[subprocess.Popen[str]]]:
                 process.stdin.close()
 
 
-def call_round(processes: list[subprocess.Popen[str]], address: str, rows: int, calls: int) -> tuple[float, float, list[dict]]:
-    """Every client makes ``calls`` calls of ``rows`` rows, released together; (start, end, each client's answer)."""
+def call_round(processes: list[subprocess.Popen[str]], side: Side, rows: int, calls: int) -> tuple[float, float, list[dict]]:
+    """Every client makes ``calls`` calls of ``rows`` rows to ``side``, released together; (start, end, each client's answer)."""
     start = time.monotonic() + START_DELAY
+    command = {"address": side.server.address, "spec": side.spec, "rows": rows, "calls": calls, "start": start}
     for process in processes:
         assert process.stdin is not None
-        process.stdin.write(json.dumps({"address": address, "rows": rows, "calls": calls, "start": start}) + "\n")
+        process.stdin.write(json.dumps(command) + "\n")
         process.stdin.flush()
     answers = []
     for process in processes:
@@ -126,7 +133,7 @@ def measured_round(processes: list[subprocess.Popen[str]], side: Side, rows: int
     forwards = side.forwards()
     server_cpu = cpu_seconds(side.server.pid)
     client_cpu = sum(cpu_seconds(process.pid) for process in processes)
-    start, end, answers = call_round(processes, side.server.address, rows, calls)
+    start, end, answers = call_round(processes, side, rows, calls)
     wall = end - start
     total = sum(len(answer["latencies"]) for answer in answers)
     side.calls_per_s.append(total / wall)
@@ -147,8 +154,9 @@ def verdict(ok: bool) -> str:
     return "meets" if ok else "**misses**"
 
 
-def rows_of(table: Table, label: str, alone: Side, merged: Side) -> None:
-    """The rows of one batching server (``merged``) against the server without batching, for one batch size."""
+def rows_of(table: Table, label: str, alone: Side, merged: Side, floor: Side) -> None:
+    """The rows of one batching server (``merged``) against the server without batching, for one batch size;
+    ``floor`` is the batching server on the same calls with next to no forward."""
     median = statistics.median
     ratios = [b / a for a, b in zip(alone.rows_per_s, merged.rows_per_s)]
     ratio = median(ratios)
@@ -166,6 +174,10 @@ def rows_of(table: Table, label: str, alone: Side, merged: Side) -> None:
                           f"{format_ns(alone.percentile(50) * 1e9)} / {format_ns(p99[0] * 1e9)}",
                           f"{format_ns(merged.percentile(50) * 1e9)} / {format_ns(p99[1] * 1e9)}", f"{p99[1] / p99[0]:.2f}× (p99)",
                           "p99 ≤ 1.00×", verdict(p99[1] <= p99[0])))
+    reach = median(f / a for a, f in zip(alone.rows_per_s, floor.rows_per_s))
+    table.rows.append(Row(f"{label}: floor: rows/s of the same calls with next to no forward (linear 784-10, batching)",
+                          f"{median(floor.rows_per_s):,.0f}", f"{median(merged.rows_per_s) / median(floor.rows_per_s):.2f} of the floor",
+                          f"{reach:.2f}× (the most any batching could reach)", "", ""))
     table.rows.append(Row(f"{label}: CPU used, server; {CLIENTS} clients (median of rounds, cores)",
                           f"{median(alone.server_cores):.2f}; {median(alone.client_cores):.2f}",
                           f"{median(merged.server_cores):.2f}; {median(merged.client_cores):.2f}", "", "", ""))
@@ -195,12 +207,13 @@ def run(quick: bool) -> list[Table]:
         processes = stack.enter_context(clients(CLIENTS))
         for rows in BATCHES:
             sides = {key: Side(key, side.server, side.metrics_url) for key, side in servers.items()}
+            sides["floor"] = Side("floor", servers["merged"].server, servers["merged"].metrics_url, spec="linear")
             for side in sides.values():
-                call_round(processes, side.server.address, rows, 3)  # warm-up: channels open, the MLP compiled
+                call_round(processes, side, rows, 3)  # warm-up: channels open, the model compiled
             keys = list(sides)
             for index in range(rounds):
                 for key in keys[index % len(keys):] + keys[:index % len(keys)]:
                     measured_round(processes, sides[key], rows, calls)
             for key, table in tables.items():
-                rows_of(table, f"{rows} row{'s' if rows > 1 else ''} per call", sides["alone"], sides[key])
+                rows_of(table, f"{rows} row{'s' if rows > 1 else ''} per call", sides["alone"], sides[key], sides["floor"])
     return list(tables.values())

@@ -1,8 +1,8 @@
 """One client process of a load benchmark: Evaluate calls back to back on command, every latency reported.
 
 ``python -m benchmarks.load_client`` reads one JSON command per line on stdin,
-``{"address": "HOST:PORT", "rows": R, "calls": N, "start": T}``, makes ``N`` Evaluate calls of
-the benchmark MLP (``grpc_workload``) on ``R`` rows, back to back, from ``time.monotonic() == T``
+``{"address": "HOST:PORT", "spec": "mlp", "rows": R, "calls": N, "start": T}``, makes ``N`` Evaluate
+calls of that model of ``grpc_workload.SPECS`` on ``R`` rows, back to back, from ``time.monotonic() == T``
 on (every process on the host reads the same clock, so clients released together start
 together), and answers with one JSON line: ``{"latencies": [seconds, ...], "errors": [...],
 "finished": T}``. It keeps one ``Client`` (one channel) per address. A process of its own: the
@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from benchmarks.grpc_workload import MLP, batch
+from benchmarks.grpc_workload import SPECS, batch
 from specbuilder_client import Client, SpecbuilderError
 
 
@@ -27,14 +27,14 @@ def serve_commands() -> None:
         command = json.loads(line)
         address = command["address"]
         client = clients.get(address) or clients.setdefault(address, Client(address))
-        x = batch(command["rows"])
+        spec, x = SPECS[command["spec"]], batch(command["rows"])
         time.sleep(max(0.0, command["start"] - time.monotonic()))
         latencies: list[float] = []
         errors: list[str] = []
         for _ in range(command["calls"]):
             began = time.perf_counter()
             try:
-                client.evaluate(MLP, x)
+                client.evaluate(spec, x)
             except SpecbuilderError as error:
                 errors.append(str(error))
             latencies.append(time.perf_counter() - began)
