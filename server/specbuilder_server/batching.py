@@ -203,14 +203,14 @@ class Batcher:
                 outcomes[calls[0]] = self._alone(batch.key.lane, calls[0])
             elif calls:
                 self._together(batch.key.lane, calls, outcomes)
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - unexpected: the calls answer INTERNAL, and errors.handled logs it
             for call in calls:
                 outcomes.setdefault(call, error)
-            raise
         finally:
             batch.loop.call_soon_threadsafe(_deliver, batch.futures, [outcomes.get(call) for call in batch.calls])
 
     def _alone(self, lane: Lane, call: Call) -> Outcome:
+        """``call`` in a forward of its own, as without batching."""
         self._metrics.forward(lane.name, 1, call.batch.rows)
         return _outcome(partial(self._compute_alone, call))
 
@@ -258,11 +258,10 @@ class Batcher:
         with ExitStack() as stack:
             passes = [stack.enter_context(Pass(call.ready, call.options)) for call in calls]
             shared = Shared([call.budget for call in calls], [(part.stop - part.start) / len(batch) for part in parts])
+            output: torch.Tensor | None
             try:
                 output = Pass.run_merged(passes, parts, batch, shared)
-            except Stopped:
-                if len(shared.stopped) < len(calls):
-                    raise
+            except Stopped:  # every call stopped (``Shared``): each one's own reason is its outcome
                 output = None
             if output is not None and not all(call.options.skip_output for call in calls):
                 output = output.to("cpu")  # one copy back from a device, then each call's rows
