@@ -150,20 +150,17 @@ def test_a_bad_call_fails_alone_and_its_batch_mates_do_not_notice(running: Runni
     good = [request(ELEMENTWISE, rows(2, seed)) for seed in range(3)]
     alone = [stub.Evaluate(message) for message in good]
     short = request(ELEMENTWISE, rows(2, 9))
-    short.input.data = short.input.data[:-4]  # the right shape, one element missing: found when its rows are copied in
+    short.input.data = short.input.data[:-4]  # the right shape, one element missing
+    wrong_shape = request(ELEMENTWISE, rows(2, 5)[:, :4])
+    wrong_dtype = request(ELEMENTWISE, rows(2, 6))
+    wrong_dtype.input.dtype = 99
     before = forwards(running)
     with lane_held(running):
-        futures = queue(running, stub, [good[0], short, good[1]])
-        wrong_shape = stub.Evaluate.future(request(ELEMENTWISE, rows(2, 5)[:, :4]))
-        wrong_dtype = request(ELEMENTWISE, rows(2, 6))
-        wrong_dtype.input.dtype = 99
-        refused = [wrong_shape, stub.Evaluate.future(wrong_dtype)]
-        for future in refused:  # refused before they join a batch, while the lane is still busy
-            assert future.exception(timeout=60).code() == grpc.StatusCode.INVALID_ARGUMENT
-        futures += queue(running, stub, [good[2]])
-    assert futures[1].exception(timeout=60).code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input.data" in futures[1].exception().details()
-    for future, own in zip([futures[0], futures[2], futures[3]], alone):
+        futures = queue(running, stub, [good[0], short, wrong_shape, good[1], wrong_dtype, good[2]])
+    for future, field in zip([futures[1], futures[2], futures[4]], ["input.data", "input.shape", "input.dtype"]):
+        failure = future.exception(timeout=60)
+        assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT and failure.details().startswith(field)
+    for future, own in zip([futures[0], futures[3], futures[5]], alone):
         assert_same_answer(future.result(timeout=60), own)
     assert np.subtract(forwards(running), before).tolist() == [1, 3]
 

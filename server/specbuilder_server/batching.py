@@ -1,7 +1,7 @@
 """Dynamic batching: concurrent Evaluate calls on one model merged into one forward, and split back.
 
-``Batcher.submit`` takes each Evaluate call (``Call``: its batch checked against the spec and
-priced) and puts it in a batch: the open one of its ``MergeKey`` (the same compiled model object,
+``Batcher.submit`` takes each Evaluate call (``Call``: its batch priced, its model ready) and puts
+it in a batch: the open one of its ``MergeKey`` (the same compiled model object,
 input dtype, amp and compute lane) while that has room, else a new one. Room: at most
 ``max_batch_rows`` rows, and at most the lane's cost for one call (``large_call_flops`` in the small
 lane, ``max_flops_per_call`` in the large one), so a merged forward is never a call its lane would
@@ -13,8 +13,8 @@ none waits longer than it would alone.
 In its turn a batch (``_run``):
 
 - leaves out the calls cancelled while they waited (``Budget.cancelled``);
-- copies each call's rows into one tensor, each call's batch checked and converted as it would be
-  alone: one whose data is bad fails alone, before the forward;
+- copies each call's rows into one tensor, each call's batch checked (dtype, shape against the spec,
+  size, data) and converted as it would be alone: a bad one fails alone, before its rows join;
 - runs one forward (``Pass.run_merged``), each call's statistics counting only its own rows (so they
   equal what the call would get alone) and each call's budget checked between layers
   (``compute_budget.Shared``): a call cancelled or past its deadline stops alone while the others go
@@ -24,8 +24,8 @@ In its turn a batch (``_run``):
 
 Should the merged forward fail otherwise, each call is computed again alone, so only a call that
 fails alone fails. Models that normalize with the batch's own statistics in evaluation
-(``ModelSpec.samples_independent``) never merge, nor does anything with ``dynamic_batching`` off.
-Forwards, their calls and rows, and the calls waiting are in the metrics (``Metrics.forward``).
+(``Ready.samples_independent``) never merge, nor does anything with ``dynamic_batching`` off.
+Forwards, their calls and rows, and the calls waiting are in the metrics (``Metrics.forwards``).
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ class Batcher:
         self._lanes = lanes
         self._config = config
         self._metrics = metrics
+        self._forwards = {lane: metrics.forwards(lane.name) for lane in (lanes.small, lanes.large)}
         self._delay = config.batch_delay_us / 1e6
         self._lock = threading.Lock()
         self._open: dict[MergeKey, _Batch] = {}
@@ -152,15 +153,13 @@ class Batcher:
 
     def submit(self, call: Call) -> asyncio.Future[Result]:
         """Queue ``call`` (on the event loop); the future ends with its statistics and compute seconds, or
-        with what it failed with. Raises at once if its batch does not fit the model (shape, dtype, size).
-        A call whose budget is cancelled before its forward starts leaves its batch."""
-        call.batch.check(call.ready.spec, self._config.max_batch_elements)
+        with what it failed with. A call whose budget is cancelled before its forward starts leaves its batch."""
         loop = asyncio.get_running_loop()
         lane = self._lanes.for_cost(call.flops)
         key = MergeKey(call.ready, call.batch.tensor.dtype, call.options.amp, lane)
         max_flops = self._config.large_call_flops if lane is self._lanes.small else self._config.max_flops_per_call
         self._metrics.evaluate_waiting.inc()
-        if not self._config.dynamic_batching or not call.ready.spec.samples_independent:
+        if not self._config.dynamic_batching or not call.ready.samples_independent:
             alone = _Batch(key, loop, 0, 0)
             future = alone.add(call)
             self._queue(alone)
@@ -211,12 +210,11 @@ class Batcher:
 
     def _alone(self, lane: Lane, call: Call) -> Outcome:
         """``call`` in a forward of its own, as without batching."""
-        self._metrics.forward(lane.name, 1, call.batch.rows)
-        return _outcome(partial(self._compute_alone, call))
+        return _outcome(partial(self._compute_alone, lane, call))
 
-    def _compute_alone(self, call: Call) -> Result:
+    def _compute_alone(self, lane: Lane, call: Call) -> Result:
         with Pass(call.ready, call.options) as run:
-            run_alone(run, call.batch, call.output, call.budget, self._config)
+            run_alone(run, call.batch, call.output, call.budget, self._config, partial(self._forwards[lane], 1))
             return run.stats(), run.seconds
 
     def _together(self, lane: Lane, calls: list[Call], outcomes: dict[Call, Outcome]) -> None:
@@ -245,7 +243,7 @@ class Batcher:
             return
         if not taken:
             return
-        self._metrics.forward(lane.name, len(taken), end)
+        self._forwards[lane](len(taken), end)
         try:
             self._merged(taken, parts, to_device(batch[:end], ready.device), outcomes)
         except Exception as error:  # noqa: BLE001 - each call is computed again alone

@@ -29,15 +29,13 @@ from torch import nn
 from specbuilder.devices import DeviceTimer
 from specbuilder.evaluation import Evaluator, run_together
 from specbuilder.regions import RegionReader
-from specbuilder.spec import ModelSpec
 from specbuilder.stats import LayerStats
 from specbuilder.v1 import tensor_pb2
-from specbuilder.wire import check_shape, wire_type
 from specbuilder_server.compute_budget import UNLIMITED, Budget, Check
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.model_cache import Ready
 from specbuilder_server.request_fields import Options
-from specbuilder_server.tensors import check_batch_shape, check_batch_size, check_output_size, with_batch, write_tensor
+from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
 
 T = TypeVar("T")
 
@@ -145,14 +143,6 @@ class WireBatch:
         """The batch's first dimension as sent (checked against the spec with the data, by ``use``)."""
         return max(self.tensor.shape[0], 0) if self.tensor.shape else 0
 
-    def check(self, spec: ModelSpec, max_elements: int) -> None:
-        """What ``use`` checks before it reads the data: the dtype, the shape against ``spec`` and the size
-        against ``max_elements`` (so a call's batch is known to fit before it waits to join others')."""
-        wire_type(self.tensor, self.path)
-        shape = check_shape(self.tensor, self.path)
-        check_batch_shape(shape, spec, self.path)
-        check_batch_size(shape[0], spec, max_elements, self.path)
-
     def use(self, ready: Ready, use: Callable[[torch.Tensor], T], max_elements: int, device: torch.device | None = None) -> T:
         """``use(batch)`` for the batch checked against ``ready``'s spec and ``max_elements``, in the model's dtype
         on ``device`` (the model's by default; ``tensors.with_batch``: nothing derived from it may outlive ``use``)."""
@@ -168,6 +158,14 @@ def write_output(output: torch.Tensor, run: Pass, into: tensor_pb2.Tensor, confi
         write_tensor(output, into)
 
 
-def run_alone(run: Pass, batch: WireBatch, into: tensor_pb2.Tensor, budget: Budget, config: ServerConfig) -> None:
-    """One batch through ``run`` in a forward of its own, its output written into ``into``. Runs in a compute lane."""
-    batch.use(run.ready, lambda x: write_output(run.run(x, budget), run, into, config, batch.path), config.max_batch_elements)
+def run_alone(run: Pass, batch: WireBatch, into: tensor_pb2.Tensor, budget: Budget, config: ServerConfig,
+              starting: Callable[[int], object] | None = None) -> None:
+    """One batch through ``run`` in a forward of its own, its output written into ``into``; ``starting`` is told
+    the batch's rows once they passed their checks, as the forward starts. Runs in a compute lane."""
+
+    def forward(x: torch.Tensor) -> None:
+        if starting is not None:
+            starting(len(x))
+        write_output(run.run(x, budget), run, into, config, batch.path)
+
+    batch.use(run.ready, forward, config.max_batch_elements)

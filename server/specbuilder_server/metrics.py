@@ -8,7 +8,7 @@ Every server has a registry of its own (two servers in one process do not mix th
   waited for their turn in a compute lane (``small``, ``large``) and how long they ran;
 - ``specbuilder_forward_calls{lane}`` / ``specbuilder_forward_rows{lane}``: the Evaluate calls and rows each
   forward computed (more than one call: merged by dynamic batching, ``batching``); their ``_count`` is the
-  forwards run. ``specbuilder_evaluate_waiting``: Evaluate calls whose forward has not started;
+  forwards run (``forwards``). ``specbuilder_evaluate_waiting``: Evaluate calls whose forward has not started;
 - ``specbuilder_trainings_running`` and ``specbuilder_streams_open``: gauges read when scraped;
 - ``specbuilder_store_seconds{operation}`` / ``specbuilder_store_errors_total{operation}``: each store
   operation the server made, and those that failed for a reason other than an unknown id.
@@ -74,10 +74,15 @@ class Metrics:
 
         return observe
 
-    def forward(self, lane: str, calls: int, rows: int) -> None:
-        """An Evaluate forward ran in ``lane`` for ``calls`` calls and ``rows`` rows in all."""
-        self.forward_calls.labels(lane).observe(calls)
-        self.forward_rows.labels(lane).observe(rows)
+    def forwards(self, lane: str) -> Callable[[int, int], None]:
+        """What a compute lane reports each Evaluate forward with: the calls it computed and their rows in all."""
+        calls, rows = self.forward_calls.labels(lane), self.forward_rows.labels(lane)
+
+        def observe(count: int, total: int) -> None:
+            calls.observe(count)
+            rows.observe(total)
+
+        return observe
 
     @contextmanager
     def store_operation(self, name: str) -> Iterator[None]:
