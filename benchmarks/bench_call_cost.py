@@ -23,7 +23,6 @@ the same MLP compiled in this process, numpy in and out, under ``inference_mode`
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable

@@ -23,6 +23,14 @@ MLP: dict[str, Any] = {
     ],
 }
 
+LINEAR: dict[str, Any] = {
+    "name": "bench-linear",
+    "input_shape": [FEATURES],
+    "layers": [{"type": "linear", "out_features": CLASSES, "name": "logits"}],
+}
+"""The MLP's input and output with 3% of its compute: a call's cost with next to no forward."""
+SPECS = {"mlp": MLP, "linear": LINEAR}
+
 
 def batch(rows: int = BATCH) -> np.ndarray:
     """``rows`` samples of standard normal float32, the same every time."""

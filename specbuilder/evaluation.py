@@ -10,11 +10,13 @@ before its statistics (distributed training merges it across ranks first): its m
 only the passes made through ``run``, so other callers of a shared module neither see it nor
 feed it. An ``Evaluator`` per call is cheap: its monitor takes over the layers and accumulators
 an earlier one on the same module left (``ActivationMonitor``), emptied in one copy.
+``run_together`` makes one pass for several evaluators, each counting its own rows (the server's
+merged batches).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -65,15 +67,7 @@ class Evaluator:
     def run(self, batch: torch.Tensor, forward: Forward | None = None) -> torch.Tensor:
         """The output for ``batch``, computed by ``forward`` (the module's own call by default; a
         caller may pass one that checks limits between layers) with the monitor counting it."""
-        monitor = self.monitor
-        with torch.inference_mode(), autocast(batch.device, self._dtype):
-            if monitor is not None:
-                monitor.enabled = True
-            try:
-                return (forward or self.module)(batch)
-            finally:
-                if monitor is not None:
-                    monitor.enabled = False
+        return run_together((self,), (None,), batch, forward)
 
     def outputs(self, x: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
         """``run`` over ``x`` in chunks of ``chunk`` samples, the outputs joined (``x`` must hold at least one)."""
@@ -93,6 +87,26 @@ class Evaluator:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.close()
+
+
+def run_together(evaluators: Sequence[Evaluator], parts: Sequence[slice | None], batch: torch.Tensor,
+                 forward: Forward | None = None) -> torch.Tensor:
+    """One forward over ``batch`` for several evaluators of one module and one ``amp``, each one's
+    monitor counting only the rows of dimension 0 its part names (None: all of them): batches of
+    several callers merged into one pass, their statistics kept apart, each equal to what its
+    rows alone would give. ``forward`` as in ``Evaluator.run``."""
+    first = evaluators[0]
+    if any(other.module is not first.module or other._dtype != first._dtype for other in evaluators):
+        raise ValueError("evaluators run together only over one module and with one amp")
+    monitors = [(e.monitor, rows) for e, rows in zip(evaluators, parts, strict=True) if e.monitor is not None]
+    with torch.inference_mode(), autocast(batch.device, first._dtype):
+        for monitor, rows in monitors:
+            monitor.rows, monitor.enabled = rows, True
+        try:
+            return (forward or first.module)(batch)
+        finally:
+            for monitor, _ in monitors:
+                monitor.rows, monitor.enabled = None, False
 
 
 @contextmanager

@@ -280,17 +280,26 @@ class ModelSpec(Strict):
         """The spec as its author would write it: defaults left out."""
         return self.model_dump_json(indent=indent, exclude_defaults=True)
 
+    def _batch_statistics(self, training: bool) -> Iterator[Node]:
+        """The modules that normalize with the batch's own statistics: batch norm, always while
+        training, and in evaluation when it keeps no running ones."""
+        for node in self._nodes:
+            uses = node.kind.batch_statistics
+            if uses is not None and (training or uses(node.layer.params())):
+                yield node
+
     def needs_two_samples(self, training: bool = False) -> Node | None:
         """The first module that cannot take a batch of one sample (in training, or in evaluation); None when all can.
 
-        Batch norm normalizes with the batch's own statistics (always while training; in evaluation
-        when it keeps no running ones), which torch refuses over a single value per channel.
+        Batch statistics (``_batch_statistics``) over a single value per channel are refused by torch.
         """
-        for node in self._nodes:
-            uses = node.kind.batch_statistics
-            if uses is not None and (training or uses(node.layer.params())) and math.prod(node.in_shape[1:]) == 1:
-                return node
-        return None
+        return next((node for node in self._batch_statistics(training) if math.prod(node.in_shape[1:]) == 1), None)
+
+    @property
+    def samples_independent(self) -> bool:
+        """Whether in evaluation each sample's output depends on that sample alone, so batches may be
+        merged and split freely; False when some module uses batch statistics in evaluation."""
+        return next(self._batch_statistics(False), None) is None
 
     def batch_problem(self, shape: Sequence[int]) -> str | None:
         """Why ``shape`` is not a batch ``[N, *input_shape]`` with N >= 1, and what to do; None when it is one."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specbuilder.compiler import STYLES, compile_spec
-from specbuilder.evaluation import Evaluator, evaluate
+from specbuilder.evaluation import Evaluator, evaluate, run_together
 from specbuilder.stats import ActivationMonitor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,3 +79,28 @@ def test_an_evaluator_counts_only_its_own_passes() -> None:
         stats = evaluator.stats()
     assert layers == ["forward"] and stats[0].count == 10 * 16
     assert not module.hidden._forward_hooks, "the monitor's hooks come off at the end"
+
+
+ELEMENTWISE: dict[str, Any] = {
+    "input_shape": [5],
+    "layers": [{"type": "tanh", "name": "squash"}, {"type": "leaky_relu", "negative_slope": 0.1}, {"type": "softmax", "dim": -1}],
+}
+"""Row by row the same in a batch of any size: merged and alone give identical bits."""
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_evaluators_run_together_each_count_only_their_own_rows(style: str) -> None:
+    module = compile_spec(ELEMENTWISE, style, "cpu", seed=1).eval()
+    parts = [torch.randn(rows, 5, generator=torch.Generator().manual_seed(rows)) * 3 for rows in (1, 7, 4)]
+    options: list[dict[str, Any]] = [{"statistics": True}, {"statistics": False}, {"statistics": True, "layers": "all", "bins": 8}]
+    alone = [evaluate(module, part, **settings) for part, settings in zip(parts, options)]
+    evaluators = [Evaluator(module, **settings) for settings in options]
+    rows = [slice(0, 1), slice(1, 8), slice(8, 12)]
+    merged = run_together(evaluators, rows, torch.cat(parts))
+    for evaluator, one, own in zip(evaluators, alone, rows):
+        evaluator.close()
+        assert torch.equal(merged[own], one.outputs)
+        assert [layer.model_dump() for layer in evaluator.stats()] == [layer.model_dump() for layer in one.stats]
+    assert evaluators[2].stats()[0].count == 4 * 5, "the rows of its part only"
+    with pytest.raises(ValueError, match="one module and with one amp"):
+        run_together([Evaluator(module), Evaluator(module, amp="bf16")], [None, None], parts[0])

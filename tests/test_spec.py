@@ -21,7 +21,6 @@ from specbuilder.errors import SpecError
 from specbuilder.spec import (
     DEFAULT_MAX_PARAMS,
     KINDS,
-    LAYER_MODELS,
     MAX_SAMPLE_ELEMENTS,
     RESERVED_NAMES,
     TYPE_NAMES,
@@ -66,6 +65,14 @@ def test_tutorial_spec_nodes_shapes_and_names() -> None:
     ]
     assert (spec.output_shape, spec.num_params) == ((1,), 61)
     assert [n.is_activation for n in spec.nodes] == [False, True, False, True]
+
+
+def test_samples_are_independent_unless_batch_norm_evaluates_with_the_batchs_statistics() -> None:
+    assert parse_spec(TUTORIAL).samples_independent
+    norm = {"input_shape": [4], "layers": [{"type": "batch_norm1d"}, {"type": "linear", "out_features": 2}]}
+    assert parse_spec(norm).samples_independent, "running statistics: each sample alone"
+    norm["layers"][0]["track_running_stats"] = False
+    assert not parse_spec(norm).samples_independent
 
 
 def test_summary_table() -> None:

@@ -98,7 +98,9 @@ THREADS = ComputeThreads()
 class Lane:
     """Runs tasks on ``threads`` one at a time, first come first served; a task cancelled while it waits is skipped."""
 
-    def __init__(self, threads: ComputeThreads = THREADS, observe: Callable[[float, float], None] | None = None) -> None:
+    def __init__(self, threads: ComputeThreads = THREADS, observe: Callable[[float, float], None] | None = None, name: str = "") -> None:
+        self.name = name
+        """How metrics label the lane."""
         self._threads = threads
         self._observe = observe
         """Told each task's seconds waited and seconds run (the server's metrics)."""
@@ -142,8 +144,8 @@ class Lanes:
     def __init__(self, large_flops: int, threads: ComputeThreads = THREADS,
                  observe: Callable[[str], Callable[[float, float], None]] | None = None) -> None:
         self.large_flops = large_flops
-        self.small = Lane(threads, observe("small") if observe else None)
-        self.large = Lane(threads, observe("large") if observe else None)
+        self.small = Lane(threads, observe("small") if observe else None, "small")
+        self.large = Lane(threads, observe("large") if observe else None, "large")
 
     def for_cost(self, flops: int) -> Lane:
         return self.large if flops > self.large_flops else self.small

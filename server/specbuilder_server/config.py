@@ -76,6 +76,12 @@ class ServerConfig(BaseModel):
     max_compute_seconds: Annotated[float, Field(gt=0, description="stop a call's compute after this long (RESOURCE_EXHAUSTED)")] = 60.0
     large_call_flops: Annotated[int, Field(ge=1, description=(
         "calls estimated above this many FLOPs compute in a lane of their own, so smaller calls never wait behind them"))] = 2 * 10**9
+    dynamic_batching: bool = Field(True, description=(
+        "merge concurrent Evaluate calls on the same model, with the same input dtype and amp, into one forward (batching.py)"))
+    max_batch_rows: Annotated[int, Field(ge=1, description=(
+        "rows one merged forward takes at most (a call with more computes alone)"))] = 1024
+    batch_delay_us: Annotated[int, Field(ge=0, le=10_000_000, description=(
+        "microseconds a call waits for others to merge with; 0: only calls that queued while its lane was busy merge"))] = 0
     stream_idle_seconds: Annotated[float, Field(gt=0, description=(
         "close a stream that sent no message, or read none of the server's, for this long (DEADLINE_EXCEEDED)"))] = 60.0
     max_streams: Annotated[int, Field(ge=1, description="open StreamEvaluate and Train calls in all; more are refused")] = 256

@@ -45,6 +45,11 @@ class Ready:
     device: torch.device
     dtype: torch.dtype
     lock: threading.Lock = field(default_factory=threading.Lock)
+    samples_independent: bool = field(init=False)
+    """``spec.samples_independent``, read once: whether calls on the model may share a forward (``batching``)."""
+
+    def __post_init__(self) -> None:
+        self.samples_independent = self.spec.samples_independent
 
     @classmethod
     def of(cls, module: nn.Module, device: torch.device) -> Ready:

@@ -5,9 +5,9 @@ training ``train_events`` (through ``jobs``), storage ``ModelStore``. Every meth
 on the server's event loop wrapped by ``errors.handled``, so whatever goes wrong becomes a proper
 gRPC status. A call holds no thread while it waits (for a message, for its turn, for a slow
 reader): blocking work (parsing large specs, compiling, the store) runs on the worker threads
-(``blocking``), forwards and statistics in a compute lane (``compute_lanes``), each within a
-``Budget`` (deadline, cancel, compute seconds), after the call's estimated cost was checked
-against the server's limit. Streams are capped in number, in all and per connection, and one
+(``blocking``), forwards and statistics in a compute lane (``compute_lanes``; Evaluate calls through
+``batching``, which merges concurrent ones), each within a ``Budget`` (deadline, cancel, compute
+seconds), after the call's estimated cost was checked against the server's limit. Streams are capped in number, in all and per connection, and one
 that neither sends nor reads for ``stream_idle_seconds`` is ended; a stream's next batches are
 read and started while the current one computes (``read_ahead``), and the same stream body serves
 gRPC and the local socket (``StreamEnds``).
@@ -30,21 +30,20 @@ from specbuilder.datasets import DataError
 from specbuilder.errors import SpecError
 from specbuilder.proto import spec_to_proto
 from specbuilder.spec import STYLES, ModelSpec
-from specbuilder.stats import LayerStats
 from specbuilder.store import ModelStore
 from specbuilder_server import catalog, request_fields, responses
+from specbuilder_server.batching import Batcher, Call
 from specbuilder_server.compute_budget import Budget
 from specbuilder_server.compute_lanes import Lanes
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.errors import ClientGone, RequestError, exhausted, handled, invalid, reader_stalled
-from specbuilder_server.forward_pass import Pass
+from specbuilder_server.forward_pass import Pass, WireBatch, run_alone
 from specbuilder_server.jobs import EVENT_INTERVAL, RunFailed, TrainingJobs
 from specbuilder_server.metrics import Metrics
 from specbuilder_server.model_cache import Models, Ready
 from specbuilder_server.raw_handlers import Incoming, Received
 from specbuilder_server.read_ahead import ReadAhead, Started
 from specbuilder_server.stream_slots import StreamSlots
-from specbuilder_server.torch_tensors import check_output_size, with_batch, write_tensor
 from specbuilder_server.worker_pool import TrimmingPool
 from specbuilder_wire import localsocket
 from specbuilder_wire.arrays import to_proto
@@ -77,11 +76,6 @@ class StreamEnds:
     """The connection, for the per-connection stream cap."""
 
 
-def _rows(tensor: tensor_pb2.Tensor) -> int:
-    """The batch's first dimension as sent (checked against the spec later, with the data)."""
-    return max(tensor.shape[0], 0) if tensor.shape else 0
-
-
 class ModelServicer:
     """The service over one store, one model cache, one pool of training jobs and the shared-memory regions it reads."""
 
@@ -93,7 +87,9 @@ class ModelServicer:
         self._jobs = jobs
         self._regions = regions
         """Where shared-memory batches are read from; None: they are refused (no ``--shared-memory``)."""
-        self._lanes = lanes
+        self.lanes = lanes
+        """Where forwards and statistics compute: a small and a large lane."""
+        self._batcher = Batcher(lanes, config, metrics)
         self._pool = pool
         self.metrics = metrics
         self.streams = StreamSlots(config.max_streams, config.max_streams_per_connection)
@@ -107,14 +103,17 @@ class ModelServicer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def _compute(self, flops: int, budget: Budget, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in its compute lane; a call that ends meanwhile (cancelled, deadline) stops its compute."""
-        future = self._lanes.for_cost(flops).submit(fn, *args)
-        self._pool.track(future)
+        """``fn(*args)`` in its compute lane (``_awaited``)."""
+        return await self._awaited(asyncio.wrap_future(self.lanes.for_cost(flops).submit(fn, *args)), budget)
+
+    async def _awaited(self, compute: asyncio.Future[T], budget: Budget) -> T:
+        """What a call's compute ends with; a call that ends meanwhile (cancelled, deadline) stops its compute."""
+        self._pool.track(compute)
         try:
-            return await asyncio.wrap_future(future)
+            return await compute
         except asyncio.CancelledError:
             budget.cancel("the client cancelled the call")
-            future.cancel()
+            compute.cancel()  # a compute not started yet never starts
             raise
 
     def budget(self, context: grpc.aio.ServicerContext | None) -> Budget:
@@ -160,41 +159,19 @@ class ModelServicer:
             return await self.blocking(self._models.stored, request_fields.model_id(request.model_id, f"{path}model_id"))
         raise invalid(f"{path}model", "is required: set spec (compiled and cached by its hash and seed) or model_id (a stored model)", "missing")
 
-    def _batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, path: str, output: tensor_pb2.Tensor,
-               regions: RegionReader | None, budget: Budget) -> None:
-        """One batch through the pass (``data``: its elements, cut from the request's bytes); its output
-        written into ``output`` unless outputs are skipped. Runs in a compute lane."""
-
-        def compute(batch: Any) -> None:
-            result = run.run(batch, budget)
-            if not run.options.skip_output:
-                check_output_size(result, self._config.max_message_bytes, path)
-                write_tensor(result, output)
-
-        ready = run.ready
-        with_batch(tensor, path, ready.spec, compute, device=ready.device, dtype=ready.dtype,
-                   max_elements=self._config.max_batch_elements, regions=regions, data=data)
-
-    def _one_pass(self, ready: Ready, options: request_fields.Options, tensor: tensor_pb2.Tensor, data: memoryview | None,
-                  output: tensor_pb2.Tensor, regions: RegionReader | None, budget: Budget) -> tuple[list[LayerStats], float]:
-        """Evaluate's whole pass in one turn of a compute lane: the batch, then the statistics, and the compute time."""
-        with Pass(ready, options) as run:
-            self._batch(run, tensor, data, "input", output, regions, budget)
-            return run.stats(), run.seconds
-
     async def evaluate(self, received: Received[service_pb2.EvaluateRequest], regions: RegionReader | None,
                        budget: Budget) -> service_pb2.EvaluateResponse:
         """Evaluate, for gRPC and the local socket alike; raises what the call fails with."""
         request = received.message
-        rows = _rows(request.input)
-        ready = await self._ready(request, check=lambda spec: self._check_cost(spec, rows, "input"))  # refused before it is compiled
+        batch = WireBatch(request.input, received.data, regions, "input")
+        ready = await self._ready(request, check=lambda spec: self._check_cost(spec, batch.rows, "input"))  # refused before it is compiled
         options = request_fields.options_of(request.options, ready.spec)
         if not request.HasField("input"):
             raise invalid("input", f"is required: a batch of shape [N, {', '.join(map(str, ready.spec.input_shape))}]", "missing")
-        flops = self._check_cost(ready.spec, rows, "input")
+        flops = self._check_cost(ready.spec, batch.rows, "input")
         response = service_pb2.EvaluateResponse()
-        stats, seconds = await self._compute(flops, budget, self._one_pass, ready, options, request.input, received.data,
-                                             response.output, regions, budget)
+        call = Call(ready, options, batch, response.output, budget, flops)
+        stats, seconds = await self._awaited(self._batcher.submit(call), budget)
         response.stats.extend(layer.to_proto() for layer in stats)
         response.compute_seconds = seconds
         return response
@@ -280,7 +257,7 @@ class ModelServicer:
             ready = await self._ready(first.start, "start.")
             options = request_fields.options_of(first.start.options, ready.spec, "start.options")
             run = Pass(ready, options)
-            lane = self._lanes.small
+            lane = self.lanes.small
             ahead: ReadAhead[Received[service_pb2.StreamEvaluateRequest], service_pb2.StreamEvaluateResponse] | None = None
             try:
                 await lane.run(run.__enter__)  # a call cancelled meanwhile still exits it: the exit takes its turn after it
@@ -303,19 +280,18 @@ class ModelServicer:
         path = f"batch[{index}]"
         if message.WhichOneof("item") != "batch":
             raise invalid(path, "every message after the first must be a batch; start comes once", "unexpected_start")
-        regions = ends.regions(path, message.batch)
-        flops = self._check_cost(run.ready.spec, _rows(message.batch), path)
+        batch = WireBatch(message.batch, received.data, ends.regions(path, message.batch), path)
+        flops = self._check_cost(run.ready.spec, batch.rows, path)
         budget = ends.budget()
-        future = self._lanes.for_cost(flops).submit(self._answer_batch, run, message.batch, received.data, index, regions, budget)
+        future = self.lanes.for_cost(flops).submit(self._answer_batch, run, batch, index, budget)
         self._pool.track(future)
         return Started(future, budget)
 
-    def _answer_batch(self, run: Pass, tensor: tensor_pb2.Tensor, data: memoryview | None, index: int,
-                      regions: RegionReader | None, budget: Budget) -> service_pb2.StreamEvaluateResponse:
+    def _answer_batch(self, run: Pass, batch: WireBatch, index: int, budget: Budget) -> service_pb2.StreamEvaluateResponse:
         """One stream batch's answer; runs in a compute lane."""
         response = service_pb2.StreamEvaluateResponse()
         response.output.batch_index = index
-        self._batch(run, tensor, data, f"batch[{index}]", response.output.output, regions, budget)
+        run_alone(run, batch, response.output.output, budget, self._config)
         return response
 
     # -- training --------------------------------------------------------------------------

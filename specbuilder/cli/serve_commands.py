@@ -117,6 +117,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         shown = f"{value:.0e}" if isinstance(value, int) and value >= 10**6 else f"{value:g}"
         serve.add_argument("--" + field.replace("_", "-"), type=_seconds if isinstance(value, float) else _positive, default=value,
                            metavar=metavar, help=f"{what} (default {shown})")
+    serve.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false", help=(
+        "compute every Evaluate call alone (default: concurrent calls on the same model, input dtype and amp merge into one forward)"))
+    serve.add_argument("--max-batch-rows", type=_positive, default=default["max_batch_rows"], metavar="N",
+                       help=f"rows one merged forward takes at most (default {default['max_batch_rows']})")
+    serve.add_argument("--batch-delay-us", type=count, default=default["batch_delay_us"], metavar="US", help=(
+        f"microseconds a call waits for others to merge with (default {default['batch_delay_us']}: only calls that queued "
+        "while the previous forward ran merge, so none waits longer than alone)"))
     serve.add_argument("--grace", type=float, default=default["grace_seconds"], metavar="S",
                        help=f"seconds calls in flight get to finish on stop (default {default['grace_seconds']:g})")
     serve.add_argument("--max-connection-age", type=_seconds, default=None, metavar="S", help=(
@@ -141,6 +148,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "device": args.device, "shared_memory": args.shared_memory, "local_socket": args.local_socket,
         "shared_memory_over_grpc": args.shared_memory_over_grpc, "cache_size": args.cache_size,
         **{field: getattr(args, field) for field, _, _ in BUDGETS},
+        "dynamic_batching": args.dynamic_batching, "max_batch_rows": args.max_batch_rows, "batch_delay_us": args.batch_delay_us,
         "workers": args.workers, "grace_seconds": args.grace, "max_connection_age_seconds": args.max_connection_age,
     }
     if args.store is not None:

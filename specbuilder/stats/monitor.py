@@ -130,7 +130,9 @@ class ActivationMonitor:
     histogram bins per layer. ``grads``: also record the gradient norm reaching each layer's
     output in backward passes. ``backend``: ``"auto"`` uses the native kernel for float32 on
     CPU where it builds, torch ops otherwise; ``"torch"`` forces torch ops; ``"native"``
-    insists on the kernel. Passes while ``enabled`` is False are not counted. ``grad_scale``:
+    insists on the kernel. Passes while ``enabled`` is False are not counted; while ``rows`` is
+    a slice, only those rows (of dimension 0) of each pass are (one caller's part of a batch
+    merged with others'). ``grad_scale``:
     what gradients are multiplied by in backward passes (fp16's loss scale, a device tensor, so
     reading it costs no sync); the norms recorded are divided by it. Half-precision activations
     are widened to float32 before any statistic is taken.
@@ -149,6 +151,8 @@ class ActivationMonitor:
         if backend not in ("auto", "native", "torch"):
             raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
         self.enabled = True
+        self.rows: slice | None = None
+        """The rows of each pass counted; None: all of them."""
         self.grads = grads
         self.grad_scale: torch.Tensor | float | None = None
         key: Hashable = (layers if isinstance(layers, str) else tuple(layers), bins, backend)
@@ -185,6 +189,8 @@ class ActivationMonitor:
             return
         if y.device != self._set.accumulators.device:
             self._set.to(y.device)
+        if self.rows is not None:
+            x, y = x[self.rows], y[self.rows]
         layer.observe(x, y)
         if self.grads and y.requires_grad:  # the hook holds the monitor: its accumulators are not taken over before the backward pass
             y.register_hook(partial(self._on_grad, layer, self.grad_scale))

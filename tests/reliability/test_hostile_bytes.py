@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server_helpers import SPIRALS, answer, batch, config_values, connect, open_channel, spec_source
+from server_helpers import SPIRALS, answer, batch, config_values, open_channel, spec_source
 from specbuilder.demo.server import ServerProcess
 from specbuilder_server.errors import MAX_MESSAGE_BYTES
 from specbuilder_wire.v1 import service_pb2 as pb
