@@ -38,7 +38,6 @@ from specbuilder.demo.server import serve_subprocess
 from specbuilder.stats import ActivationMonitor, LayerStats
 from specbuilder.stats.monitor import select_nodes
 from specbuilder_client import Client
-from specbuilder_server import convert
 from specbuilder_server.evaluation import Pass
 from specbuilder_server.models import Ready
 from specbuilder_server.requests import Options
@@ -177,7 +176,7 @@ def _pass(ready: Ready, x: torch.Tensor, layers: str | None) -> Callable[[], obj
     def run() -> object:
         with Pass(ready, options) as one:
             one.run(x)
-            return convert.stats_list(one.stats())
+            return [layer.to_proto() for layer in one.stats()]
 
     return run
 

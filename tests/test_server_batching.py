@@ -21,9 +21,9 @@ import pytest
 from server_helpers import batch, counted, serving, spec_source, wait_for
 
 from specbuilder.cli import main
-from specbuilder.v1 import service_pb2 as pb
-from specbuilder.v1.service_pb2_grpc import ModelServiceStub as Stub
-from specbuilder.wire import to_numpy
+from specbuilder_wire.v1 import service_pb2 as pb
+from specbuilder_wire.v1.service_pb2_grpc import ModelServiceStub as Stub
+from specbuilder_wire.arrays import to_numpy
 from specbuilder_server import RunningServer, ServerConfig, ServerStartError, forward_pass, start_server
 from specbuilder_server.compute_budget import Budget, Shared, Stopped
 

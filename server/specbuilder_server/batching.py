@@ -42,7 +42,7 @@ import torch
 
 from specbuilder.devices import to_device
 from specbuilder.stats import LayerStats
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 from specbuilder_server.compute_budget import Budget, Shared, Stopped
 from specbuilder_server.compute_lanes import Lane, Lanes
 from specbuilder_server.config import ServerConfig

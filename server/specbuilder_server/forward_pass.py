@@ -28,14 +28,14 @@ from torch import nn
 
 from specbuilder.devices import DeviceTimer
 from specbuilder.evaluation import Evaluator, run_together
-from specbuilder.regions import RegionReader
+from specbuilder_wire.regions import RegionReader
 from specbuilder.stats import LayerStats
-from specbuilder.v1 import tensor_pb2
+from specbuilder_wire.v1 import tensor_pb2
 from specbuilder_server.compute_budget import UNLIMITED, Budget, Check
 from specbuilder_server.config import ServerConfig
 from specbuilder_server.model_cache import Ready
 from specbuilder_server.request_fields import Options
-from specbuilder_server.tensors import check_output_size, with_batch, write_tensor
+from specbuilder_server.torch_tensors import check_output_size, with_batch, write_tensor
 
 T = TypeVar("T")
 
@@ -146,7 +146,7 @@ class WireBatch:
 
     def use(self, ready: Ready, use: Callable[[torch.Tensor], T], max_elements: int, device: torch.device | None = None) -> T:
         """``use(batch)`` for the batch checked against ``ready``'s spec and ``max_elements``, in the model's dtype
-        on ``device`` (the model's by default; ``tensors.with_batch``: nothing derived from it may outlive ``use``)."""
+        on ``device`` (the model's by default; ``torch_tensors.with_batch``: nothing derived from it may outlive ``use``)."""
         return with_batch(self.tensor, self.path, ready.spec, use, device=device or ready.device, dtype=ready.dtype,
                           max_elements=max_elements, regions=self.regions, data=self.data)
 
