@@ -46,10 +46,15 @@ def check_batch_shape(shape: tuple[int, ...], spec: ModelSpec, path: str) -> Non
         raise invalid(f"{path}.shape", problem, "shape")
 
 
+def largest_sample(spec: ModelSpec) -> tuple[int, str]:
+    """The most elements one sample makes the input or a layer's output hold, and which one."""
+    sizes = [(math.prod(spec.input_shape), "the input")] + [(math.prod(n.out_shape), f"layer '{n.name}'") for n in spec.nodes]
+    return max(sizes, key=lambda item: item[0])
+
+
 def check_batch_size(rows: int, spec: ModelSpec, limit: int, path: str) -> None:
     """RESOURCE_EXHAUSTED when ``rows`` samples would make some layer's output exceed ``limit`` elements."""
-    sizes = [(math.prod(spec.input_shape), "the input")] + [(math.prod(n.out_shape), f"layer '{n.name}'") for n in spec.nodes]
-    per_sample, where = max(sizes, key=lambda item: item[0])
+    per_sample, where = largest_sample(spec)
     if rows * per_sample > limit:
         raise exhausted(
             f"{path}: a batch of {rows:,} samples makes {where} hold {rows * per_sample:,} elements, over this server's "
