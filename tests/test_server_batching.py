@@ -260,6 +260,16 @@ def test_a_batch_takes_at_most_max_batch_rows_and_a_larger_call_computes_alone(t
         assert forwards(server) == (4, 5), "3 + 1 rows; 2, where 5 do not fit; 5 alone, where 1 does not fit; 1"
 
 
+def test_a_batch_holds_no_more_elements_in_a_layer_than_one_call_may(tmp_path: Path) -> None:
+    with serving(tmp_path, max_batch_elements=4 * 6) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = Stub(channel)  # the elementwise model holds 6 elements a row in every layer: 4 rows at most
+        with lane_held(server):
+            futures = queue(server, stub, [request(ELEMENTWISE, rows(count, count)) for count in (3, 1, 2)])
+        for future in futures:
+            future.result(timeout=60)
+        assert forwards(server) == (2, 3), "3 + 1 rows, then 2"
+
+
 def test_without_dynamic_batching_every_call_computes_alone(tmp_path: Path) -> None:
     with serving(tmp_path, dynamic_batching=False) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = Stub(channel)

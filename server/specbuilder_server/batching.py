@@ -1,11 +1,11 @@
 """Dynamic batching: concurrent Evaluate calls on one model merged into one forward, and split back.
 
 ``Batcher.submit`` takes each Evaluate call (``Call``: its batch priced, its model ready) and puts
-it in a batch: the open one of its ``MergeKey`` (the same compiled model object,
-input dtype, amp and compute lane) while that has room, else a new one. Room: at most
-``max_batch_rows`` rows, and at most the lane's cost for one call (``large_call_flops`` in the small
-lane, ``max_flops_per_call`` in the large one), so a merged forward is never a call its lane would
-not take; a call larger than that computes alone. A new batch is queued in its lane at once (with
+it in a batch: the open one of its ``MergeKey`` (the same compiled model object, input dtype, amp
+and compute lane) while that has room, else a new one. Room: at most ``max_batch_rows`` rows, and
+at most what the server takes in one call: its lane's cost (``large_call_flops`` in the small lane,
+``max_flops_per_call`` in the large one) and ``max_batch_elements`` in any layer; a call larger
+than that computes alone. A new batch is queued in its lane at once (with
 ``batch_delay_us`` 0), or once it is full or the delay has passed; it takes calls until its turn in
 the lane comes. So with no delay exactly the calls that queued while the lane was busy merge, and
 none waits longer than it would alone.
@@ -169,7 +169,8 @@ class Batcher:
             if open_batch is not None and open_batch.fits(call):
                 batch, full = open_batch, None
             else:
-                batch, full = _Batch(key, loop, self._config.max_batch_rows, max_flops), open_batch
+                max_rows = min(self._config.max_batch_rows, self._config.max_batch_elements // call.ready.sample_elements)
+                batch, full = _Batch(key, loop, max_rows, max_flops), open_batch
                 self._open[key] = batch
             future = batch.add(call)
         if full is not None:

@@ -73,7 +73,8 @@ class ServerConfig(BaseModel):
     cache_mb: Annotated[int, Field(ge=1, description="megabytes of parameters and buffers the kept models may hold in all")] = 1024
     workers: Annotated[int, Field(ge=2, description="threads for blocking work (parsing, compiling, the store); calls waiting for a message hold none")] = 16
     max_flops_per_call: Annotated[int, Field(ge=1, description="refuse an evaluation whose estimated cost (2 x multiply-adds x rows) is larger")] = 10**12
-    max_compute_seconds: Annotated[float, Field(gt=0, description="stop a call's compute after this long (RESOURCE_EXHAUSTED)")] = 60.0
+    max_compute_seconds: Annotated[float, Field(gt=0, description=(
+        "stop a call's compute after this long (RESOURCE_EXHAUSTED); in a forward merged with other calls', its rows' share of the time counts"))] = 60.0
     large_call_flops: Annotated[int, Field(ge=1, description=(
         "calls estimated above this many FLOPs compute in a lane of their own, so smaller calls never wait behind them"))] = 2 * 10**9
     dynamic_batching: bool = Field(True, description=(

@@ -30,6 +30,7 @@ from specbuilder.compiler import compile_spec
 from specbuilder.spec import ModelSpec, Style
 from specbuilder.store import ModelStore
 from specbuilder_server import request_fields
+from specbuilder_server.torch_tensors import largest_sample
 from specbuilder_wire.v1 import service_pb2
 
 Key = tuple[str, str, str, int]
@@ -47,9 +48,12 @@ class Ready:
     lock: threading.Lock = field(default_factory=threading.Lock)
     samples_independent: bool = field(init=False)
     """``spec.samples_independent``, read once: whether calls on the model may share a forward (``batching``)."""
+    sample_elements: int = field(init=False)
+    """The most elements one sample makes a layer hold (``torch_tensors.largest_sample``): what bounds a merged batch's rows."""
 
     def __post_init__(self) -> None:
         self.samples_independent = self.spec.samples_independent
+        self.sample_elements = largest_sample(self.spec)[0]
 
     @classmethod
     def of(cls, module: nn.Module, device: torch.device) -> Ready:

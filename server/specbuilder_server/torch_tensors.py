@@ -40,14 +40,16 @@ def check_batch_shape(shape: tuple[int, ...], spec: ModelSpec, path: str) -> Non
         raise invalid(f"{path}.shape", problem, "shape")
 
 
+def largest_sample(spec: ModelSpec) -> tuple[int, str]:
+    """The most elements one sample makes the input or a layer's output hold, and which one."""
+    sizes = [(math.prod(spec.input_shape), "the input")] + [(math.prod(n.out_shape), f"layer '{n.name}'") for n in spec.nodes]
+    return max(sizes, key=lambda item: item[0])
+
+
 def check_batch_size(rows: int, spec: ModelSpec, limit: int, path: str) -> None:
     """RESOURCE_EXHAUSTED when ``rows`` samples would make some layer's output exceed ``limit`` elements."""
-    nodes = spec.nodes
-    sizes = [math.prod(spec.input_shape), *(math.prod(node.out_shape) for node in nodes)]
-    per_sample = max(sizes)
+    per_sample, where = largest_sample(spec)
     if rows * per_sample > limit:
-        largest = sizes.index(per_sample)
-        where = "the input" if not largest else f"layer '{nodes[largest - 1].name}'"
         raise exhausted(
             f"{path}: a batch of {rows:,} samples makes {where} hold {rows * per_sample:,} elements, over this server's "
             f"limit of {limit:,} (max_batch_elements); send at most {max(limit // per_sample, 1):,} samples per batch"
