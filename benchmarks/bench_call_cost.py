@@ -14,7 +14,8 @@ the same MLP compiled in this process, numpy in and out, under ``inference_mode`
   regions); and the same with the batches already in shared memory (``Client.shared_array``).
   One sample is a whole stream; the sides take turns, the first one rotating each round.
   Targets: inline ≤ 0.85× (forward + bare stream), adding the two round by round; shared memory
-  ≥ 0.85× the in-process throughput (time ≤ 1/0.85 of it).
+  ≥ 0.85× the in-process throughput (time ≤ 1/0.85 of it). Then the server's peak resident memory
+  over one long stream, inline and through shared memory (``grpc_load.stream_peaks``): flat.
 - **Unary.** Forward, floor, minimal service and Evaluate, for 1024 rows and for one row (the
   fixed cost of a call), in ``bench_grpc.rotate``'s blocks (why blocks: its docstring). Target:
   Evaluate ≤ 1.10× (forward + floor) at 1024 rows; the one-row and minimal-service rows say
@@ -33,11 +34,12 @@ import numpy as np
 import torch
 
 from benchmarks import grpc_floor, grpc_minimal
-from benchmarks.bench_grpc import local_forward, rotate, summed
+from benchmarks.bench_grpc import FLAT_MIB, STREAM_MARK, STREAM_ROWS, local_forward, rotate, summed
+from benchmarks.grpc_load import stream_peaks
 from benchmarks.grpc_workload import BATCH, MLP, batch
 from benchmarks.harness import Table, Timing, format_ns, gc_paused
 from benchmarks.serving import baseline_server, channel
-from specbuilder.demo.server import serve_subprocess
+from specbuilder.demo.server import ServerProcess, serve_subprocess
 from specbuilder_client import Client
 
 STREAM_BATCHES = 100
@@ -66,6 +68,19 @@ def turns(sides: dict[str, Callable[[], object]], rounds: int, budget_s: float) 
             if round_index >= 2 and time.perf_counter() > deadline:
                 break
     return {name: Timing(tuple(values)) for name, values in samples.items()}
+
+
+def stream_memory(server: ServerProcess, x: np.ndarray, table: Table, quick: bool) -> None:
+    """The server's peak resident memory as one long stream's rows come back, inline and through shared memory."""
+    marks = (STREAM_MARK // 5, STREAM_MARK) if quick else (STREAM_MARK, STREAM_ROWS)
+    for name, shared in (("inline", False), ("through shared memory", True)):
+        with Client(server.address, shared_memory=shared) as client:
+            list(client.evaluate_stream(MLP, iter([x])))  # compiled and cached, and the socket found, before the first peak
+            peaks = stream_peaks(client, server, MLP, x, marks)
+        growth = (peaks[marks[1]] - peaks[marks[0]]) / 1024
+        table.figure(f"server peak RSS, a stream {name}, after {marks[0] // 1000}k → {marks[1] // 1000}k rows",
+                     f"{peaks[marks[0]] / 1024:.0f} → {peaks[marks[1]] / 1024:.0f} MiB ({growth:+.1f} MiB)",
+                     baseline=f"{peaks[0] / 1024:.0f} MiB before the stream", target=f"≤ +{FLAT_MIB} MiB", ok=growth <= FLAT_MIB)
 
 
 def streams(server_address: str, floor_address: str, x: np.ndarray, quick: bool) -> Table:
@@ -153,8 +168,9 @@ def run(quick: bool) -> list[Table]:
         with serve_subprocess(folder / "store", "--device", "cpu", "--shared-memory", env=env) as server, \
                 baseline_server("grpc_floor", folder, threads) as floor_server, \
                 baseline_server("grpc_minimal", folder, threads) as minimal_server:
-            return [streams(server.address, floor_server.address, x, quick),
-                    unary(server.address, floor_server.address, minimal_server.address, x, quick)]
+            stream_table = streams(server.address, floor_server.address, x, quick)
+            stream_memory(server, x, stream_table, quick)
+            return [stream_table, unary(server.address, floor_server.address, minimal_server.address, x, quick)]
 
 
 __all__ = ["run"]
