@@ -9,12 +9,14 @@ nothing checked: the same work as Evaluate with nothing of specbuilder's in it).
 the same MLP compiled in this process, numpy in and out, under ``inference_mode``.
 
 - **Streams.** In-process forward over the batches; gRPC's bare stream carrying the same bytes
-  (nothing computed); StreamEvaluate over gRPC, batches inline; StreamEvaluate from a
+  (nothing computed), answering 40 KB per message as StreamEvaluate does or echoing the bytes
+  back (the floor the issue set its target against); StreamEvaluate over gRPC, batches inline; StreamEvaluate from a
   shared-memory client (on the server's local socket, each batch copied into the stream's ring of
   regions); and the same with the batches already in shared memory (``Client.shared_array``).
   One sample is a whole stream; the sides take turns, the first one rotating each round.
-  Targets: inline ≤ 0.85× (forward + bare stream), adding the two round by round; shared memory
-  ≥ 0.85× the in-process throughput (time ≤ 1/0.85 of it).
+  Targets: inline ≤ 0.85× (forward + echoing stream), adding the two round by round; shared memory
+  ≥ 0.85× the in-process throughput (time ≤ 1/0.85 of it). Then the server's peak resident memory
+  over one long stream, inline and through shared memory (``grpc_load.stream_peaks``): flat.
 - **Unary.** Forward, floor, minimal service and Evaluate, for 1024 rows and for one row (the
   fixed cost of a call), in ``bench_grpc.rotate``'s blocks (why blocks: its docstring). Target:
   Evaluate ≤ 1.10× (forward + floor) at 1024 rows; the one-row and minimal-service rows say
@@ -32,11 +34,12 @@ import numpy as np
 import torch
 
 from benchmarks import grpc_floor, grpc_minimal
-from benchmarks.bench_grpc import local_forward, rotate, summed
+from benchmarks.bench_grpc import FLAT_MIB, STREAM_MARK, STREAM_ROWS, local_forward, rotate, summed
+from benchmarks.grpc_load import stream_peaks
 from benchmarks.grpc_workload import BATCH, MLP, batch
 from benchmarks.harness import Table, Timing, format_ns, gc_paused
 from benchmarks.serving import baseline_server, channel
-from specbuilder.demo.server import serve_subprocess
+from specbuilder.demo.server import ServerProcess, serve_subprocess
 from specbuilder_client import Client
 
 STREAM_BATCHES = 100
@@ -67,6 +70,19 @@ def turns(sides: dict[str, Callable[[], object]], rounds: int, budget_s: float) 
     return {name: Timing(tuple(values)) for name, values in samples.items()}
 
 
+def stream_memory(server: ServerProcess, x: np.ndarray, table: Table, quick: bool) -> None:
+    """The server's peak resident memory as one long stream's rows come back, inline and through shared memory."""
+    marks = (STREAM_MARK // 5, STREAM_MARK) if quick else (STREAM_MARK, STREAM_ROWS)
+    for name, shared in (("inline", False), ("through shared memory", True)):
+        with Client(server.address, shared_memory=shared) as client:
+            list(client.evaluate_stream(MLP, iter([x])))  # compiled and cached, and the socket found, before the first peak
+            peaks = stream_peaks(client, server, MLP, x, marks)
+        growth = (peaks[marks[1]] - peaks[marks[0]]) / 1024
+        table.figure(f"server peak RSS, a stream {name}, after {marks[0] // 1000}k → {marks[1] // 1000}k rows",
+                     f"{peaks[marks[0]] / 1024:.0f} → {peaks[marks[1]] / 1024:.0f} MiB ({growth:+.1f} MiB)",
+                     baseline=f"{peaks[0] / 1024:.0f} MiB before the stream", target=f"≤ +{FLAT_MIB} MiB", ok=growth <= FLAT_MIB)
+
+
 def streams(server_address: str, floor_address: str, x: np.ndarray, quick: bool) -> Table:
     batches = 10 if quick else STREAM_BATCHES
     rounds, budget = (3, 20.0) if quick else (15, 240.0)
@@ -76,12 +92,14 @@ def streams(server_address: str, floor_address: str, x: np.ndarray, quick: bool)
         "Streams: StreamEvaluate against the forward and gRPC's bare stream (issue 16)",
         note=(f"MLP 784-256-256-10, {batches} batches of {BATCH} rows per stream; every server in its own process. "
               "\"Forward + bare stream\" adds, round by round, the in-process forward over the batches and one stream of the "
-              "same bytes through a bare grpcio bidirectional stream (nothing computed). Shared memory: a shared-memory "
+              "same bytes through a bare grpcio bidirectional stream (nothing computed), which answers each message with "
+              "40 KB as StreamEvaluate does, or echoes its bytes back as the issue's floor did. Shared memory: a shared-memory "
               "client, its stream on the server's local socket, each batch copied into the stream's ring of regions, or "
               "already in shared memory (`Client.shared_array`). One sample is a whole stream; the sides take turns."),
     )
     with channel(floor_address) as floor_channel, Client(server_address) as inline, Client(server_address, shared_memory=True) as local:
         bare_stream = grpc_floor.streamer(floor_channel)
+        echo_stream = grpc_floor.streamer(floor_channel, grpc_floor.ECHO_METHOD)
         in_place = local.shared_array(x.shape, x.dtype)
         in_place[...] = x
         first = list(local.evaluate_stream(MLP, iter([x])))
@@ -89,13 +107,17 @@ def streams(server_address: str, floor_address: str, x: np.ndarray, quick: bool)
         timed = turns({
             "forward": lambda: [forward(x) for _ in range(batches)],
             "bare stream": lambda: bare_stream(payload for _ in range(batches)),
+            "echo": lambda: echo_stream(payload for _ in range(batches)),
             "inline": lambda: sum(1 for _ in inline.evaluate_stream(MLP, (x for _ in range(batches)))),
             "shared": lambda: sum(1 for _ in local.evaluate_stream(MLP, (x for _ in range(batches)))),
             "in place": lambda: sum(1 for _ in local.evaluate_stream(MLP, (in_place for _ in range(batches)))),
         }, rounds, budget)
-    base = summed(timed["forward"], timed["bare stream"])
-    table.figure("gRPC's bare stream alone: the same bytes, nothing computed", str(timed["bare stream"]))
-    table.ratio("StreamEvaluate inline vs in-process forward + bare stream", base, timed["inline"], STREAM_TARGET)
+    table.figure("gRPC's bare stream alone: the same bytes in, 40 KB answers; echoing the bytes back",
+                 f"{timed['bare stream']}; {timed['echo']}")
+    table.ratio("StreamEvaluate inline vs in-process forward + bare stream echoing the bytes (the issue's floor)",
+                summed(timed["forward"], timed["echo"]), timed["inline"], STREAM_TARGET)
+    table.ratio("StreamEvaluate inline vs in-process forward + bare stream with 40 KB answers (what StreamEvaluate carries)",
+                summed(timed["forward"], timed["bare stream"]), timed["inline"])
     table.ratio("StreamEvaluate inline vs in-process forward", timed["forward"], timed["inline"])
     for side, what in (("shared", "batches copied into the ring"), ("in place", "batches in `shared_array`")):
         ratio = table.ratio(f"StreamEvaluate through shared memory ({what}) vs in-process forward", timed["forward"], timed[side],
@@ -152,8 +174,9 @@ def run(quick: bool) -> list[Table]:
         with serve_subprocess(folder / "store", "--device", "cpu", "--shared-memory", env=env) as server, \
                 baseline_server("grpc_floor", folder, threads) as floor_server, \
                 baseline_server("grpc_minimal", folder, threads) as minimal_server:
-            return [streams(server.address, floor_server.address, x, quick),
-                    unary(server.address, floor_server.address, minimal_server.address, x, quick)]
+            stream_table = streams(server.address, floor_server.address, x, quick)
+            stream_memory(server, x, stream_table, quick)
+            return [stream_table, unary(server.address, floor_server.address, minimal_server.address, x, quick)]
 
 
 __all__ = ["run"]

@@ -210,7 +210,8 @@ class LocalSocket:
         async def send(message: service_pb2.StreamEvaluateResponse) -> None:
             connection.writer.write(frame(OK, message.SerializeToString()))
             try:
-                await asyncio.wait_for(connection.writer.drain(), self._idle_seconds)
+                async with asyncio.timeout(self._idle_seconds):  # a timeout, not wait_for: no task made per answer
+                    await connection.writer.drain()
             except TimeoutError:
                 raise reader_stalled(self._idle_seconds) from None
             except OSError as error:
@@ -234,7 +235,8 @@ class LocalSocket:
         """The next frame of a stream: a message's bytes, None for ``CLOSE``; ``RequestError`` for a frame that is
         neither, one over the message limit or none within ``stream_idle_seconds``; ``ClientGone`` if the connection ends."""
         try:
-            kind, length = HEAD.unpack(await asyncio.wait_for(connection.reader.readexactly(HEAD.size), self._idle_seconds))
+            async with asyncio.timeout(self._idle_seconds):  # a timeout, not wait_for: no task made per frame
+                kind, length = HEAD.unpack(await connection.reader.readexactly(HEAD.size))
             if kind == CLOSE:
                 return None
             if kind != STREAM:
@@ -242,7 +244,8 @@ class LocalSocket:
                                    f"frame kind {kind} in a stream: a stream sends stream ({STREAM}) frames, then close ({CLOSE})")
             if length > self._max_message_bytes:
                 raise _too_big(length, self._max_message_bytes)
-            return await asyncio.wait_for(connection.reader.readexactly(length), self._idle_seconds)
+            async with asyncio.timeout(self._idle_seconds):
+                return await connection.reader.readexactly(length)
         except TimeoutError:
             raise stream_went_quiet(self._idle_seconds) from None
         except (asyncio.IncompleteReadError, OSError) as error:

@@ -120,7 +120,8 @@ class Incoming:
         """The next message, None once the client has closed its side; ``RequestError`` for one that does
         not parse (INVALID_ARGUMENT) or that does not come within ``idle_seconds`` (DEADLINE_EXCEEDED)."""
         try:
-            raw = await asyncio.wait_for(self._context.read(), self._idle_seconds)
+            async with asyncio.timeout(self._idle_seconds):  # a timeout, not wait_for: no task made per message
+                raw = await self._context.read()
         except TimeoutError:
             raise stream_went_quiet(self._idle_seconds) from None
         except Exception as error:  # noqa: BLE001 - gRPC's failed read of a call that is over (the server stopped under it)

@@ -18,12 +18,12 @@ import numpy.typing as npt
 from specbuilder_client.credentials import Pem, bearer_token, channel_credentials
 from specbuilder_client.errors import DeadlineExceeded, SpecbuilderError, from_rpc
 from specbuilder_client.local import LocalConnection
+from specbuilder_client.local_stream import LocalStream
 from specbuilder_client.results import (
     ActivationInfo, Compiled, DatasetInfo, EvalResult, LayerInfo, ModelRecord, ModelSummary, Schemas, Validation, layer_stats, spec_dict,
 )
 from specbuilder_client.shm import SharedInputs
 from specbuilder_client.specs import ModelRef, SpecLike, model_fields, spec_source
-from specbuilder_client.local_stream import LocalStream
 from specbuilder_client.streaming import StreamRequests, StreamResult, grpc_responses
 from specbuilder_client.targets import channel_target
 from specbuilder_client.training import TrainRun
@@ -73,8 +73,9 @@ class Client:
     ``max_message_mb`` bounds messages both ways (the server has its own limit).
     ``shared_memory=True`` makes ``evaluate`` pass inputs through POSIX shared memory — for a
     server on this host started with ``--shared-memory`` — and, unless ``local_socket=False``,
-    send those calls over the Unix socket the server names, which skips gRPC's fixed cost
-    (``local.py``; gRPC whenever the socket cannot be reached). Use it as a context manager, or
+    send those calls, and ``evaluate_stream``'s streams, over the Unix socket the server names,
+    which skips gRPC's fixed cost (``local.py``, ``local_stream.py``; gRPC whenever the socket
+    cannot be reached). Use it as a context manager, or
     call ``close()``. The first batch sent inline fixes this process's malloc thresholds
     (``specbuilder_wire.heap.keep_large_buffers``), so that multi-megabyte requests reuse their buffers.
     """
