@@ -25,7 +25,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from specbuilder_server.compute_budget import Budget
+import grpc
+
+from specbuilder_server.compute_budget import Budget, Stopped
 from specbuilder_server.errors import ClientGone
 
 M = TypeVar("M")
@@ -81,13 +83,19 @@ class ReadAhead(Generic[M, T]):
 
     async def next(self) -> T | None:
         """The next batch's answer, once computed; None at the stream's end. Raises what the message
-        in this place failed with, or what its compute raised."""
+        in this place failed with, what its compute raised, or ``Stopped`` if it was stopped before its turn came."""
         item = await self._ready.get()
         if item is None:
             return None
         if isinstance(item, Exception):
             raise item
-        answer = await asyncio.wrap_future(item.future)
+        try:
+            answer = await asyncio.wrap_future(item.future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this call itself is being cancelled
+            raise Stopped(grpc.StatusCode.CANCELLED, STOPPED) from None  # stopped before its turn came
         self._started.popleft()
         self._room.release()
         return answer
