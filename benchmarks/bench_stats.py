@@ -38,9 +38,9 @@ from specbuilder.demo.server import serve_subprocess
 from specbuilder.stats import ActivationMonitor, LayerStats
 from specbuilder.stats.monitor import select_nodes
 from specbuilder_client import Client
-from specbuilder_server.evaluation import Pass
-from specbuilder_server.models import Ready
-from specbuilder_server.requests import Options
+from specbuilder_server.forward_pass import Pass
+from specbuilder_server.model_cache import Ready
+from specbuilder_server.request_fields import Options
 
 MLP: dict[str, Any] = (
     SpecBuilder([784], name="mlp-784-256-256-10").linear(256, activation="relu").linear(256, activation="relu").linear(10).to_dict()
@@ -194,7 +194,7 @@ def per_batch(quick: bool, device: torch.device) -> Table:
              "The server's pass: `Pass` with statistics (every activation layer, 64 bins, turned into protobuf) "
              "against the same `Pass` without. Each pair timed alternately, call by call; ratio of medians. "
              "Under the process's malloc settings: glibc's defaults in a process of its own, the client's "
-             "(`specbuilder_client.framing`) once a client has sent a tensor in it.",
+             "(`specbuilder_wire.heap.keep_large_buffers`) once a client has sent a tensor in it.",
     )
     for spec, batch in CASES:
         x = torch.randn(batch, *spec["input_shape"], generator=torch.Generator().manual_seed(0)).to(device)
